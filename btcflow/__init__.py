@@ -1,0 +1,1 @@
+"""btcflow's command line; the work itself lives in pipeline/, training/ and serving/."""

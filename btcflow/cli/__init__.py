@@ -1,0 +1,68 @@
+"""The `btcflow` command: parses arguments, reads settings once, calls the packages' functions.
+
+Each area registers its commands from its own module; errors become one line on stderr and the
+contract's exit status (2 bad input, 3 a service unreachable), or a traceback with --debug.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from btcflow.cli import broker, consume, demo, produce, serve, train
+
+app = typer.Typer(
+    help="Replay a Bitcoin minute file through Kafka into batch files, train Spark ML models "
+    "tracked in MLflow, and serve the Production models over HTTP.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback when a command fails."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each step does (INFO level)."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not debug:  # kafka-python logs every failed connection attempt; our errors say it once
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+
+
+for module in (broker, produce, consume, train, serve, demo):
+    module.register(app)
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    from pipeline.errors import PipelineError
+    from serving.errors import ServingError
+    from training.errors import TrainingError
+
+    return (PipelineError, TrainingError, ServingError)
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv[1:] or bool(os.environ.get("BTCFLOW_DEBUG"))
+    try:
+        app()
+    except _known_errors() as exc:
+        if debug:
+            raise
+        print(f"btcflow: error: {exc}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except KeyboardInterrupt:
+        print("btcflow: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug, not a user error: still one line unless asked
+        if debug:
+            raise
+        print(f"btcflow: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        sys.exit(1)

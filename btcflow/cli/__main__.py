@@ -1,0 +1,3 @@
+from btcflow.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Ingest: the embedded Kafka broker, the data generator, the replay producer and the batching consumer."""

@@ -1,0 +1,19 @@
+"""One root exception for the ingest package; each carries the CLI exit status from the contract."""
+
+
+class PipelineError(Exception):
+    """Root of every error the pipeline raises on purpose."""
+
+    exit_code = 2
+
+
+class BadInput(PipelineError):
+    """The user's input (a file, an option, a setting) cannot be used."""
+
+    exit_code = 2
+
+
+class BrokerUnavailable(PipelineError):
+    """Kafka cannot be reached, or the embedded broker cannot be started."""
+
+    exit_code = 3

@@ -1,0 +1,1 @@
+"""Serving: the FastAPI gateway over the registry's Production models (no Spark, no pipeline)."""
