@@ -1,0 +1,134 @@
+"""The batch store: batch files and their manifest, the source of truth for what was ingested.
+
+Every write is atomic (written aside, flushed, renamed, directory synced): a reader, or a consumer
+restarted after SIGKILL, sees a batch whole or not at all. A batch counts once the manifest lists it;
+a file the manifest does not list is a leftover of a crash and is overwritten by the next write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+COLUMNS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")
+SCHEMA = pa.schema([(name, pa.float64()) for name in COLUMNS])
+MANIFEST = "manifest.json"
+Format = Literal["parquet", "csv"]
+
+
+@dataclass(frozen=True)
+class BatchEntry:
+    """One closed batch as the manifest records it; `offsets` maps partition → [first, last] offset."""
+
+    batch: int
+    file: str
+    rows: int
+    min_ts: float
+    max_ts: float
+    offsets: dict[str, list[int]]
+    sha256: str
+    closed_at: str
+
+
+def read_manifest(directory: Path) -> list[BatchEntry]:
+    path = directory / MANIFEST
+    if not path.exists():
+        return []
+    return [BatchEntry(**entry) for entry in json.loads(path.read_text())["batches"]]
+
+
+def resume_offsets(entries: list[BatchEntry]) -> dict[int, int]:
+    """The next offset to read per partition: one past the last offset any closed batch holds."""
+    resume: dict[int, int] = {}
+    for entry in entries:
+        for partition, (_, last) in entry.offsets.items():
+            resume[int(partition)] = max(resume.get(int(partition), 0), last + 1)
+    return resume
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _replace_durably(tmp: Path, final: Path) -> None:
+    with tmp.open("rb+") as f:
+        os.fsync(f.fileno())
+    tmp.replace(final)
+    _fsync_dir(final.parent)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class BatchStore:
+    """Appends batches to a directory and keeps its manifest; one writer at a time."""
+
+    def __init__(self, directory: Path, fmt: Format = "parquet") -> None:
+        self.directory = directory
+        self.fmt = fmt
+        directory.mkdir(parents=True, exist_ok=True)
+        self.entries = read_manifest(directory)
+
+    @property
+    def next_batch(self) -> int:
+        return len(self.entries) + 1
+
+    def resume_offsets(self) -> dict[int, int]:
+        return resume_offsets(self.entries)
+
+    def write_batch(self, table: pa.Table, offsets: dict[int, tuple[int, int]]) -> BatchEntry:
+        """Write one batch (sorted by Timestamp) and record it; returns its manifest entry.
+
+        `offsets` are the first and last Kafka offsets per partition that the batch's rows came from.
+        Once this returns, the rows are durable and listed: only then may the caller commit offsets.
+        """
+        if table.num_rows == 0:
+            raise ValueError("a batch holds at least one row")
+        table = table.select(list(COLUMNS)).cast(SCHEMA)
+        table = table.take(pc.sort_indices(table, [("Timestamp", "ascending")]))
+        number = self.next_batch
+        final = self.directory / f"batch_{number}.{self.fmt}"
+        tmp = final.with_name(final.name + ".tmp")
+        if self.fmt == "parquet":
+            pq.write_table(table, tmp, compression="zstd", row_group_size=256 * 1024)
+        else:
+            table.to_pandas().to_csv(tmp, index=False)  # floats as Kaggle writes them: 1325412060.0
+        _replace_durably(tmp, final)
+        ts = table.column("Timestamp")
+        entry = BatchEntry(
+            batch=number,
+            file=final.name,
+            rows=table.num_rows,
+            min_ts=pc.min(ts).as_py(),
+            max_ts=pc.max(ts).as_py(),
+            offsets={str(p): [first, last] for p, (first, last) in sorted(offsets.items())},
+            sha256=_sha256(final),
+            closed_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        self._save_manifest([*self.entries, entry])
+        self.entries.append(entry)
+        return entry
+
+    def _save_manifest(self, entries: list[BatchEntry]) -> None:
+        final = self.directory / MANIFEST
+        tmp = final.with_name(final.name + ".tmp")
+        tmp.write_text(json.dumps({"batches": [asdict(e) for e in entries]}, indent=2) + "\n")
+        _replace_durably(tmp, final)
