@@ -7,6 +7,7 @@ started as a detached JVM whose pid, storage and log live under one folder.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -69,9 +70,19 @@ def setup_jars(jars_dir: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     log.info("resolving Kafka jars with Maven into %s", libs)
     done = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-         f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
-        capture_output=True, text=True, check=False,
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if done.returncode != 0:
         lines = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
@@ -195,24 +206,50 @@ class EmbeddedBroker:
         libs = setup_jars(self.jars_dir)
         self.home.mkdir(parents=True, exist_ok=True)
         config = self.home / "server.properties"
-        config.write_text(SERVER_PROPERTIES.format(
-            port=self.port, controller_port=self.controller_port, data_dir=self.home / "data"))
+        config.write_text(
+            SERVER_PROPERTIES.format(
+                port=self.port, controller_port=self.controller_port, data_dir=self.home / "data"
+            )
+        )
         classpath = f"{libs}/*"
         if not (self.home / "data" / "meta.properties").exists():
             formatted = subprocess.run(
-                [java, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
-                 "kafka.tools.StorageTool", "format", "--standalone",
-                 "-t", _cluster_id(), "-c", str(config)],
-                capture_output=True, text=True, check=False,
+                [
+                    java,
+                    "-cp",
+                    classpath,
+                    f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    _cluster_id(),
+                    "-c",
+                    str(config),
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
             )
             if formatted.returncode != 0:
                 raise BrokerUnavailable(f"formatting Kafka storage failed: {formatted.stderr.strip()[-300:]}")
         with self.log_file.open("ab") as out:
             proc = subprocess.Popen(
-                [java, f"-Xmx{self.heap}", "-Xms256m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                 f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", classpath,
-                 "kafka.Kafka", str(config)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    java,
+                    f"-Xmx{self.heap}",
+                    "-Xms256m",
+                    "-XX:+UseG1GC",
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                    "-cp",
+                    classpath,
+                    "kafka.Kafka",
+                    str(config),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C in the caller's terminal must not reach the broker
             )
         self._pid_file.write_text(str(proc.pid))
@@ -227,7 +264,9 @@ class EmbeddedBroker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
-                raise BrokerUnavailable(f"the broker died at start: {self._last_error()} (log: {self.log_file})")
+                raise BrokerUnavailable(
+                    f"the broker died at start: {self._last_error()} (log: {self.log_file})"
+                )
             if port_open("127.0.0.1", self.port):
                 try:
                     admin_client(self.address, timeout_s=2.0).close()
@@ -269,7 +308,5 @@ class EmbeddedBroker:
 
 def _reap(pid: int) -> None:
     """Collect the broker's exit status when this process started it (no zombie left behind)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

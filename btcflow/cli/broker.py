@@ -19,7 +19,9 @@ def embedded_broker(settings: PipelineSettings) -> EmbeddedBroker:
             f"BTCFLOW_KAFKA_BOOTSTRAP is set ({settings.kafka_bootstrap}): btcflow uses that cluster "
             "and manages no broker; unset it to use the embedded one"
         )
-    return EmbeddedBroker(settings.broker_home, settings.kafka_jars, settings.broker_port, settings.broker_heap)
+    return EmbeddedBroker(
+        settings.broker_home, settings.kafka_jars, settings.broker_port, settings.broker_heap
+    )
 
 
 @broker_app.command("setup")
