@@ -1,9 +1,76 @@
-"""`btcflow produce` (being written)."""
+"""`btcflow data synth` and `btcflow produce`: the input file and its replay into Kafka."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from pipeline.settings import PipelineSettings
+
+data_app = typer.Typer(help="Input data: generate a Kaggle-shaped Bitcoin minute file.", no_args_is_help=True)
+
+
+@data_app.command("synth")
+def synth(
+    rows: Annotated[int, typer.Option("--rows", min=0, help="Data rows to write (the header comes on top).")],
+    out: Annotated[Path, typer.Option("--out", help="CSV file to write (its folder is created).")],
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same bytes.")] = 0,
+) -> None:
+    """Write a Kaggle-shaped CSV (Timestamp,Open,High,Low,Close,Volume), one row per minute from 2012."""
+    from pipeline.synth import synth as write
+
+    write(rows, out, seed)
+    typer.echo(f"wrote {rows:,} rows to {out}")
+
+
+def produce(
+    input: Annotated[
+        Path, typer.Option("--input", help="CSV file to replay: generated, or the real Kaggle file.")
+    ],
+    topic: Annotated[
+        str | None, typer.Option("--topic", help="Topic to write (default: BTCFLOW_TOPIC, bitcoin-topic).")
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option("--rate", min=0.001, help="Hold a steady ROWS_PER_S (default: as fast as possible)."),
+    ] = None,
+    jitter: Annotated[
+        str | None,
+        typer.Option("--jitter", help="MIN_MS:MAX_MS: sleep a random time between rows, like a live feed."),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Stop after N rows of the file (sent + rejected).")
+    ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Producer processes, each sending a contiguous slice of the file to its own partition.",
+        ),
+    ] = 1,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show the progress bar on stderr.")
+    ] = True,
+) -> None:
+    """Replay a minute file into Kafka, one message per row; bad rows go to <topic>.dlq with their reason.
+
+    Prints one summary line at the end (also after Ctrl-C or SIGTERM): sent, rejected, seconds, rows/s.
+    """
+    from pipeline.producer import Pacing, parse_jitter
+    from pipeline.producer import produce as replay
+
+    settings = PipelineSettings()
+    if topic:
+        settings = settings.model_copy(update={"topic": topic})
+    pacing = Pacing(rate, parse_jitter(jitter) if jitter else None, limit)
+    summary = replay(settings, input, pacing=pacing, workers=workers, progress=progress)
+    typer.echo(summary.line())
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    app.add_typer(data_app, name="data")
+    app.command("produce")(produce)
