@@ -5,3 +5,15 @@ class TrainingError(Exception):
     """Root of every error training and promotion raise on purpose."""
 
     exit_code = 2
+
+
+class BadInput(TrainingError):
+    """The user's input (a model, a batch SPEC, a version, the batch directory) cannot be used."""
+
+    exit_code = 2
+
+
+class TrackingUnavailable(TrainingError):
+    """The MLflow tracking store cannot be reached; nothing was trained or changed."""
+
+    exit_code = 3

@@ -1,9 +1,112 @@
-"""`btcflow train` (being written)."""
+"""`btcflow train` and `btcflow promote`: parse options, read settings once, call training's functions."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+from typing import Annotated
+
 import typer
+
+from training.specs import SPECS
+
+
+class Scheme(StrEnum):
+    segment = "segment"
+    cumulative = "cumulative"
+
+
+MODEL_HELP = f"Model to train: {', '.join(SPECS)} or all. Repeat for several."
+
+
+def _models(values: list[str] | None) -> list[str]:
+    return list(SPECS) if not values or "all" in values else values
+
+
+def _table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "version", "batches", "metric", "value", "baseline", "stage")
+    for row in rows:
+        table.add_row(
+            *(str(row[k]) for k in ("model", "version", "batches", "metric", "value", "baseline", "stage"))
+        )
+    Console().print(table)
+
+
+def train(
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help=MODEL_HELP + " Default: all.")
+    ] = None,
+    batches: str = typer.Option("all", "--batches", "-b", help="Batches by number: 2, 1-3, 1,3 or all."),
+    scheme: Annotated[
+        Scheme, typer.Option(help="segment: one version per batch; cumulative: one per prefix 1, 1+2, ...")
+    ] = Scheme.segment,
+    num_trees: int | None = typer.Option(None, help="Trees per forest (high_low). Default from the spec."),
+    max_depth: int | None = typer.Option(None, help="Tree depth (high_low). Default from the spec."),
+    reg_param: float | None = typer.Option(None, help="Regularisation (close, trend). Default 0."),
+    max_iter: int | None = typer.Option(None, help="Optimiser iterations (close, trend). Default 100."),
+    watch_: bool = typer.Option(
+        False, "--watch", help="Train a new version as each batch closes (ignores --batches)."
+    ),
+    promote: bool = typer.Option(False, "--promote", help="With --watch: promote with the --best gate."),
+    max_batches: int | None = typer.Option(None, help="With --watch: stop after this many new batches."),
+    idle_timeout: float | None = typer.Option(
+        None, help="With --watch: stop after this many seconds without a new batch."
+    ),
+    poll: float = typer.Option(2.0, help="With --watch: seconds between looks at the manifest."),
+) -> None:
+    """Train model versions on batch files: one tracked MLflow run and one registered version each."""
+    from training.registry import Promotion, stages
+    from training.settings import TrainingSettings
+    from training.train import summary_rows, train_models
+    from training.watch import watch
+
+    settings = TrainingSettings()
+    overrides = {"num_trees": num_trees, "max_depth": max_depth, "reg_param": reg_param, "max_iter": max_iter}
+    models = _models(model)
+    if watch_:
+
+        def report(item: object) -> None:
+            if isinstance(item, Promotion):
+                typer.echo(item.message)
+            else:
+                key, value, base = item.primary  # type: ignore[attr-defined]
+                typer.echo(
+                    f"{item.registered_name} v{item.version} on batches {item.batches}: "  # type: ignore[attr-defined]
+                    f"{key}={value:.6g} (baseline {base:.6g})"
+                )
+
+        results = watch(
+            settings, models, scheme.value, promote, max_batches, idle_timeout, poll, overrides, report=report
+        )
+    else:
+        results = train_models(settings, models, batches, scheme.value, overrides)
+    if results:
+        _table(summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results])))
+    typer.echo(f"compare runs: {settings.ui_command()}")
+
+
+def promote(
+    model: str = typer.Option(..., "--model", "-m", help=f"Model: {', '.join(SPECS)}."),
+    version: int | None = typer.Option(None, "--version", help="Make this version Production."),
+    best: bool = typer.Option(
+        False, "--best", help="Promote the best newer version only if it beats Production on unseen rows."
+    ),
+) -> None:
+    """Make a version Production (stage and alias `production`), by number or by the --best gate."""
+    from training.errors import BadInput
+    from training.registry import promote_best, promote_version
+    from training.settings import TrainingSettings
+
+    if (version is None) == (not best):
+        raise BadInput("give exactly one of --version V or --best")
+    settings = TrainingSettings()
+    result = promote_best(settings, model) if best else promote_version(settings, model, version)  # type: ignore[arg-type]
+    typer.echo(result.message)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add `train` and `promote` to the root app."""
+    app.command("train")(train)
+    app.command("promote")(promote)

@@ -1,0 +1,174 @@
+"""What training reads: the manifest, the batch selection, and the batch files through Spark.
+
+Training reads `manifest.json` itself (it never imports `pipeline`): the manifest is the truth of
+which batches are closed, so a file it does not list is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from training.errors import BadInput
+from training.specs import COLUMNS
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger("training")
+Scheme = Literal["segment", "cumulative"]
+MANIFEST = "manifest.json"
+LOG4J = Path(__file__).with_name("log4j2.properties").resolve().as_uri()
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One closed batch as the manifest records it; `offsets` maps partition → [first, last]."""
+
+    batch: int
+    file: str
+    rows: int
+    min_ts: float
+    max_ts: float
+    offsets: dict[str, list[int]]
+    sha256: str
+    closed_at: str = ""
+
+
+def read_manifest(directory: Path, *, required: bool = True) -> list[Batch]:
+    """The closed batches, in order. No manifest is bad input unless `required` is False (watching)."""
+    path = directory / MANIFEST
+    if not path.exists():
+        if not required:
+            return []
+        raise BadInput(f"no manifest at {path}: run `btcflow consume` first (or set BTCFLOW_DATA_DIR)")
+    try:
+        entries = json.loads(path.read_text())["batches"]
+        fields = Batch.__dataclass_fields__
+        return [Batch(**{k: v for k, v in entry.items() if k in fields}) for entry in entries]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"unreadable manifest {path}: {exc}") from None
+
+
+def parse_spec(spec: str, available: list[int]) -> list[int]:
+    """Batch numbers for SPEC `2`, `1-3`, `1,3`, `all` (or mixed `1-2,5`); every one must be closed."""
+    text = spec.strip().lower()
+    if text == "all":
+        if not available:
+            raise BadInput("the manifest lists no batch yet")
+        return sorted(available)
+    chosen: list[int] = []
+    try:
+        for part in text.split(","):
+            first, sep, last = part.strip().partition("-")
+            low, high = int(first), int(last) if sep else int(first)
+            if low < 1 or high < low:
+                raise ValueError
+            chosen.extend(range(low, high + 1))
+    except ValueError:
+        raise BadInput(f"bad batch SPEC {spec!r}: use N, A-B, A,B or all (batches count from 1)") from None
+    missing = sorted(set(chosen) - set(available))
+    if missing:
+        have = f"1-{max(available)}" if available else "none"
+        raise BadInput(f"batch {missing[0]} is not in the manifest (closed batches: {have})")
+    return sorted(set(chosen))
+
+
+def selections(numbers: list[int], scheme: Scheme) -> list[list[int]]:
+    """One selection per version to train: each batch alone (segment) or each prefix (cumulative)."""
+    if scheme == "segment":
+        return [[n] for n in numbers]
+    if scheme == "cumulative":
+        return [numbers[: i + 1] for i in range(len(numbers))]
+    raise BadInput(f"unknown scheme {scheme!r}; choose segment or cumulative")
+
+
+def spark_session(master: str, driver_memory: str = "4g", partitions: int = 4) -> SparkSession:
+    """The process's one SparkSession, tuned for local mode and quiet (no UI, WARN logs)."""
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local mode: no lookup of the host's address
+    java_options = f"-Dlog4j2.configurationFile={LOG4J}"
+    spark = (
+        SparkSession.builder.master(master)
+        .appName("btcflow-train")
+        .config("spark.driver.memory", driver_memory)
+        .config("spark.driver.extraJavaOptions", java_options)
+        .config("spark.sql.shuffle.partitions", str(partitions))
+        .config("spark.default.parallelism", str(partitions))
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def spark_schema():  # noqa: ANN201 - pyspark type, imported lazily
+    from pyspark.sql.types import DoubleType, StructField, StructType
+
+    return StructType([StructField(name, DoubleType(), nullable=True) for name in COLUMNS])
+
+
+def read_batches(spark: SparkSession, directory: Path, batches: list[Batch]) -> DataFrame:
+    """The selected batches as one DataFrame with the Kaggle columns as doubles (explicit schema)."""
+    paths = [str((directory / b.file).resolve()) for b in batches]
+    for path in paths:
+        if not Path(path).exists():
+            raise BadInput(f"batch file {path} is listed in the manifest but missing")
+    parquet = [p for p in paths if p.endswith(".parquet")]
+    csv = [p for p in paths if not p.endswith(".parquet")]
+    frames = []
+    if parquet:
+        frames.append(spark.read.schema(spark_schema()).parquet(*parquet))
+    if csv:
+        frames.append(spark.read.schema(spark_schema()).option("header", "true").csv(csv))
+    df = frames[0] if len(frames) == 1 else frames[0].unionByName(frames[1])
+    return df.dropna(subset=list(COLUMNS))
+
+
+def with_trend_label(df: DataFrame) -> DataFrame:
+    """Add `label`: 1.0 when the NEXT minute's Close is above this minute's Close, else 0.0.
+
+    The next minute is the row at Timestamp + 60; a row without one (a gap, the selection's end) has
+    no honest label and is dropped. lead() over the time order finds the next row.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = Window.orderBy("Timestamp")
+    nxt = df.withColumn("_next_ts", F.lead("Timestamp").over(order)).withColumn(
+        "_next_close", F.lead("Close").over(order)
+    )
+    return (
+        nxt.where(F.col("_next_ts") == F.col("Timestamp") + 60.0)
+        .withColumn("label", (F.col("_next_close") > F.col("Close")).cast("double"))
+        .drop("_next_ts", "_next_close")
+    )
+
+
+def time_cutoff(df: DataFrame, test_fraction: float) -> float:
+    """The first Timestamp of the test set: the latest `test_fraction` of rows, no shuffling."""
+    import numpy as np
+
+    ts = np.sort(df.select("Timestamp").toPandas()["Timestamp"].to_numpy())
+    if len(ts) < 10:
+        raise BadInput(f"only {len(ts)} usable rows selected; a time split needs at least 10")
+    return float(ts[min(len(ts) - 1, int(len(ts) * (1 - test_fraction)))])
+
+
+def lineage(batches: list[Batch]) -> dict[str, str]:
+    """Tags naming exactly which bytes and Kafka offsets a version was trained on."""
+    return {
+        "lineage.batch_files": ",".join(b.file for b in batches),
+        "lineage.sha256": json.dumps({b.file: b.sha256 for b in batches}),
+        "lineage.offsets": json.dumps({b.file: b.offsets for b in batches}),
+        "lineage.rows": str(sum(b.rows for b in batches)),
+        "lineage.ts_range": f"{batches[0].min_ts:.0f}-{batches[-1].max_ts:.0f}",
+    }

@@ -1,0 +1,62 @@
+"""Training settings, read once by the entry point (environment, prefix BTCFLOW_) and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from training.specs import EXPERIMENT
+
+
+class TrainingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BTCFLOW_", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(Path("data"), description="Batch files are read from <data_dir>/batch.")
+    spark_master: str = Field("local[*]", description="Spark master for training (local mode by default).")
+    spark_driver_memory: str = Field(
+        "4g", description="Driver heap for local Spark; the whole job runs in the driver in local mode."
+    )
+    spark_partitions: int = Field(
+        4, ge=1, description="spark.sql.shuffle.partitions: a few per core suit local mode, not 200."
+    )
+    tracking_uri_env: str | None = Field(
+        None,
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "tracking_uri"),
+        description="MLflow tracking store (env MLFLOW_TRACKING_URI, no prefix). Unset: SQLite in "
+        "<mlruns_dir>/mlflow.db with artifacts in <mlruns_dir>/artifacts.",
+    )
+    mlruns_dir: Path = Field(Path("mlruns"), description="Home of the default embedded MLflow store.")
+    experiment: str = Field(EXPERIMENT, description="MLflow experiment every training run goes to.")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of the selected rows, the latest by Timestamp, kept for testing."
+    )
+    tracking_timeout: float = Field(
+        5.0, gt=0, description="Seconds to wait for an HTTP tracking server before giving up (exit 3)."
+    )
+
+    @property
+    def batch_dir(self) -> Path:
+        return self.data_dir / "batch"
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.tracking_uri_env:
+            return self.tracking_uri_env
+        return f"sqlite:///{(self.mlruns_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Where a new experiment keeps artifacts: beside a SQLite store; the server decides otherwise."""
+        uri = self.tracking_uri
+        if uri.startswith("sqlite:///"):
+            return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
+        return None
+
+    def ui_command(self) -> str:
+        """The command that opens the MLflow UI on this store."""
+        uri = self.tracking_uri
+        if uri.startswith(("http://", "https://")):
+            return f"open {uri}"
+        return f".venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"

@@ -1,0 +1,50 @@
+"""The MLflow tracking store: reached once per process, failing fast and in one line when it is down."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from training.errors import TrackingUnavailable
+from training.settings import TrainingSettings
+
+log = logging.getLogger("training")
+
+
+def connect(settings: TrainingSettings) -> str:
+    """Point MLflow at the store, check it answers, make sure the experiment exists; its id.
+
+    An HTTP store is probed with one short request (MLflow's own client retries for minutes); a
+    SQLite store gets its folder created. Anything else that fails here means the store is unusable.
+    """
+    import httpx
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    uri = settings.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        try:
+            httpx.get(f"{uri.rstrip('/')}/health", timeout=settings.tracking_timeout)
+        except httpx.HTTPError as exc:
+            raise TrackingUnavailable(f"MLflow tracking store {uri} unreachable: {exc}") from None
+    elif uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        except OSError as exc:
+            raise TrackingUnavailable(f"cannot create the MLflow store folder for {uri}: {exc}") from None
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.get_experiment_by_name(settings.experiment)
+        if experiment is None:
+            experiment_id = mlflow.create_experiment(
+                settings.experiment, artifact_location=settings.artifact_location
+            )
+        else:
+            experiment_id = experiment.experiment_id
+        mlflow.set_experiment(experiment_id=experiment_id)
+    except MlflowException as exc:
+        raise TrackingUnavailable(f"MLflow tracking store {uri} unusable: {exc}") from None
+    return experiment_id

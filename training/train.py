@@ -1,0 +1,308 @@
+"""One tracked, registered MLflow run per model version: fit, judge honestly, record lineage.
+
+`train_models` is the library entry point (CLI, MLproject, watch loop and `make demo` call it): it
+reads each selection of batches once, cached, and fits every asked model on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from training import data, metrics, plots
+from training.data import Batch, Scheme
+from training.errors import BadInput
+from training.settings import TrainingSettings
+from training.specs import ModelSpec, build_pipeline, get_spec, resolve_params
+from training.tracking import connect
+
+if TYPE_CHECKING:
+    from pyspark.ml import PipelineModel
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger("training")
+
+
+@dataclass
+class TrainResult:
+    """What one training run produced; enough for the demo table and for promotion."""
+
+    model: str
+    registered_name: str
+    version: str
+    run_id: str
+    batches: list[int]
+    scheme: str
+    train_rows: int
+    test_rows: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def primary(self) -> tuple[str, float, float]:
+        """(metric name, value, baseline value) of the model's primary metric."""
+        spec = get_spec(self.model)
+        key = spec.primary_metric
+        return key, self.metrics[key], self.metrics[f"baseline_{key}"]
+
+
+def describe_batches(numbers: list[int]) -> str:
+    """`1-3` for a contiguous run, else `1,3`: short enough for run names and tables."""
+    if len(numbers) > 1 and numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"{numbers[0]}-{numbers[-1]}"
+    return ",".join(map(str, numbers))
+
+
+def prepare(spec: ModelSpec, df: DataFrame) -> DataFrame:
+    """The columns a model needs, with the derived trend label where it applies."""
+    if spec.kind == "classification":
+        return data.with_trend_label(df).cache()
+    return df  # already cached by the caller
+
+
+def score(spec: ModelSpec, model: PipelineModel, df: DataFrame) -> pd.DataFrame:
+    """The fitted model's outputs beside the inputs and targets, as pandas (via Arrow)."""
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    out = model.transform(df)
+    columns = [F.col(c) for c in ("Timestamp", *spec.features, *spec.labels) if c in df.columns]
+    columns += [F.col("Open")] if "Open" not in spec.features else []
+    if spec.kind == "high_low":
+        columns += [F.col("prediction_high"), F.col("prediction_low")]
+    else:
+        columns.append(F.col("prediction"))
+    if spec.kind == "classification":
+        columns.append(vector_to_array("probability")[1].alias("probability_up"))
+    seen: set[str] = set()
+    unique = [c for c in columns if not (str(c) in seen or seen.add(str(c)))]  # type: ignore[func-returns-value]
+    return out.select(*unique).toPandas()
+
+
+def estimator_params(model: PipelineModel) -> dict[str, Any]:
+    """Every param of the (first) estimator stage, as Spark resolved it."""
+    stage = model.stages[1]
+    return {p.name: v for p, v in stage.extractParamMap().items()}
+
+
+def importances(spec: ModelSpec, model: PipelineModel) -> dict[str, list[float]]:
+    if spec.kind != "high_low":
+        return {}
+    return {
+        label: list(stage.featureImportances.toArray())
+        for label, stage in zip(spec.labels, model.stages[1:3], strict=True)
+    }
+
+
+def signature(spec: ModelSpec):  # noqa: ANN201 - mlflow type
+    """Inputs: the feature columns as doubles. Output: `prediction`, a [high, low] vector for high_low."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, Schema, SparkMLVector
+
+    inputs = Schema([ColSpec("double", name) for name in spec.features])
+    output = SparkMLVector() if spec.kind == "high_low" else "double"
+    return ModelSignature(inputs=inputs, outputs=Schema([ColSpec(output, "prediction")]))
+
+
+def pip_requirements() -> list[str]:
+    """Pinned explicitly: MLflow would otherwise reload the model in a subprocess to infer them."""
+    import numpy
+    import pyspark
+
+    return [f"pyspark=={pyspark.__version__}", f"pandas=={pd.__version__}", f"numpy=={numpy.__version__}"]
+
+
+def train_one(
+    spark: SparkSession,
+    settings: TrainingSettings,
+    spec: ModelSpec,
+    batches: list[Batch],
+    base: DataFrame,
+    scheme: Scheme,
+    overrides: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Fit one model on `base` (the selected batches), evaluate, log and register one version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    started = time.monotonic()
+    numbers = [b.batch for b in batches]
+    params = resolve_params(spec, overrides)
+    df = prepare(spec, base)
+    try:
+        cutoff = data.time_cutoff(df, settings.test_fraction)
+        train_df = df.where(df.Timestamp < cutoff)
+        test_df = df.where(df.Timestamp >= cutoff)
+        model = build_pipeline(spec, params).fit(train_df)
+        test = score(spec, model, test_df)
+        train_rows = train_df.count()
+        facts = train_df.agg({"Timestamp": "max"}).first()
+        train_max_ts = float(facts[0]) if facts else cutoff
+        last_close = train_df.orderBy(train_df.Timestamp.desc()).select("Close").first()[0]
+        positive_rate = (
+            float(train_df.agg({"label": "avg"}).first()[0]) if spec.kind == "classification" else 0.0
+        )
+        values = metrics.evaluate(spec, test)
+        values |= metrics.baseline(spec, {"last_close": last_close, "positive_rate": positive_rate}, test)
+        label = describe_batches(numbers)
+        run_name = f"{spec.name}-{scheme}-b{label}"
+        tags = {
+            "btcflow.model": spec.name,
+            "btcflow.scheme": scheme,
+            "btcflow.batches": ",".join(map(str, numbers)),
+            "btcflow.last_batch": str(numbers[-1]),
+            "btcflow.train_max_ts": repr(train_max_ts),
+            "btcflow.test_min_ts": repr(cutoff),
+            **data.lineage(batches),
+        }
+        parent = os.environ.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run`: nest our runs under it
+        with mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent) as run:
+            if parent:
+                os.environ["MLFLOW_RUN_ID"] = parent
+            mlflow.log_params(
+                {
+                    "model": spec.name,
+                    "features": ",".join(spec.features),
+                    "label": ",".join(spec.labels),
+                    "batches": label,
+                    "scheme": scheme,
+                    "train_rows": train_rows,
+                    "test_rows": len(test),
+                    "test_fraction": settings.test_fraction,
+                    **estimator_params(model),
+                }
+            )
+            mlflow.log_metrics(values)
+            digest = ",".join(b.sha256[:8] for b in batches)[:36]
+            dataset = mlflow.data.from_spark(
+                train_df, path=str(settings.batch_dir.resolve()), name=f"batches-{label}", digest=digest
+            )
+            mlflow.log_input(dataset, context="training")
+            for path, figure in plots.figures(spec, test, importances(spec, model)).items():
+                mlflow.log_figure(figure, path)
+                plots.plt.close(figure)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                info = mlflow.spark.log_model(
+                    model,
+                    "model",
+                    signature=signature(spec),
+                    input_example=test[list(spec.features)].head(5),
+                    registered_model_name=spec.registered_name,
+                    pip_requirements=pip_requirements(),
+                )
+            version = str(info.registered_model_version)
+        key = spec.primary_metric
+        client = MlflowClient()
+        client.update_model_version(
+            spec.registered_name,
+            version,
+            description=(
+                f"{spec.name} trained on batch(es) {label} ({scheme}; files {tags['lineage.batch_files']}), "
+                f"{train_rows} rows up to Timestamp {train_max_ts:.0f}; tested on the latest "
+                f"{len(test)} rows: {key} {values[key]:.6g} vs baseline {values['baseline_' + key]:.6g} "
+                f"({spec.baseline}). Run {run.info.run_id}."
+            ),
+        )
+        for tag in ("btcflow.batches", "btcflow.last_batch", "btcflow.scheme", "btcflow.train_max_ts"):
+            client.set_model_version_tag(spec.registered_name, version, tag, tags[tag])
+    finally:
+        if df is not base:
+            df.unpersist()
+    seconds = time.monotonic() - started
+    log.info(
+        "%s v%s on batches %s: %s=%.6g in %.1fs",
+        spec.registered_name,
+        version,
+        label,
+        key,
+        values[key],
+        seconds,
+    )
+    return TrainResult(
+        model=spec.name,
+        registered_name=spec.registered_name,
+        version=version,
+        run_id=run.info.run_id,
+        batches=numbers,
+        scheme=scheme,
+        train_rows=train_rows,
+        test_rows=len(test),
+        metrics=values,
+        seconds=seconds,
+    )
+
+
+def train_models(
+    settings: TrainingSettings,
+    models: list[str],
+    batches: str | list[int],
+    scheme: Scheme = "segment",
+    overrides: dict[str, Any] | None = None,
+    spark: SparkSession | None = None,
+) -> list[TrainResult]:
+    """Train every model on every selection the scheme makes of SPEC `batches`; one version each.
+
+    Checks everything cheap first (models, SPEC, manifest, tracking store) so bad input fails
+    before Spark starts. Each selection is read once and cached for all models.
+    """
+    specs = [get_spec(m) for m in models]
+    manifest = data.read_manifest(settings.batch_dir)
+    by_number = {b.batch: b for b in manifest}
+    numbers = batches if isinstance(batches, list) else data.parse_spec(batches, list(by_number))
+    if missing := [n for n in numbers if n not in by_number]:
+        raise BadInput(f"batch {missing[0]} is not in the manifest")
+    plan = data.selections(numbers, scheme)
+    connect(settings)
+    spark = spark or data.spark_session(
+        settings.spark_master, settings.spark_driver_memory, settings.spark_partitions
+    )
+    results: list[TrainResult] = []
+    for selection in plan:
+        chosen = [by_number[n] for n in selection]
+        results += train_selection(spark, settings, specs, chosen, scheme, overrides)
+    return results
+
+
+def train_selection(
+    spark: SparkSession,
+    settings: TrainingSettings,
+    specs: list[ModelSpec],
+    chosen: list[Batch],
+    scheme: Scheme,
+    overrides: dict[str, Any] | None = None,
+) -> list[TrainResult]:
+    """One version of each model on exactly these batches, read once and cached for all of them."""
+    base = data.read_batches(spark, settings.batch_dir, chosen).cache()
+    try:
+        return [train_one(spark, settings, spec, chosen, base, scheme, overrides) for spec in specs]
+    finally:
+        base.unpersist()
+
+
+def summary_rows(results: list[TrainResult], stages: dict[tuple[str, str], str] | None = None) -> list[dict]:
+    """Rows for the demo table: model, version, batches, key metric, baseline, stage.
+
+    `stages` maps (registered name, version) → stage, e.g. from `registry.stages(settings, results)`.
+    """
+    rows = []
+    for r in results:
+        key, value, base = r.primary
+        rows.append(
+            {
+                "model": r.registered_name,
+                "version": r.version,
+                "batches": describe_batches(r.batches),
+                "metric": key,
+                "value": round(value, 6),
+                "baseline": round(base, 6),
+                "stage": (stages or {}).get((r.registered_name, r.version), "None"),
+            }
+        )
+    return rows

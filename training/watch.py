@@ -1,0 +1,115 @@
+"""`btcflow train --watch`: a new model version as each batch closes, optionally promoted by the gate.
+
+Progress lives in the registry, not in this process: each version is tagged with the last batch it
+saw, so a restarted watcher trains only what is missing. The loop is bounded (`max_batches`,
+`idle_timeout`) and stops between steps on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from training import data
+from training.data import Batch, Scheme
+from training.registry import Promotion, promote_best, versions
+from training.settings import TrainingSettings
+from training.specs import ModelSpec, get_spec
+from training.tracking import connect
+from training.train import TrainResult, train_selection
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger("training")
+
+
+class _Stop:
+    """Set by SIGINT/SIGTERM (main thread only); the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("signal %s: stopping after the current step", signum)
+        self.requested = True
+
+
+def trained_upto(spec: ModelSpec, scheme: Scheme) -> int:
+    """The last batch a registered version of this model saw under this scheme (0: none)."""
+    from mlflow import MlflowClient
+
+    done = [
+        int(v.tags.get("btcflow.last_batch", 0))
+        for v in versions(MlflowClient(), spec)
+        if v.tags.get("btcflow.scheme") == scheme
+    ]
+    return max(done, default=0)
+
+
+def _selection(manifest: list[Batch], batch: Batch, scheme: Scheme) -> list[Batch]:
+    return [b for b in manifest if b.batch <= batch.batch] if scheme == "cumulative" else [batch]
+
+
+def watch(
+    settings: TrainingSettings,
+    models: list[str],
+    scheme: Scheme = "cumulative",
+    promote: bool = False,
+    max_batches: int | None = None,
+    idle_timeout: float | None = None,
+    poll: float = 2.0,
+    overrides: dict[str, Any] | None = None,
+    spark: SparkSession | None = None,
+    report: Callable[[TrainResult | Promotion], None] | None = None,
+) -> list[TrainResult]:
+    """Train (and optionally promote) as batches close; returns the versions trained.
+
+    Ends after `max_batches` new batches, after `idle_timeout` seconds without one, or on a signal.
+    In cumulative mode a backlog is caught up with one version on the newest prefix (it covers the
+    others); segment mode trains every batch on its own.
+    """
+    specs = [get_spec(m) for m in models]
+    connect(settings)
+    done = {spec.name: trained_upto(spec, scheme) for spec in specs}
+    stop = _Stop()
+    results: list[TrainResult] = []
+    seen, last_progress = 0, time.monotonic()
+    while not stop.requested:
+        manifest = data.read_manifest(settings.batch_dir, required=False)
+        pending = [b for b in manifest if b.batch > min(done.values())]
+        if pending:
+            targets = [pending[-1]] if scheme == "cumulative" else pending[:1]
+            for batch in targets:
+                todo = [s for s in specs if done[s.name] < batch.batch]
+                spark = spark or data.spark_session(
+                    settings.spark_master, settings.spark_driver_memory, settings.spark_partitions
+                )
+                chosen = _selection(manifest, batch, scheme)
+                for result in train_selection(spark, settings, todo, chosen, scheme, overrides):
+                    results.append(result)
+                    if report:
+                        report(result)
+                for spec in todo:
+                    done[spec.name] = batch.batch
+                    if promote:
+                        promotion = promote_best(settings, spec.name, spark)
+                        if report:
+                            report(promotion)
+                seen += len(pending) if scheme == "cumulative" else 1
+            last_progress = time.monotonic()
+            if max_batches is not None and seen >= max_batches:
+                break
+            continue
+        if idle_timeout is not None and time.monotonic() - last_progress >= idle_timeout:
+            log.info("no new batch for %.0fs: stopping", idle_timeout)
+            break
+        time.sleep(poll)
+    return results
