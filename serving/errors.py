@@ -1,4 +1,13 @@
-"""One root exception for the serving package; each carries its HTTP status and CLI exit status."""
+"""One root exception for the serving package; each carries its HTTP status and CLI exit status.
+
+The app has one handler that turns any ServingError into the same JSON body:
+`{"error": <code>, "message": <one line>, ...details}` (details: `field` for bad input, `model` for a
+missing model), so clients and tests branch on `error`, never on message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 
 class ServingError(Exception):
@@ -6,3 +15,81 @@ class ServingError(Exception):
 
     exit_code = 2
     status_code = 500
+    code = "serving_error"
+
+    def details(self) -> dict[str, Any]:
+        """Extra fields for the JSON body."""
+        return {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": str(self), **self.details()}
+
+
+class BadInput(ServingError):
+    """A request value the models cannot take; names the field (`rows[3].open` inside a batch)."""
+
+    status_code = 422
+    code = "bad_input"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+    def details(self) -> dict[str, Any]:
+        return {"field": self.field}
+
+
+class ModelUnavailable(ServingError):
+    """No Production version of this model is loaded (none promoted yet, or none loadable)."""
+
+    status_code = 503
+    code = "model_unavailable"
+
+    def __init__(self, model: str, reason: str = "has no Production version loaded") -> None:
+        super().__init__(f"model {model} {reason}")
+        self.model = model
+
+    def details(self) -> dict[str, Any]:
+        return {"model": self.model}
+
+
+class NotReady(ServingError):
+    """Some of the three models are not loaded yet: /ready answers this until they are."""
+
+    status_code = 503
+    code = "not_ready"
+
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(f"waiting for {', '.join(missing)}")
+        self.missing = missing
+
+    def details(self) -> dict[str, Any]:
+        return {"missing": self.missing}
+
+
+class UnsupportedModel(ServingError):
+    """A model version whose files the numpy engine cannot evaluate; refused when it loads."""
+
+    code = "unsupported_model"
+
+
+class RegistryUnavailable(ServingError):
+    """The MLflow tracking/registry store did not answer."""
+
+    exit_code = 3
+    status_code = 503
+    code = "registry_unavailable"
+
+
+class Unauthorized(ServingError):
+    """An admin route called without a token."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServingError):
+    """An admin route called with the wrong token."""
+
+    status_code = 403
+    code = "forbidden"

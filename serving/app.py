@@ -1,0 +1,303 @@
+"""HTTP for the gateway: routes translate requests to `Gateway.predict` and answers back, nothing more.
+
+`create_app(settings)` builds the app; the registry poller starts with the app and stops with it. Every
+ServingError (and every request validation failure) leaves as the same JSON body with the error's status.
+Answers are serialised with orjson straight to bytes: the response models below document them for /docs.
+"""
+
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from serving.errors import BadInput, Forbidden, ServingError, Unauthorized
+from serving.models import SPECS, Gateway
+from serving.settings import ServingSettings
+
+TS_MIN, TS_MAX = 1230768000.0, 4102444800.0  # 2009-01-01 and 2100-01-01 UTC
+Price = Annotated[float, Field(ge=0, allow_inf_nan=False, description="USD, at least 0", examples=[42000.5])]
+Volume = Annotated[
+    float, Field(ge=0, allow_inf_nan=False, description="BTC traded in the minute", examples=[3.2])
+]
+Timestamp = Annotated[
+    float,
+    Field(
+        ge=TS_MIN,
+        le=TS_MAX,
+        allow_inf_nan=False,
+        description="Unix seconds, 2009..2100",
+        examples=[1325412060.0],
+    ),
+]
+
+
+class JSONAnswer(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+# -- answers ---------------------------------------------------------------------------------------
+class ModelRef(BaseModel):
+    name: str = Field(examples=["btc-high-low"])
+    version: str = Field(examples=["3"])
+    run_id: str = Field(examples=["35c3f918a2064c04a0f206f7d3bb800f"])
+
+
+class CloseAnswer(BaseModel):
+    predicted_close: float = Field(examples=[4.61])
+    model: ModelRef
+
+
+class HighLowAnswer(BaseModel):
+    predicted_high: float = Field(examples=[4.63])
+    predicted_low: float = Field(examples=[4.55])
+    model: ModelRef
+
+
+class TrendAnswer(BaseModel):
+    predicted_trend: Literal["Up", "Down"]
+    probability_up: float = Field(ge=0, le=1, examples=[0.57])
+    model: ModelRef
+
+
+class ClosePrediction(BaseModel):
+    predicted_close: float
+
+
+class HighLowPrediction(BaseModel):
+    predicted_high: float
+    predicted_low: float
+
+
+class TrendPrediction(BaseModel):
+    predicted_trend: Literal["Up", "Down"]
+    probability_up: float
+
+
+class ModelStatus(BaseModel):
+    kind: str
+    name: str
+    version: str | None
+    stage: str | None = Field(description="Production, or alias:production when found by the alias only")
+    run_id: str | None
+    loaded_at: str | None
+    last_error: dict[str, str] | None = Field(description="The last version that failed to load, and why")
+
+
+class ModelsAnswer(BaseModel):
+    engine: str
+    tracking_uri: str
+    checked_at: str | None
+    registry_error: str | None
+    models: list[ModelStatus]
+
+
+class ErrorAnswer(BaseModel):
+    error: str = Field(examples=["bad_input"])
+    message: str = Field(examples=["open: Input should be greater than or equal to 0"])
+    field: str | None = Field(None, examples=["open"])
+    model: str | None = Field(None, examples=["btc-close"])
+
+
+# -- requests --------------------------------------------------------------------------------------
+class CloseRow(BaseModel):
+    timestamp: Timestamp
+
+
+class HighLowRow(BaseModel):
+    open: Price
+    volume: Volume
+
+
+class TrendRow(BaseModel):
+    open: Price
+    close: Price
+    volume: Volume
+
+
+ROWS: dict[str, type[BaseModel]] = {"close": CloseRow, "high_low": HighLowRow, "trend": TrendRow}
+EXAMPLES = {
+    "close": {"timestamp": 1325412060.0},
+    "high_low": {"open": 4.58, "volume": 1.5},
+    "trend": {"open": 4.58, "close": 4.6, "volume": 1.5},
+}
+ONE = {"close": CloseAnswer, "high_low": HighLowAnswer, "trend": TrendAnswer}
+EACH = {"close": ClosePrediction, "high_low": HighLowPrediction, "trend": TrendPrediction}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorAnswer, "description": "Bad input; `field` names it"},
+    503: {"model": ErrorAnswer, "description": "No Production version loaded; `model` names it"},
+}
+
+
+def _batch_models(kind: str, max_rows: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """Request and answer models of a POST, with this app's row limit in the schema."""
+    row = ROWS[kind]
+    request = create_model(
+        f"{row.__name__}s",
+        __config__=ConfigDict(json_schema_extra={"examples": [{"rows": [EXAMPLES[kind], EXAMPLES[kind]]}]}),
+        rows=(list[row], Field(min_length=1, max_length=max_rows, description=f"1 to {max_rows} rows")),
+    )
+    answer = create_model(
+        f"{EACH[kind].__name__}s", predictions=(list[EACH[kind]], ...), model=(ModelRef, ...)
+    )
+    return request, answer
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    """('query', 'open') -> 'open'; ('body', 'rows', 3, 'open') -> 'rows[3].open'; ('body',) -> 'body'."""
+    parts = [p for p in loc[1:] if p != "__root__"] if len(loc) > 1 else list(loc)
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "body"
+
+
+def _bad_input(exc: RequestValidationError) -> BadInput:
+    first = exc.errors()[0]
+    loc = tuple(first.get("loc", ("body",)))
+    if first.get("type") == "json_invalid":
+        return BadInput("body", "not a JSON document")
+    if first.get("type") == "missing" and loc == ("body",):
+        return BadInput("body", 'missing: send {"rows": [...]} as JSON')
+    return BadInput(_field(loc), str(first.get("msg", "invalid")))
+
+
+def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> FastAPI:
+    """The gateway app. Give a `gateway` to share one (tests); else one is built from the settings."""
+    gw = gateway or Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gw.start()
+        try:
+            yield
+        finally:
+            gw.stop()
+
+    app = FastAPI(
+        title="btcflow gateway",
+        description="Predictions from the MLflow registry's Production models, evaluated without a JVM.",
+        version="1",
+        lifespan=lifespan,
+        default_response_class=JSONAnswer,
+    )
+    app.state.gateway = gw
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(request: Request, exc: ServingError) -> Response:
+        return JSONAnswer(exc.body(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        bad = _bad_input(exc)
+        return JSONAnswer(bad.body(), status_code=bad.status_code)
+
+    def one(kind: str, values: dict[str, float]) -> JSONAnswer:
+        loaded, answer = gw.predict(kind, {k: [v] for k, v in values.items()})
+        return JSONAnswer({**{k: v[0] for k, v in answer.items()}, "model": loaded.ref()})
+
+    def many(kind: str, rows: list[BaseModel]) -> JSONAnswer:
+        fields = SPECS[kind].inputs
+        loaded, answer = gw.predict(kind, {f: [getattr(r, f) for r in rows] for f in fields})
+        keys = list(answer)
+        predictions = [dict(zip(keys, values, strict=True)) for values in zip(*answer.values(), strict=True)]
+        return JSONAnswer({"predictions": predictions, "model": loaded.ref()})
+
+    q_price = {"ge": 0, "allow_inf_nan": False}
+
+    @app.get("/predict/close", response_model=CloseAnswer, responses=ERRORS, tags=["predict"])
+    async def close_one(
+        timestamp: Annotated[
+            float,
+            Query(
+                ge=TS_MIN,
+                le=TS_MAX,
+                allow_inf_nan=False,
+                examples=[1325412060.0],
+                description="Unix seconds of the minute, 2009..2100",
+            ),
+        ],
+    ) -> Response:
+        """Predicted Close of the minute at `timestamp` (btc-close)."""
+        return one("close", {"timestamp": timestamp})
+
+    @app.get("/predict/high_low", response_model=HighLowAnswer, responses=ERRORS, tags=["predict"])
+    async def high_low_one(
+        open: Annotated[float, Query(**q_price, examples=[4.58], description="Open price, USD")],
+        volume: Annotated[float, Query(**q_price, examples=[1.5], description="Volume, BTC")],
+    ) -> Response:
+        """Predicted High and Low of a minute from its Open and Volume (btc-high-low)."""
+        return one("high_low", {"open": open, "volume": volume})
+
+    @app.get("/predict/trend", response_model=TrendAnswer, responses=ERRORS, tags=["predict"])
+    async def trend_one(
+        open: Annotated[float, Query(**q_price, examples=[4.58], description="Open price, USD")],
+        close: Annotated[float, Query(**q_price, examples=[4.6], description="Close price, USD")],
+        volume: Annotated[float, Query(**q_price, examples=[1.5], description="Volume, BTC")],
+    ) -> Response:
+        """Whether the next minute closes higher (Up) or not (Down), with P(Up) (btc-trend)."""
+        return one("trend", {"open": open, "close": close, "volume": volume})
+
+    def batch_route(kind: str, request_model: type[BaseModel]) -> Any:
+        async def post(body: request_model) -> Response:  # type: ignore[valid-type]
+            return many(kind, body.rows)  # type: ignore[attr-defined]
+
+        post.__doc__ = f"{SPECS[kind].name} on a batch of rows, answered in row order."
+        return post
+
+    for kind in SPECS:
+        request_model, answer_model = _batch_models(kind, settings.max_rows)
+        app.post(
+            f"/predict/{kind}",
+            response_model=answer_model,
+            responses=ERRORS,
+            tags=["predict"],
+            name=f"{kind}_batch",
+        )(batch_route(kind, request_model))
+
+    @app.get("/models", response_model=ModelsAnswer, tags=["gateway"])
+    async def models() -> Response:
+        """The loaded version of each model, its stage and load time, and the last failed load if any."""
+        return JSONAnswer(gw.status())
+
+    @app.get("/health", tags=["gateway"])
+    async def health() -> Response:
+        """200 while the process lives."""
+        return JSONAnswer({"status": "ok"})
+
+    @app.get("/ready", tags=["gateway"], responses={503: {"model": ErrorAnswer}})
+    async def ready() -> Response:
+        """200 once all three Production models are loaded, else 503 naming those missing."""
+        gw.ready()
+        return JSONAnswer({"status": "ready"})
+
+    if settings.admin_token:
+        token = settings.admin_token
+
+        def admin(authorization: Annotated[str | None, Header(description="Bearer <token>")] = None) -> None:
+            if not authorization:
+                raise Unauthorized("POST /admin/reload needs Authorization: Bearer <token>")
+            scheme, _, given = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
+                raise Forbidden("wrong admin token")
+
+        @app.post(
+            "/admin/reload",
+            response_model=ModelsAnswer,
+            tags=["gateway"],
+            dependencies=[Depends(admin)],
+            responses={401: {"model": ErrorAnswer}, 403: {"model": ErrorAnswer}},
+        )
+        def reload() -> Response:
+            """Check the registry now (retrying versions that failed before) and answer the new status."""
+            return JSONAnswer(gw.refresh(force=True))
+
+    return app

@@ -1,0 +1,346 @@
+"""The gateway's core, free of HTTP: which versions are Production, loading them, predicting by model.
+
+A `Gateway` holds one immutable `Loaded` per model kind in a dict it replaces whole, never mutates: a request
+reads the entry once and is answered wholly by that version, even while the poller swaps in a new one.
+The poller thread asks the registry every `poll_interval_s`, loads a new Production version beside the old
+one and only then swaps; a version that fails to load is recorded (shown by /models) and the old one keeps
+serving. Only the poller (or a forced reload, under the same lock) talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from serving import sparkml
+from serving.errors import ModelUnavailable, NotReady, RegistryUnavailable, ServingError
+from serving.settings import ServingSettings
+
+log = logging.getLogger("serving")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One served model: its registered name, the request fields and the Kaggle columns they feed."""
+
+    kind: str
+    name: str
+    inputs: dict[str, str]  # request field -> model input column
+
+
+SPECS: dict[str, Spec] = {
+    "close": Spec("close", "btc-close", {"timestamp": "Timestamp"}),
+    "high_low": Spec("high_low", "btc-high-low", {"open": "Open", "volume": "Volume"}),
+    "trend": Spec("trend", "btc-trend", {"open": "Open", "close": "Close", "volume": "Volume"}),
+}
+
+
+class Evaluator(Protocol):
+    def outputs(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`prediction` (and `probability` for a classifier) for a batch of input columns."""
+        ...
+
+
+class NumpyEvaluator:
+    """The Spark pipeline read from its files, evaluated in-process."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.pipeline = sparkml.load(model_dir)
+
+    def outputs(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.pipeline.transform(columns)
+
+
+class SparkEvaluator:
+    """MLflow's Spark flavour: the real PipelineModel in a local JVM (imports pyspark only here)."""
+
+    def __init__(self, model_uri: str, tracking_uri: str) -> None:
+        import mlflow.spark
+        from pyspark.sql import SparkSession
+
+        self.spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        self.model = mlflow.spark.load_model(model_uri)
+
+    def outputs(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import pandas as pd
+
+        frame = self.spark.createDataFrame(pd.DataFrame({k: v.astype(float) for k, v in columns.items()}))
+        result = self.model.transform(frame)
+        wanted = [c for c in ("prediction", "probability") if c in result.columns]
+        rows = result.select(*wanted).collect()
+        return {
+            c: np.asarray([np.asarray(r[c]) if c == "probability" else r[c] for r in rows]) for c in wanted
+        }
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One model version ready to answer; replaced whole on a swap, never changed."""
+
+    spec: Spec
+    version: str
+    run_id: str
+    stage: str  # "Production", or "alias:production" when found by the alias only
+    loaded_at: str
+    evaluator: Evaluator
+
+    def ref(self) -> dict[str, str]:
+        return {"name": self.spec.name, "version": self.version, "run_id": self.run_id}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the registry says is Production now."""
+
+    version: str
+    run_id: str
+    stage: str
+
+
+@dataclass
+class Failure:
+    version: str
+    message: str
+    at: str
+
+
+class Registry:
+    """MLflow's registry, asked for Production versions and their files (imports mlflow on first use)."""
+
+    def __init__(self, tracking_uri: str) -> None:
+        self.tracking_uri = tracking_uri
+        self._client: Any = None
+
+    def _mlflow(self) -> Any:
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client
+
+    def production(self, name: str) -> Candidate | None:
+        """The version in stage Production, else the one with alias `production`, else None."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._mlflow()
+        try:
+            with warnings.catch_warnings():  # stages are deprecated in MLflow 3, still the contract here
+                warnings.simplefilter("ignore")
+                staged = client.get_latest_versions(name, stages=["Production"])
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc.message}") from exc
+        except Exception as exc:  # sqlalchemy / connection errors arrive untyped
+            raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc}") from exc
+        if staged:
+            mv = max(staged, key=lambda v: int(v.version))
+            return Candidate(str(mv.version), mv.run_id or "", "Production")
+        try:
+            mv = client.get_model_version_by_alias(name, "production")
+        except MlflowException:
+            return None
+        return Candidate(str(mv.version), mv.run_id or "", "alias:production")
+
+    def download(self, name: str, version: str, dst: Path) -> Path:
+        """Copy the version's MLflow model directory (MLmodel, sparkml/...) into `dst`."""
+        import mlflow.artifacts
+
+        source = self._mlflow().get_model_version_download_uri(name, version)
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=str(dst), tracking_uri=self.tracking_uri
+            )
+        )
+
+
+def forbid_jvm_imports() -> None:
+    """Make `import pyspark` / `import py4j` fail in this process, as if pyspark were not installed.
+
+    `import mlflow` tries `import pyspark` at module level (only to know whether it may use Spark types);
+    the numpy engine's process needs neither, so its entry point calls this before anything imports
+    mlflow. Only for a dedicated gateway process: never inside a test run that also fits Spark models.
+    """
+    for name in ("pyspark", "py4j"):
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]  # the documented "not importable" marker
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Gateway:
+    """Resolve, load and swap the three Production models; predict by model kind."""
+
+    settings: ServingSettings
+    registry: Registry | None = None
+    _loaded: dict[str, Loaded] = field(default_factory=dict)
+    _failures: dict[str, Failure] = field(default_factory=dict)
+    _registry_error: str | None = None
+    _checked_at: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        if self.registry is None:
+            self.registry = Registry(self.settings.tracking_uri)
+
+    # -- reading (request path: no lock, one dict read) --------------------------------------------
+    def model(self, kind: str) -> Loaded:
+        loaded = self._loaded.get(kind)
+        if loaded is None:
+            raise ModelUnavailable(SPECS[kind].name)
+        return loaded
+
+    def predict(self, kind: str, rows: Mapping[str, Sequence[float]]) -> tuple[Loaded, dict[str, list[Any]]]:
+        """Answer a batch given as request-field columns, in row order, with the version that answered."""
+        loaded = self.model(kind)
+        spec = loaded.spec
+        columns = {spec.inputs[f]: np.asarray(rows[f], dtype=np.float64) for f in spec.inputs}
+        out = loaded.evaluator.outputs(columns)
+        prediction = np.asarray(out["prediction"])
+        if kind == "close":
+            return loaded, {"predicted_close": prediction.reshape(-1).tolist()}
+        if kind == "high_low":
+            pair = prediction.reshape(len(prediction), -1)
+            return loaded, {"predicted_high": pair[:, 0].tolist(), "predicted_low": pair[:, 1].tolist()}
+        labels = ["Up" if p == 1.0 else "Down" for p in prediction.reshape(-1).tolist()]
+        return loaded, {
+            "predicted_trend": labels,
+            "probability_up": np.asarray(out["probability"])[:, 1].tolist(),
+        }
+
+    def ready(self) -> None:
+        missing = [spec.name for kind, spec in SPECS.items() if kind not in self._loaded]
+        if missing:
+            raise NotReady(missing)
+
+    def status(self) -> dict[str, Any]:
+        models = []
+        loaded, failures = self._loaded, dict(self._failures)
+        for kind, spec in SPECS.items():
+            entry: dict[str, Any] = {
+                "kind": kind,
+                "name": spec.name,
+                "version": None,
+                "stage": None,
+                "run_id": None,
+                "loaded_at": None,
+                "last_error": None,
+            }
+            if kind in loaded:
+                m = loaded[kind]
+                entry.update(version=m.version, stage=m.stage, run_id=m.run_id, loaded_at=m.loaded_at)
+            if kind in failures:
+                entry["last_error"] = failures[kind].__dict__
+            models.append(entry)
+        return {
+            "engine": self.settings.serving_engine,
+            "tracking_uri": self.settings.tracking_uri,
+            "checked_at": self._checked_at,
+            "registry_error": self._registry_error,
+            "models": models,
+        }
+
+    # -- following the registry (poller thread or forced reload) -----------------------------------
+    def refresh(self, force: bool = False) -> dict[str, Any]:
+        """Ask the registry now; load and swap in any new Production version. Returns `status()`.
+
+        A version that failed before is retried only when forced (POST /admin/reload), not every poll.
+        """
+        with self._lock:
+            for kind, spec in SPECS.items():
+                try:
+                    self._refresh_one(kind, spec, force)
+                    self._registry_error = None
+                except RegistryUnavailable as exc:
+                    self._registry_error = str(exc)
+                    log.warning("%s", exc)
+                    break
+            self._checked_at = _now()
+        return self.status()
+
+    def _refresh_one(self, kind: str, spec: Spec, force: bool) -> None:
+        assert self.registry is not None
+        candidate = self.registry.production(spec.name)
+        if candidate is None:
+            return  # nothing promoted yet (or the Production version was removed): keep what serves
+        current = self._loaded.get(kind)
+        if current is not None and current.version == candidate.version:
+            if current.stage != candidate.stage:
+                self._swap(kind, Loaded(**{**current.__dict__, "stage": candidate.stage}))
+            return
+        failed = self._failures.get(kind)
+        if failed is not None and failed.version == candidate.version and not force:
+            return
+        try:
+            evaluator = self._load(spec, candidate.version)
+        except Exception as exc:  # any load failure: record it, keep serving the old version
+            message = str(exc) if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
+            self._failures[kind] = Failure(candidate.version, message, _now())
+            log.error(
+                "%s version %s not loaded, still serving %s: %s",
+                spec.name,
+                candidate.version,
+                current.version if current else "nothing",
+                message,
+            )
+            return
+        self._failures.pop(kind, None)
+        self._swap(
+            kind, Loaded(spec, candidate.version, candidate.run_id, candidate.stage, _now(), evaluator)
+        )
+        log.info("%s: now serving version %s", spec.name, candidate.version)
+
+    def _load(self, spec: Spec, version: str) -> Evaluator:
+        assert self.registry is not None
+        if self.settings.serving_engine == "spark":
+            return SparkEvaluator(f"models:/{spec.name}/{version}", self.settings.tracking_uri)
+        tmp = Path(tempfile.mkdtemp(prefix=f"btcflow-{spec.kind}-v{version}-"))
+        try:  # everything is read into memory: the download can go right after
+            return NumpyEvaluator(self.registry.download(spec.name, version, tmp))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _swap(self, kind: str, loaded: Loaded) -> None:
+        self._loaded = {**self._loaded, kind: loaded}  # one reference assignment: atomic for readers
+
+    # -- the poller ------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Check now and then every poll interval, in a daemon thread, until `stop()`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._poll, name="registry-poller", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while True:
+            try:
+                self.refresh()
+            except Exception:  # never let the poller die: the next tick tries again
+                log.exception("registry check failed")
+            if self._stop.wait(self.settings.poll_interval_s):
+                return
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None

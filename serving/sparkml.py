@@ -1,0 +1,317 @@
+"""Spark ML pipelines read from their persisted files and evaluated with numpy: no JVM on the request path.
+
+MLflow's Spark flavour stores a fitted `PipelineModel` as Spark ML writes it: `metadata/part-*` (one JSON
+line: class, uid, paramMap, defaultParamMap) and `stages/<i>_<uid>/{metadata,data}` with Parquet data. We
+read those with json + pyarrow once per model version, then answer whole batches with a few array
+operations. Each stage reproduces Spark's own arithmetic in Spark's order (sequential dot products, trees
+summed tree by tree), so answers match `transform` to the last bits rather than merely approximately.
+A stage class we do not know is refused when the version loads, never at request time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from serving.errors import UnsupportedModel
+
+Columns = dict[str, np.ndarray]  # a batch: column name -> (n,) doubles or (n, k) vectors
+
+
+def _metadata(stage_dir: Path) -> dict[str, Any]:
+    parts = sorted((stage_dir / "metadata").glob("part-*"))
+    if not parts:
+        raise UnsupportedModel(f"{stage_dir}: no metadata/part-* file (not a Spark ML model directory)")
+    return json.loads(parts[0].read_text().splitlines()[0])
+
+
+def _param(meta: dict[str, Any], name: str, default: Any = None) -> Any:
+    """A param as Spark resolves it: the explicit value, else the persisted default."""
+    if name in meta.get("paramMap", {}):
+        return meta["paramMap"][name]
+    return meta.get("defaultParamMap", {}).get(name, default)
+
+
+def _data_rows(stage_dir: Path, sub: str = "data") -> list[dict[str, Any]]:
+    files = sorted((stage_dir / sub).glob("*.parquet"))
+    if not files:
+        raise UnsupportedModel(f"{stage_dir}: no {sub}/*.parquet")
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        rows.extend(pq.read_table(f).to_pylist())
+    return rows
+
+
+def _vector(v: dict[str, Any]) -> np.ndarray:
+    """Spark's VectorUDT struct: type 1 dense (values), type 0 sparse (size, indices, values)."""
+    if v["type"] == 1:
+        return np.asarray(v["values"], dtype=np.float64)
+    out = np.zeros(v["size"], dtype=np.float64)
+    out[np.asarray(v["indices"], dtype=np.int64)] = v["values"]
+    return out
+
+
+def _matrix(m: dict[str, Any]) -> np.ndarray:
+    """Spark's MatrixUDT struct: dense column-major (row-major if transposed) or CSC (CSR if transposed)."""
+    rows, cols, transposed = m["numRows"], m["numCols"], m["isTransposed"]
+    values = np.asarray(m["values"], dtype=np.float64)
+    if m["type"] == 1:
+        return values.reshape(rows, cols) if transposed else values.reshape(cols, rows).T
+    out = np.zeros((rows, cols), dtype=np.float64)
+    ptrs, idx = m["colPtrs"], m["rowIndices"]
+    for major in range(len(ptrs) - 1):
+        for k in range(ptrs[major], ptrs[major + 1]):
+            if transposed:
+                out[major, idx[k]] = values[k]
+            else:
+                out[idx[k], major] = values[k]
+    return out
+
+
+def _dot(x: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+    """Spark's BLAS.dot, feature by feature from the left, so sums round exactly as the JVM rounds them."""
+    acc = np.zeros(x.shape[0], dtype=np.float64)
+    for j, c in enumerate(coefficients):
+        acc = acc + x[:, j] * c
+    return acc
+
+
+@dataclass(frozen=True)
+class Assembler:
+    """VectorAssembler: columns (scalars or vectors) side by side into one (n, k) array."""
+
+    input_cols: list[str]
+    output_col: str
+
+    def transform(self, cols: Columns) -> None:
+        parts = [cols[c].reshape(len(cols[c]), -1) for c in self.input_cols]
+        cols[self.output_col] = np.hstack(parts).astype(np.float64, copy=False)
+
+
+@dataclass(frozen=True)
+class Linear:
+    """LinearRegressionModel: prediction = coefficients . x + intercept."""
+
+    features_col: str
+    prediction_col: str
+    coefficients: np.ndarray
+    intercept: float
+
+    def transform(self, cols: Columns) -> None:
+        cols[self.prediction_col] = _dot(cols[self.features_col], self.coefficients) + self.intercept
+
+
+@dataclass(frozen=True)
+class Logistic:
+    """Binary LogisticRegressionModel, with Spark's raw -> probability -> prediction steps."""
+
+    features_col: str
+    prediction_col: str
+    probability_col: str
+    raw_col: str
+    coefficients: np.ndarray
+    intercept: float
+    threshold: float
+
+    def transform(self, cols: Columns) -> None:
+        margin = _dot(cols[self.features_col], self.coefficients) + self.intercept
+        raw = np.column_stack([-margin, margin])
+        # as Spark: p0 = 1/(1+exp(-raw0)), p1 = 1 - p0 (1/(1+exp(-margin)) can differ in the last bit)
+        with np.errstate(over="ignore"):
+            p0 = 1.0 / (1.0 + np.exp(-raw[:, 0]))
+        probability = np.column_stack([p0, 1.0 - p0])
+        if self.raw_col:
+            t = self.threshold
+            raw_threshold = -math.inf if t == 0.0 else math.inf if t == 1.0 else math.log(t / (1.0 - t))
+            prediction = (raw[:, 1] > raw_threshold).astype(np.float64)
+            cols[self.raw_col] = raw
+        else:
+            prediction = (probability[:, 1] > self.threshold).astype(np.float64)
+        if self.probability_col:
+            cols[self.probability_col] = probability
+        cols[self.prediction_col] = prediction
+
+
+@dataclass(frozen=True)
+class Forest:
+    """RandomForestRegressionModel: every tree's nodes in flat arrays, walked for all rows and trees at once.
+
+    A leaf points to itself on both sides, so `depth` steps of "left if x[feature] <= threshold else right"
+    bring every (row, tree) pair to its leaf, as Spark's `predictImpl` does one row at a time.
+    """
+
+    features_col: str
+    prediction_col: str
+    roots: np.ndarray  # (trees,) index of each tree's root in the flat arrays
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    value: np.ndarray
+    depth: int
+
+    def transform(self, cols: Columns) -> None:
+        x = cols[self.features_col]
+        rows = np.arange(x.shape[0])[:, None]
+        node = np.broadcast_to(self.roots, (x.shape[0], len(self.roots)))
+        for _ in range(self.depth):
+            go_left = x[rows, self.feature[node]] <= self.threshold[node]
+            node = np.where(go_left, self.left[node], self.right[node])
+        leaves = self.value[node]
+        total = np.zeros(x.shape[0], dtype=np.float64)
+        for t in range(leaves.shape[1]):  # Spark sums tree by tree, then divides by the number of trees
+            total = total + leaves[:, t]
+        cols[self.prediction_col] = total / len(self.roots)
+
+
+def _forest(stage_dir: Path, meta: dict[str, Any]) -> Forest:
+    nodes = _data_rows(stage_dir)
+    trees = sorted({r["treeID"] for r in nodes})
+    by_tree: dict[int, list[dict[str, Any]]] = {t: [] for t in trees}
+    for r in nodes:
+        by_tree[r["treeID"]].append(r["nodeData"])
+    feature, threshold, left, right, value, roots = [], [], [], [], [], []
+    for t in trees:
+        tree = sorted(by_tree[t], key=lambda n: n["id"])
+        if [n["id"] for n in tree] != list(range(len(tree))):
+            raise UnsupportedModel(f"{stage_dir.name}: tree {t} node ids are not 0..n-1")
+        base = len(value)
+        roots.append(base)
+        for n in tree:
+            value.append(n["prediction"])
+            if n["leftChild"] < 0:  # a leaf: loop onto itself
+                feature.append(0)
+                threshold.append(0.0)
+                left.append(base + n["id"])
+                right.append(base + n["id"])
+                continue
+            split = n["split"]
+            if split["numCategories"] != -1:
+                raise UnsupportedModel(f"{stage_dir.name}: categorical split in tree {t} is not supported")
+            feature.append(split["featureIndex"])
+            threshold.append(split["leftCategoriesOrThreshold"][0])
+            left.append(base + n["leftChild"])
+            right.append(base + n["rightChild"])
+    forest = Forest(
+        features_col=_param(meta, "featuresCol", "features"),
+        prediction_col=_param(meta, "predictionCol", "prediction"),
+        roots=np.asarray(roots, dtype=np.int64),
+        feature=np.asarray(feature, dtype=np.int64),
+        threshold=np.asarray(threshold, dtype=np.float64),
+        left=np.asarray(left, dtype=np.int64),
+        right=np.asarray(right, dtype=np.int64),
+        value=np.asarray(value, dtype=np.float64),
+        depth=0,
+    )
+    return Forest(**{**forest.__dict__, "depth": _depth(forest)})
+
+
+def _depth(forest: Forest) -> int:
+    """Steps from the roots until every path has reached a leaf (bounded by the node count)."""
+    frontier = forest.roots
+    for depth in range(len(forest.value) + 1):
+        inner = frontier[forest.left[frontier] != frontier]
+        if inner.size == 0:
+            return depth
+        frontier = np.concatenate([forest.left[inner], forest.right[inner]])
+    raise UnsupportedModel("tree has a cycle")
+
+
+def _assembler(stage_dir: Path, meta: dict[str, Any]) -> Assembler:
+    return Assembler(list(_param(meta, "inputCols")), _param(meta, "outputCol"))
+
+
+def _linear(stage_dir: Path, meta: dict[str, Any]) -> Linear:
+    (row,) = _data_rows(stage_dir)
+    return Linear(
+        features_col=_param(meta, "featuresCol", "features"),
+        prediction_col=_param(meta, "predictionCol", "prediction"),
+        coefficients=_vector(row["coefficients"]),
+        intercept=float(row["intercept"]),
+    )
+
+
+def _logistic(stage_dir: Path, meta: dict[str, Any]) -> Logistic:
+    (row,) = _data_rows(stage_dir)
+    if row.get("isMultinomial") or row.get("numClasses", 2) != 2:
+        raise UnsupportedModel(f"{stage_dir.name}: only binary logistic regression is supported")
+    thresholds = _param(meta, "thresholds")
+    if thresholds:  # Spark's getThreshold for a binary model given thresholds
+        threshold = 1.0 / (1.0 + thresholds[0] / thresholds[1])
+    else:
+        threshold = float(_param(meta, "threshold", 0.5))
+    return Logistic(
+        features_col=_param(meta, "featuresCol", "features"),
+        prediction_col=_param(meta, "predictionCol", "prediction"),
+        probability_col=_param(meta, "probabilityCol", "probability"),
+        raw_col=_param(meta, "rawPredictionCol", "rawPrediction"),
+        coefficients=_matrix(row["coefficientMatrix"])[0],
+        intercept=float(_vector(row["interceptVector"])[0]),
+        threshold=threshold,
+    )
+
+
+Stage = Assembler | Linear | Logistic | Forest
+READERS: dict[str, Callable[[Path, dict[str, Any]], Stage]] = {
+    "org.apache.spark.ml.feature.VectorAssembler": _assembler,
+    "org.apache.spark.ml.regression.LinearRegressionModel": _linear,
+    "org.apache.spark.ml.classification.LogisticRegressionModel": _logistic,
+    "org.apache.spark.ml.regression.RandomForestRegressionModel": _forest,
+}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A fitted PipelineModel as numpy stages, applied in order to a batch of columns."""
+
+    uid: str
+    stages: tuple[Stage, ...]
+
+    def transform(self, columns: Columns) -> Columns:
+        cols = dict(columns)
+        for stage in self.stages:
+            stage.transform(cols)
+        return cols
+
+
+def spark_model_dir(model_dir: Path) -> Path:
+    """The PipelineModel directory inside an MLflow model (`flavors.spark.model_data`, usually `sparkml`)."""
+    if (model_dir / "metadata").is_dir():
+        return model_dir
+    mlmodel = model_dir / "MLmodel"
+    if mlmodel.is_file():
+        import yaml  # MLflow's own dependency; MLmodel is YAML
+
+        flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
+        if "spark" not in flavors:
+            raise UnsupportedModel(f"{model_dir}: MLflow model has no spark flavour ({', '.join(flavors)})")
+        return model_dir / flavors["spark"].get("model_data", "sparkml")
+    return model_dir / "sparkml"
+
+
+def load(model_dir: Path) -> Pipeline:
+    """Read a persisted PipelineModel; refuse any stage class without a numpy twin, naming it."""
+    root = spark_model_dir(Path(model_dir))
+    meta = _metadata(root)
+    if meta.get("class") != "org.apache.spark.ml.PipelineModel":
+        raise UnsupportedModel(f"{root}: expected a PipelineModel, found {meta.get('class')}")
+    uids = meta["paramMap"]["stageUids"]
+    stages: list[Stage] = []
+    for i, uid in enumerate(uids):
+        stage_dir = root / "stages" / f"{i}_{uid}"
+        stage_meta = _metadata(stage_dir)
+        reader = READERS.get(stage_meta["class"])
+        if reader is None:
+            raise UnsupportedModel(
+                f"stage {i} ({uid}) is {stage_meta['class']}, which the numpy engine cannot evaluate; "
+                "serve this model with BTCFLOW_SERVING_ENGINE=spark"
+            )
+        stages.append(reader(stage_dir, stage_meta))
+    return Pipeline(uid=meta["uid"], stages=tuple(stages))

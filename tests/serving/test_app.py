@@ -1,0 +1,210 @@
+"""The HTTP contract, in process: fields and types, every validation case, 503s, /models, the admin token."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from serving.models import Gateway
+from serving.settings import ServingSettings
+from tests.serving.conftest import Store
+
+GET = {
+    "close": {"timestamp": 1325412060.0},
+    "high_low": {"open": 4.58, "volume": 1.5},
+    "trend": {"open": 4.58, "close": 4.6, "volume": 1.5},
+}
+NAMES = {"close": "btc-close", "high_low": "btc-high-low", "trend": "btc-trend"}
+
+
+def client_for(uri: str, **settings: object) -> tuple[TestClient, Gateway]:
+    config = ServingSettings(tracking_uri=uri, poll_interval_s=3600, **settings)
+    gateway = Gateway(config)
+    gateway.refresh()
+    return TestClient(create_app(config, gateway)), gateway
+
+
+@pytest.fixture
+def client(store: Store) -> TestClient:
+    return client_for(store.uri)[0]
+
+
+def check_model(answer: dict, kind: str, version: str) -> None:
+    assert answer["model"]["name"] == NAMES[kind]
+    assert answer["model"]["version"] == version
+    assert isinstance(answer["model"]["run_id"], str) and len(answer["model"]["run_id"]) == 32
+
+
+def test_get_routes_answer_the_contract_fields(client: TestClient, store: Store) -> None:
+    close = client.get("/predict/close", params=GET["close"]).json()
+    assert set(close) == {"predicted_close", "model"} and isinstance(close["predicted_close"], float)
+    high_low = client.get("/predict/high_low", params=GET["high_low"]).json()
+    assert set(high_low) == {"predicted_high", "predicted_low", "model"}
+    assert all(isinstance(high_low[k], float) for k in ("predicted_high", "predicted_low"))
+    trend = client.get("/predict/trend", params=GET["trend"]).json()
+    assert set(trend) == {"predicted_trend", "probability_up", "model"}
+    assert trend["predicted_trend"] in ("Up", "Down") and 0.0 <= trend["probability_up"] <= 1.0
+    assert (trend["predicted_trend"] == "Up") == (trend["probability_up"] > 0.5)
+    for kind, answer in (("close", close), ("high_low", high_low), ("trend", trend)):
+        check_model(answer, kind, store.template.versions[kind])
+
+
+@pytest.mark.parametrize("kind", list(GET))
+def test_post_answers_in_row_order_equal_to_single_rows(client: TestClient, store: Store, kind: str) -> None:
+    rows = []
+    for i in range(25):
+        row = {k: v * (1 + i / 10) for k, v in GET[kind].items()}
+        row["volume" if "volume" in row else "timestamp"] = float(i * 1000) if kind != "close" else 1.4e9 + i * 1e7
+        rows.append(row)
+    answer = client.post(f"/predict/{kind}", json={"rows": rows})
+    assert answer.status_code == 200
+    body = answer.json()
+    check_model(body, kind, store.template.versions[kind])
+    assert len(body["predictions"]) == len(rows)
+    for row, prediction in zip(rows, body["predictions"], strict=True):
+        single = client.get(f"/predict/{kind}", params=row).json()
+        single.pop("model")
+        assert prediction == single
+
+
+def test_models_health_ready(client: TestClient, store: Store) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").status_code == 200
+    status = client.get("/models").json()
+    assert status["engine"] == "numpy"
+    by_name = {m["name"]: m for m in status["models"]}
+    for kind, name in NAMES.items():
+        entry = by_name[name]
+        assert entry["version"] == store.template.versions[kind]
+        assert entry["stage"] == "Production" and entry["loaded_at"] and entry["last_error"] is None
+
+
+def test_503_names_the_model_before_promotion_then_serves(empty_store: Store) -> None:
+    client, gateway = client_for(empty_store.uri)
+    for kind, name in NAMES.items():
+        answer = client.get(f"/predict/{kind}", params=GET[kind])
+        assert answer.status_code == 503
+        assert answer.json()["model"] == name and name in answer.json()["message"]
+        posted = client.post(f"/predict/{kind}", json={"rows": [GET[kind]]})
+        assert posted.status_code == 503 and posted.json()["model"] == name
+    ready = client.get("/ready")
+    assert ready.status_code == 503 and set(ready.json()["missing"]) == set(NAMES.values())
+    empty_store.promote("close")
+    gateway.refresh()
+    assert client.get("/predict/close", params=GET["close"]).status_code == 200
+    assert client.get("/ready").json()["missing"] == ["btc-high-low", "btc-trend"]
+
+
+BAD_GETS = [
+    ("close", {}, "timestamp"),
+    ("close", {"timestamp": "soon"}, "timestamp"),
+    ("close", {"timestamp": "nan"}, "timestamp"),
+    ("close", {"timestamp": "inf"}, "timestamp"),
+    ("close", {"timestamp": 1000.0}, "timestamp"),  # 1970
+    ("close", {"timestamp": 1230767999.0}, "timestamp"),  # the last second of 2008
+    ("close", {"timestamp": 4102444801.0}, "timestamp"),  # after 2100
+    ("high_low", {"volume": 1}, "open"),
+    ("high_low", {"open": -0.01, "volume": 1}, "open"),
+    ("high_low", {"open": 4, "volume": -1}, "volume"),
+    ("high_low", {"open": "-inf", "volume": 1}, "open"),
+    ("high_low", {"open": 4, "volume": "NaN"}, "volume"),
+    ("trend", {"open": 4, "close": "x", "volume": 1}, "close"),
+    ("trend", {"open": 4, "close": 4, "volume": ""}, "volume"),
+    ("trend", {"open": 4, "close": -4, "volume": 1}, "close"),
+]
+
+
+@pytest.mark.parametrize(("kind", "params", "field"), BAD_GETS)
+def test_bad_get_is_422_naming_the_field(client: TestClient, kind: str, params: dict, field: str) -> None:
+    answer = client.get(f"/predict/{kind}", params=params)
+    assert answer.status_code == 422
+    body = answer.json()
+    assert body["error"] == "bad_input" and body["field"] == field and field in body["message"]
+
+
+BAD_POSTS = [
+    ("close", b'{"rows": []}', "rows"),
+    ("close", b'{"rows": [{"timestamp": 1325412060.0}, {}]}', "rows[1].timestamp"),
+    ("close", b'{"rows": [{"timestamp": NaN}]}', "rows[0].timestamp"),
+    ("close", b'{"rows": [{"timestamp": Infinity}]}', "rows[0].timestamp"),
+    ("close", b'{"rows": [{"timestamp": 1e400}]}', "rows[0].timestamp"),
+    ("close", b'{"rows": [{"timestamp": 99}]}', "rows[0].timestamp"),
+    ("high_low", b'{"rows": [{"open": "abc", "volume": 1}]}', "rows[0].open"),
+    ("high_low", b'{"rows": [{"open": 1, "volume": -2}]}', "rows[0].volume"),
+    ("high_low", b'{"rows": {"open": 1}}', "rows"),
+    ("high_low", b'{"rows": [1, 2]}', "rows[0]"),
+    ("trend", b'{"rows": [{"open": 1, "close": null, "volume": 0}]}', "rows[0].close"),
+    ("trend", b"{not json", "body"),
+    ("trend", b"", "body"),
+    ("trend", b"[]", "body"),
+    ("trend", b'{"row": []}', "rows"),
+]
+
+
+@pytest.mark.parametrize(("kind", "body", "field"), BAD_POSTS)
+def test_bad_post_is_422_naming_the_field(client: TestClient, kind: str, body: bytes, field: str) -> None:
+    answer = client.post(f"/predict/{kind}", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"] == "bad_input" and answer.json()["field"] == field
+
+
+def test_post_over_the_row_limit_is_422(store: Store) -> None:
+    client, _ = client_for(store.uri, max_rows=5)
+    assert client.post("/predict/close", json={"rows": [GET["close"]] * 5}).status_code == 200
+    answer = client.post("/predict/close", json={"rows": [GET["close"]] * 6})
+    assert answer.status_code == 422 and answer.json()["field"] == "rows"
+
+
+def test_admin_reload_needs_the_token(store: Store) -> None:
+    client, _ = client_for(store.uri, admin_token="s3cret")
+    assert client.post("/admin/reload").status_code == 401
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer nope"}).status_code == 403
+    assert client.post("/admin/reload", headers={"Authorization": "s3cret"}).status_code == 403
+    store.promote("close_v2")
+    answer = client.post("/admin/reload", headers={"Authorization": "Bearer s3cret"})
+    assert answer.status_code == 200
+    close = next(m for m in answer.json()["models"] if m["name"] == "btc-close")
+    assert close["version"] == store.template.versions["close_v2"]
+    assert client.get("/predict/close", params=GET["close"]).json()["model"]["version"] == close["version"]
+
+
+def test_admin_reload_absent_without_a_token(client: TestClient) -> None:
+    assert client.post("/admin/reload", headers={"Authorization": "Bearer x"}).status_code in (404, 405)
+    assert "/admin/reload" not in client.get("/openapi.json").json()["paths"]
+
+
+def test_a_failed_load_keeps_the_old_version_and_shows_in_models(store: Store) -> None:
+    client, gateway = client_for(store.uri)
+    before = client.get("/predict/close", params=GET["close"]).json()
+    broken = store.promote("close_broken")
+    status = gateway.refresh()
+    close = next(m for m in status["models"] if m["name"] == "btc-close")
+    assert close["version"] == store.template.versions["close"]
+    assert close["last_error"]["version"] == broken
+    assert "GeneralizedLinearRegressionModel" in close["last_error"]["message"]
+    after = client.get("/predict/close", params=GET["close"]).json()
+    assert after == before
+    assert client.get("/models").json()["models"][0]["last_error"]["version"] == broken
+    store.promote("close_v2")  # a good version after the broken one is picked up
+    gateway.refresh()
+    assert client.get("/predict/close", params=GET["close"]).json()["model"]["version"] == (
+        store.template.versions["close_v2"]
+    )
+
+
+def test_alias_alone_is_enough(empty_store: Store) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=empty_store.uri, registry_uri=empty_store.uri).set_registered_model_alias(
+        "btc-trend", "production", empty_store.template.versions["trend"]
+    )
+    client, _ = client_for(empty_store.uri)
+    answer = client.get("/predict/trend", params=GET["trend"])
+    assert answer.status_code == 200
+    assert next(m for m in client.get("/models").json()["models"] if m["kind"] == "trend")["stage"] == (
+        "alias:production"
+    )
+    assert math.isfinite(answer.json()["probability_up"])
