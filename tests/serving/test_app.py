@@ -57,7 +57,10 @@ def test_post_answers_in_row_order_equal_to_single_rows(client: TestClient, stor
     rows = []
     for i in range(25):
         row = {k: v * (1 + i / 10) for k, v in GET[kind].items()}
-        row["volume" if "volume" in row else "timestamp"] = float(i * 1000) if kind != "close" else 1.4e9 + i * 1e7
+        if kind == "close":
+            row["timestamp"] = 1.4e9 + i * 1e7
+        else:
+            row["volume"] = float(i * 1000)
         rows.append(row)
     answer = client.post(f"/predict/{kind}", json={"rows": rows})
     assert answer.status_code == 200
@@ -190,8 +193,9 @@ def test_a_failed_load_keeps_the_old_version_and_shows_in_models(store: Store) -
     assert client.get("/models").json()["models"][0]["last_error"]["version"] == broken
     store.promote("close_v2")  # a good version after the broken one is picked up
     gateway.refresh()
-    assert client.get("/predict/close", params=GET["close"]).json()["model"]["version"] == (
-        store.template.versions["close_v2"]
+    assert (
+        client.get("/predict/close", params=GET["close"]).json()["model"]["version"]
+        == (store.template.versions["close_v2"])
     )
 
 

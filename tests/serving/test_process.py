@@ -1,0 +1,129 @@
+"""The gateway as a real process: hot swap under load on a real uvicorn, and no JVM bridge imported."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import psutil
+
+from tests.serving.conftest import Store
+from tests.serving.spark_models import free_port
+
+POLL_S = 1.0
+PARAMS = {"timestamp": 1325412060.0}
+
+
+def start_gateway(uri: str, port: int) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BTCFLOW_POLL_INTERVAL_S": str(POLL_S)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "btcflow.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "gateway exited"
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("gateway not ready in time")
+
+
+def test_hot_swap_under_load_has_no_errors_and_moves_to_the_new_version(store: Store) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = start_gateway(store.uri, port)
+    try:
+        wait_ready(base, proc)
+        # the request path runs without a JVM: no java process under the gateway
+        assert not [p for p in psutil.Process(proc.pid).children(recursive=True) if "java" in p.name()]
+        answers: list[tuple[float, int, str | None, float | None]] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            with httpx.Client(base_url=base, timeout=5) as http:
+                for _ in range(100_000):  # bounded; the test stops it far earlier
+                    if stop.is_set():
+                        return
+                    r = http.get("/predict/close", params=PARAMS)
+                    body = r.json() if r.status_code == 200 else {}
+                    answers.append(
+                        (
+                            time.monotonic(),
+                            r.status_code,
+                            body.get("model", {}).get("version"),
+                            body.get("predicted_close"),
+                        )
+                    )
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        promoted_at = time.monotonic()
+        new = store.promote("close_v2")
+        deadline = promoted_at + 30
+        while time.monotonic() < deadline and not any(a[2] == new for a in answers[-20:]):
+            time.sleep(0.1)
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(10)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    old = store.template.versions["close"]
+    assert len(answers) > 100
+    assert {a[1] for a in answers} == {200}, "a request failed during the swap"
+    assert {a[2] for a in answers} == {old, new}
+    # wholly old or wholly new: each version always gives its own answer
+    assert len({a[3] for a in answers if a[2] == old}) == 1
+    assert len({a[3] for a in answers if a[2] == new}) == 1
+    first_new = min(a[0] for a in answers if a[2] == new)
+    assert not [a for a in answers if a[2] == old and a[0] > first_new + 0.5], "old version came back"
+    # within the poll interval, plus the load of the new version on a busy machine
+    assert first_new - promoted_at < POLL_S + 10
+
+
+SCRIPT = """
+import json, sys, time
+from serving.models import forbid_jvm_imports
+forbid_jvm_imports()  # what `btcflow serve` does for the numpy engine
+from fastapi.testclient import TestClient
+from serving.app import create_app
+from serving.settings import ServingSettings
+answers = {}
+with TestClient(create_app(ServingSettings())) as client:
+    for _ in range(300):
+        if client.get("/ready").status_code == 200:
+            break
+        time.sleep(0.2)
+    answers["close"] = client.get("/predict/close", params={"timestamp": 1.4e9}).status_code
+    rows = {"rows": [{"open": 5, "volume": 0}]}
+    answers["high_low"] = client.post("/predict/high_low", json=rows).status_code
+    answers["trend"] = client.get("/predict/trend", params={"open": 5, "close": 6, "volume": 1}).status_code
+loaded = [m for m, v in sys.modules.items() if m.split(".")[0] in ("pyspark", "py4j") and v is not None]
+print(json.dumps({"answers": answers, "loaded": loaded, "mlflow": "mlflow" in sys.modules}))
+"""
+
+
+def test_the_numpy_engine_process_never_imports_pyspark_or_py4j(store: Store) -> None:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri}
+    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["answers"] == {"close": 200, "high_low": 200, "trend": 200}
+    assert result["mlflow"] and result["loaded"] == []

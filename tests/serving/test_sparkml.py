@@ -1,0 +1,148 @@
+"""Parity: the numpy evaluation of each registered Spark pipeline against Spark's own `transform`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving import sparkml
+from serving.errors import UnsupportedModel
+from serving.models import Registry
+from tests.serving.conftest import Template
+
+ROWS = 10_000
+TS_MIN, TS_MAX = 1230768000.0, 4102444800.0
+
+
+def edge_rows(rng: np.random.Generator, thresholds: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Random minutes plus edges: zero volume, huge prices, values exactly on (and beside) split points."""
+    n = ROWS
+    price = np.concatenate(
+        [rng.uniform(0, 200, n // 2), 10 ** rng.uniform(-3, 12, n // 2 - 40), [0.0] * 10, [1e12, 1e15] * 15]
+    )
+    volume = np.where(rng.uniform(size=len(price)) < 0.25, 0.0, 10 ** rng.uniform(-4, 9, len(price)))
+    frame = pd.DataFrame(
+        {
+            "Timestamp": rng.uniform(TS_MIN, TS_MAX, len(price)),
+            "Open": price,
+            "Close": price * rng.uniform(0.9, 1.1, len(price)),
+            "Volume": volume,
+        }
+    )
+    edges = []
+    for column, values in thresholds.items():
+        for t in values:
+            for v in (t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf)):
+                row = frame.iloc[len(edges) % n].to_dict()
+                row[column] = max(v, 0.0)
+                edges.append(row)
+    edges.append({"Timestamp": TS_MIN, "Open": 0.0, "Close": 0.0, "Volume": 0.0})
+    edges.append({"Timestamp": TS_MAX, "Open": 1e15, "Close": 1e15, "Volume": 1e12})
+    return pd.concat([frame, pd.DataFrame(edges)], ignore_index=True)
+
+
+def numpy_pipeline(template: Template, key: str, tmp_path: Path) -> sparkml.Pipeline:
+    """The version as the gateway gets it: downloaded from the registry, read from its files."""
+    name = {"close": "btc-close", "high_low": "btc-high-low", "trend": "btc-trend"}[key]
+    registry = Registry(f"sqlite:///{template.root / 'mlflow.db'}")
+    return sparkml.load(registry.download(name, template.versions[key], tmp_path / key))
+
+
+def spark_transform(template: Template, kind: str, frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    spark = template.spark
+    out = template.models[kind].transform(spark.createDataFrame(frame.astype("float64")))
+    selected = [
+        vector_to_array(F.col(c)).alias(c) if c in ("probability", "prediction_vec") else F.col(c)
+        for c in columns
+    ]
+    return out.select(*selected).toPandas()
+
+
+def forest_thresholds(pipeline: sparkml.Pipeline, features: list[str]) -> dict[str, np.ndarray]:
+    out: dict[str, list[float]] = {f: [] for f in features}
+    for stage in pipeline.stages:
+        if isinstance(stage, sparkml.Forest):
+            inner = stage.left != np.arange(len(stage.left))
+            for j, f in enumerate(features):
+                out[f].extend(stage.threshold[inner & (stage.feature == j)].tolist())
+    return {f: np.unique(v) for f, v in out.items()}
+
+
+def test_high_low_parity(template: Template, tmp_path: Path) -> None:
+    ours = numpy_pipeline(template, "high_low", tmp_path)
+    thresholds = forest_thresholds(ours, ["Open", "Volume"])
+    assert sum(len(v) for v in thresholds.values()) > 20
+    frame = edge_rows(np.random.default_rng(1), thresholds)
+    assert len(frame) >= ROWS
+    cols = ours.transform({c: frame[c].to_numpy() for c in ("Open", "Volume")})
+    spark = spark_transform(template, "high_low", frame, ["prediction_high", "prediction_low"])
+    spark_vector = template.models["high_low"].transform(
+        template.spark.createDataFrame(frame.head(50).astype("float64"))
+    )
+    for name in ("prediction_high", "prediction_low"):
+        np.testing.assert_allclose(cols[name], spark[name].to_numpy(), rtol=1e-9, atol=0)
+    final = np.array([r["prediction"].toArray() for r in spark_vector.select("prediction").collect()])
+    np.testing.assert_allclose(cols["prediction"][:50], final, rtol=1e-9, atol=0)
+
+
+def test_close_parity(template: Template, tmp_path: Path) -> None:
+    ours = numpy_pipeline(template, "close", tmp_path)
+    frame = edge_rows(np.random.default_rng(2), {})
+    cols = ours.transform({"Timestamp": frame["Timestamp"].to_numpy()})
+    spark = spark_transform(template, "close", frame, ["prediction"])
+    np.testing.assert_allclose(cols["prediction"], spark["prediction"].to_numpy(), rtol=1e-9, atol=0)
+
+
+def test_trend_parity(template: Template, tmp_path: Path) -> None:
+    ours = numpy_pipeline(template, "trend", tmp_path)
+    frame = edge_rows(np.random.default_rng(3), {})
+    # rows on the decision boundary's neighbourhood too: Close moved until the margin is about 0
+    logistic = ours.stages[1]
+    assert isinstance(logistic, sparkml.Logistic)
+    w = logistic.coefficients
+    near = frame.head(200).copy()
+    near["Close"] = -(logistic.intercept + w[0] * near["Open"] + w[2] * near["Volume"]) / w[1]
+    frame = pd.concat([frame, near[near["Close"] >= 0]], ignore_index=True)
+    cols = ours.transform({c: frame[c].to_numpy() for c in ("Open", "Close", "Volume")})
+    spark = spark_transform(template, "trend", frame, ["prediction", "probability"])
+    assert np.array_equal(cols["prediction"], spark["prediction"].to_numpy())
+    probability = np.stack(spark["probability"].to_numpy())
+    np.testing.assert_allclose(cols["probability"], probability, rtol=0, atol=1e-12)
+    assert 0 < cols["prediction"].sum() < len(frame)  # both labels occur
+
+
+def test_unknown_stage_is_refused_naming_it(template: Template) -> None:
+    with pytest.raises(UnsupportedModel, match="GeneralizedLinearRegressionModel"):
+        sparkml.load(template.root / "broken-close-model")
+
+
+def test_spark_vector_and_matrix_structs() -> None:
+    sparse = {"type": 0, "size": 4, "indices": [1, 3], "values": [2.0, 5.0]}
+    assert sparkml._vector(sparse).tolist() == [0.0, 2.0, 0.0, 5.0]
+    dense_cols = {
+        "type": 1,
+        "numRows": 2,
+        "numCols": 2,
+        "colPtrs": None,
+        "rowIndices": None,
+        "values": [1.0, 2.0, 3.0, 4.0],
+        "isTransposed": False,
+    }
+    assert sparkml._matrix(dense_cols).tolist() == [[1.0, 3.0], [2.0, 4.0]]
+    assert sparkml._matrix({**dense_cols, "isTransposed": True}).tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    csc = {
+        "type": 0,
+        "numRows": 2,
+        "numCols": 2,
+        "colPtrs": [0, 1, 2],
+        "rowIndices": [1, 0],
+        "values": [7.0, 8.0],
+        "isTransposed": False,
+    }
+    assert sparkml._matrix(csc).tolist() == [[0.0, 8.0], [7.0, 0.0]]
