@@ -310,3 +310,22 @@ def _reap(pid: int) -> None:
     """Collect the broker's exit status when this process started it (no zombie left behind)."""
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def delete_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> bool:
+    """Delete `topic` if it exists and wait until the broker forgets it; False if there was none."""
+    admin = admin_client(bootstrap)
+    try:
+        if topic not in admin.list_topics():
+            return False
+        admin.delete_topics([topic])
+        deadline = time.monotonic() + timeout_s
+        while topic in admin.list_topics():
+            if time.monotonic() > deadline:
+                raise BrokerUnavailable(f"topic {topic} was not deleted within {timeout_s:.0f} s")
+            time.sleep(0.2)
+        return True
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"Kafka at {bootstrap} refused to delete {topic}: {exc}") from exc
+    finally:
+        admin.close()

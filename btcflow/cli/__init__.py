@@ -35,6 +35,8 @@ def _root(
     )
     if not debug:  # kafka-python logs every failed connection attempt; our errors say it once
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    if not (debug or verbose):  # MLflow narrates every artifact move at INFO
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 for module in (broker, produce, consume, train, serve, demo):

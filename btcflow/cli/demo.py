@@ -1,9 +1,233 @@
-"""`btcflow demo` (being written)."""
+"""`btcflow demo`: the whole flow on embedded defaults, from nothing to answered HTTP predictions.
+
+Steps: generate a Kaggle-shaped file (or take --input), start the embedded broker, replay the file
+through Kafka with the consumer writing batches side by side, train the three models cumulatively on
+batches 1..3, promote with the --best gate on batch 4 (the held-out tail), then start the gateway,
+call each route and stop it. Each step is the same library call its own command makes.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False)
+
+TRAINED_BATCHES = 3  # cumulative 1, 1+2, 1+2+3; batch 4 (the tail) is the unseen promotion window
+
+
+def _step(title: str) -> None:
+    console.rule(f"[bold]{title}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: int) -> Path:
+    from pipeline.broker import EmbeddedBroker, delete_topic
+    from pipeline.producer import produce
+    from pipeline.settings import PipelineSettings
+    from pipeline.store import read_manifest
+    from pipeline.synth import synth
+
+    settings = PipelineSettings()
+    source = input_path
+    if source is None:
+        source = settings.data_dir / f"synth_{rows}_seed{seed}.csv"
+        if not source.exists():
+            _step(f"1. generate {rows:,} Kaggle-shaped rows")
+            started = time.monotonic()
+            synth(rows, source, seed)
+            console.print(f"wrote {source} in {time.monotonic() - started:.1f} s")
+    total = rows if input_path is None else _count_rows(source)
+    size = batch_rows or math.ceil(total * 0.3)
+
+    _step("2. Kafka broker")
+    if settings.embedded:
+        broker = EmbeddedBroker(
+            settings.broker_home, settings.kafka_jars, settings.broker_port, settings.broker_heap
+        )
+        console.print(f"broker at {broker.start()} (log {broker.log_file})")
+    else:
+        console.print(f"using the cluster at {settings.bootstrap}")
+    # The demo starts from nothing: an empty topic and no batches, so a rerun never doubles rows.
+    delete_topic(settings.bootstrap, settings.topic)
+    shutil.rmtree(settings.batch_dir, ignore_errors=True)
+
+    _step(f"3. replay {source.name} through '{settings.topic}', batches of {size:,} rows")
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "btcflow.cli", "consume", "--batch-rows", str(size), "--idle-timeout", "8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | {"BTCFLOW_TOPIC": settings.topic},
+    )
+    summary = produce(settings, source, progress=sys.stderr.isatty())
+    console.print(f"producer: {summary.line()}")
+    out, _ = consumer.communicate(timeout=600)
+    console.print(f"consumer: {out.strip().splitlines()[-1] if out.strip() else 'no output'}")
+    if consumer.returncode != 0:
+        raise typer.Exit(consumer.returncode)
+
+    table = Table("batch", "file", "rows", "first minute (UTC)", "last minute (UTC)", "offsets")
+    entries = read_manifest(settings.batch_dir)
+    for e in entries:
+        table.add_row(
+            str(e.batch),
+            e.file,
+            f"{e.rows:,}",
+            _utc(e.min_ts),
+            _utc(e.max_ts),
+            ", ".join(f"p{p}: {a}-{b}" for p, (a, b) in e.offsets.items()),
+        )
+    console.print(table)
+    console.print(f"manifest: {settings.batch_dir / 'manifest.json'}")
+    if len(entries) <= TRAINED_BATCHES:
+        raise typer.BadParameter(
+            f"the demo needs more than {TRAINED_BATCHES} batches (got {len(entries)}): lower --batch-rows"
+        )
+    return source
+
+
+def _count_rows(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b"")) - 1
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ts))
+
+
+def _train() -> None:
+    from training.registry import promote_best, stages
+    from training.settings import TrainingSettings
+    from training.specs import SPECS
+    from training.train import summary_rows, train_models
+
+    settings = TrainingSettings()
+    _step(f"4. train {', '.join(SPECS)} cumulatively on batches 1..{TRAINED_BATCHES}")
+    results = train_models(settings, list(SPECS), f"1-{TRAINED_BATCHES}", "cumulative")
+    _step("5. promote with the champion/challenger gate (window: the batches after the last trained)")
+    for name in SPECS:
+        console.print(promote_best(settings, name).message)
+    rows = summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results]))
+    table = Table("model", "version", "batches", "metric", "value", "baseline", "stage")
+    for row in rows:
+        table.add_row(
+            *(str(row[k]) for k in ("model", "version", "batches", "metric", "value", "baseline", "stage"))
+        )
+    console.print(table)
+    console.print(f"compare the runs in the MLflow UI: {settings.ui_command()}")
+
+
+def _serve(example: dict[str, float], keep_serving: bool) -> None:
+    port = int(os.environ.get("BTCFLOW_PORT", "8000")) if keep_serving else _free_port()
+    base = f"http://127.0.0.1:{port}"
+    _step(f"6. gateway on {base}")
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "btcflow.cli", "serve", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=keep_serving,
+    )
+    try:
+        _wait_ready(base, gateway)
+        calls = {
+            "/predict/close": {"timestamp": example["Timestamp"] + 60},
+            "/predict/high_low": {"open": example["Open"], "volume": example["Volume"]},
+            "/predict/trend": {
+                "open": example["Open"],
+                "close": example["Close"],
+                "volume": example["Volume"],
+            },
+        }
+        with httpx.Client(base_url=base, timeout=10) as client:
+            for route, params in calls.items():
+                answer = client.get(route, params=params)
+                console.print(f"GET {route} {params}\n  → {answer.status_code} {answer.text}")
+        query = "&".join(f"{k}={v}" for k, v in calls["/predict/trend"].items())
+        console.print(f"try it: curl '{base}/predict/trend?{query}'   docs: {base}/docs")
+    finally:
+        if keep_serving:
+            console.print(f"the gateway keeps running (pid {gateway.pid}); stop it with: kill {gateway.pid}")
+        else:
+            gateway.terminate()
+            gateway.wait(timeout=30)
+            console.print("gateway stopped (rerun with --keep-serving to leave it up on port 8000)")
+
+
+def _wait_ready(base: str, gateway: subprocess.Popen[str], timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if gateway.poll() is not None:
+            error = (gateway.stderr.read() if gateway.stderr else "").strip().splitlines()
+            raise typer.BadParameter(f"the gateway exited: {error[-1] if error else 'no output'}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise typer.BadParameter(f"the gateway was not ready within {timeout_s:.0f} s")
+
+
+def _last_row(batch_dir: Path) -> dict[str, float]:
+    import pyarrow.parquet as pq
+
+    from pipeline.store import read_manifest
+
+    last = read_manifest(batch_dir)[-1]
+    path = batch_dir / last.file
+    if path.suffix == ".csv":
+        import pandas as pd
+
+        return {k: float(v) for k, v in pd.read_csv(path).iloc[-1].items()}
+    table = pq.read_table(path)
+    return {name: float(table.column(name)[-1].as_py()) for name in table.column_names}
+
+
+def demo(
+    rows: Annotated[int, typer.Option(min=1000, help="Rows to generate (ignored with --input).")] = 300_000,
+    input_path: Annotated[
+        Path | None,
+        typer.Option("--input", exists=True, dir_okay=False, help="Replay this CSV (e.g. the Kaggle file)."),
+    ] = None,
+    batch_rows: Annotated[
+        int | None,
+        typer.Option(min=1, help="Rows per batch (default: 30% of the file: three batches and a tail)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the generated file.")] = 7,
+    keep_serving: Annotated[
+        bool, typer.Option(help="Leave the gateway running on port 8000 ($BTCFLOW_PORT) at the end.")
+    ] = False,
+) -> None:
+    """Run everything end to end: data, broker, produce + consume, train, promote, serve, predict."""
+    from pipeline.settings import PipelineSettings
+
+    started = time.monotonic()
+    _ingest(rows, input_path, batch_rows, seed)
+    _train()
+    _serve(_last_row(PipelineSettings().batch_dir), keep_serving)
+    console.rule(f"[bold]done in {time.monotonic() - started:.0f} s")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add `demo` to the root app."""
+    app.command("demo")(demo)
