@@ -163,10 +163,13 @@ class RejectLog:
 
 
 class _Rebalances(ConsumerRebalanceListener):
-    """Counts assignment changes; the consumer loop acts on them in its own thread (kafka-python runs
-    listeners on its IO thread, where blocking calls like committed() must not happen)."""
+    """Seeks newly assigned partitions to where the manifest says, before the first fetch, and counts
+    assignment changes so the loop can check the rest in its own thread (kafka-python runs listeners
+    on its IO thread, where blocking calls like committed() must not happen)."""
 
-    def __init__(self) -> None:
+    def __init__(self, resume: Callable[[], dict[int, int]]) -> None:
+        self.resume = resume
+        self.consumer: KafkaConsumer | None = None
         self.generation = 0
 
     def on_partitions_revoked(self, revoked: Any) -> None:
@@ -174,6 +177,10 @@ class _Rebalances(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.generation += 1
+        resume = self.resume()
+        for tp in assigned:
+            if self.consumer is not None and tp.partition in resume:
+                self.consumer.seek(tp, resume[tp.partition])
 
 
 def _open_consumer(settings: PipelineSettings, group_id: str, listener: _Rebalances) -> KafkaConsumer:
@@ -181,6 +188,11 @@ def _open_consumer(settings: PipelineSettings, group_id: str, listener: _Rebalan
         consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap,
             group_id=group_id,
+            # Static membership, one member per group: a consumer restarted after SIGKILL takes its
+            # predecessor's place at once instead of waiting out its session (or a rebalance), and a
+            # second process in the same group fences the first: the store has one writer.
+            group_instance_id=f"{group_id}-batcher",
+            session_timeout_ms=15_000,
             client_id="btcflow-consumer",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -188,7 +200,7 @@ def _open_consumer(settings: PipelineSettings, group_id: str, listener: _Rebalan
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
             max_poll_records=POLL_RECORDS,
-            max_poll_interval_ms=600_000,  # writing a 2.33M-row batch takes seconds, not minutes
+            max_poll_interval_ms=120_000,  # writing a 2.33M-row batch takes seconds, not minutes
             metrics_enabled=False,
             bootstrap_timeout_ms=5000,
             request_timeout_ms=30_000,
@@ -278,22 +290,32 @@ class BatchingConsumer:
         self.rejected = 0
         self.files: list[str] = []
 
-    def _resync(self, consumer: KafkaConsumer) -> None:
-        """After any assignment change: drop the open batch and put every assigned partition right after
-        what the manifest records (never seen: the group's committed offset, else the beginning)."""
+    def _resync(
+        self, consumer: KafkaConsumer, polled: dict[TopicPartition, list[Any]]
+    ) -> dict[TopicPartition, list[Any]]:
+        """After any assignment change: drop the open batch and make every assigned partition start right
+        after what the manifest records (never seen: the group's committed offset, else the beginning).
+
+        Returns the part of `polled` that already starts there (the listener's seek usually made it so);
+        partitions whose records start elsewhere are sought back and read again.
+        """
         self.batch.clear()
         self.pending_rejects.clear()
         resume = self.store.resume_offsets()
+        keep: dict[TopicPartition, list[Any]] = {}
         for tp in consumer.assignment():
-            if tp.partition in resume:
-                consumer.seek(tp, resume[tp.partition])
-                continue
-            committed = consumer.committed(tp)
-            if committed is None:
-                consumer.seek_to_beginning(tp)
-            else:
-                consumer.seek(tp, committed)
+            start = resume.get(tp.partition)
+            if start is None:
+                start = consumer.committed(tp)
+            if start is None:
+                start = consumer.beginning_offsets([tp])[tp]
+            records = polled.get(tp) or []
+            if records and records[0].offset == start:
+                keep[tp] = records
+            elif records or consumer.position(tp) != start:
+                consumer.seek(tp, start)
         log.info("assigned %s; resuming from manifest %s", sorted(consumer.assignment()), resume)
+        return keep
 
     def _take(self, records_by_tp: dict[TopicPartition, list[Any]]) -> int:
         """Move one poll's messages into the open batch; returns how many messages came."""
@@ -343,9 +365,10 @@ class BatchingConsumer:
         progress: bool = True,
     ) -> ConsumeSummary:
         stop = stop or threading.Event()
-        listener = _Rebalances()
+        listener = _Rebalances(self.store.resume_offsets)
         started = self.clock()
         consumer = _open_consumer(self.settings, self.group_id, listener)
+        listener.consumer = consumer
         seen_generation = 0
         last_message = self.clock()
         batches = 0
@@ -360,11 +383,11 @@ class BatchingConsumer:
                     polled = consumer.poll(
                         timeout_ms=int(wait * 1000), max_records=min(room or POLL_RECORDS, POLL_RECORDS)
                     )
+                    now = self.clock()
                     if listener.generation != seen_generation:
                         seen_generation = listener.generation
-                        self._resync(consumer)  # what this poll brought may predate the seek: read again
-                        continue
-                    now = self.clock()
+                        polled = self._resync(consumer, polled)
+                        last_message = now  # idle time counts from the assignment, not from the join
                     if self._take(polled):
                         last_message = now
                     if self.batch.is_due():  # never without rows: rejected messages alone stay pending
@@ -398,7 +421,7 @@ def consume(
     idle_timeout_s: float | None = None,
     fmt: Format = "parquet",
     progress: bool = True,
-    group_id: str = DEFAULT_GROUP,
+    group_id: str | None = None,
     stop: threading.Event | None = None,
 ) -> ConsumeSummary:
     """Consume `settings.topic` into batch files under `out_dir` until a stop condition holds.
@@ -409,6 +432,8 @@ def consume(
     policy = BatchPolicy(batch_rows, window_s)
     ensure_topic(settings.bootstrap, settings.topic, settings.partitions)  # BrokerUnavailable within seconds
     store = BatchStore(out_dir, fmt)
+    # `consumer_group` is the setting BTCFLOW_CONSUMER_GROUP once PipelineSettings declares it
+    group_id = group_id or getattr(settings, "consumer_group", None) or DEFAULT_GROUP
     return BatchingConsumer(settings, store, policy, group_id).run(
         max_batches, idle_timeout_s, stop, progress
     )

@@ -1,0 +1,314 @@
+"""The batching consumer against the real broker: exactly once, both policies, both formats, partitions,
+bad messages, restarts (clean, SIGKILL, group offsets that disagree with the manifest)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+
+from pipeline.broker import ensure_topic
+from pipeline.consumer import consume, parse_values
+from pipeline.settings import PipelineSettings
+from pipeline.store import COLUMNS, read_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_rows(n: int, start: int = 0) -> np.ndarray:
+    """Kaggle-like rows with distinct timestamps and prices that are not round in binary."""
+    rng = np.random.default_rng(start)
+    ts = 1325412060.0 + 60.0 * np.arange(start, start + n)
+    open_ = np.round(4.0 + rng.random(n) * 1000, 2)
+    close = np.round(open_ * (1 + rng.normal(0, 0.01, n)), 2)
+    high = np.maximum(open_, close) + 0.01
+    low = np.minimum(open_, close) - 0.01
+    volume = np.round(rng.exponential(3.0, n), 8)
+    return np.column_stack([ts, open_, high, low, close, volume])
+
+
+def send(
+    bootstrap: str,
+    topic: str,
+    rows: np.ndarray,
+    partitions: int = 1,
+    extra: list[bytes | None] = (),  # type: ignore[assignment]
+) -> None:
+    """Put rows on the topic in the contract's message format (key: Timestamp text, value: JSON),
+    spread round-robin over `partitions`; `extra` values go to partition 0 after the rows."""
+    ensure_topic(bootstrap, topic, partitions)  # the broker creates no topic by itself
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=512 * 1024, acks="all")
+    try:
+        for i, row in enumerate(rows.tolist()):
+            value = orjson.dumps(dict(zip(COLUMNS, row, strict=True)))
+            producer.send(topic, key=repr(row[0]).encode(), value=value, partition=i % partitions)
+        for value in extra:
+            producer.send(topic, key=b"bad", value=value, partition=0)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def read_batches(out: Path) -> tuple[list, np.ndarray]:
+    """The manifest entries and all rows of all batch files, checking what must hold for any batch."""
+    entries = read_manifest(out)
+    frames = []
+    for number, entry in enumerate(entries, start=1):
+        path = out / entry.file
+        assert entry.batch == number and entry.file.startswith(f"batch_{number}.")
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256
+        frame = (
+            pq.read_table(path).to_pandas()
+            if path.suffix == ".parquet"
+            else pd.read_csv(path, float_precision="round_trip")
+        )
+        assert list(frame.columns) == list(COLUMNS)
+        assert all(str(t) == "float64" for t in frame.dtypes)
+        assert len(frame) == entry.rows
+        assert frame["Timestamp"].is_monotonic_increasing
+        assert (frame["Timestamp"].min(), frame["Timestamp"].max()) == (entry.min_ts, entry.max_ts)
+        frames.append(frame.to_numpy())
+    assert not list(out.glob("*.tmp"))
+    return entries, np.concatenate(frames) if frames else np.empty((0, len(COLUMNS)))
+
+
+def assert_contiguous(entries: list) -> None:
+    """Per partition, each batch starts right after the previous one ended, from offset 0."""
+    nxt: dict[str, int] = {}
+    for entry in entries:
+        for partition, (first, last) in entry.offsets.items():
+            assert first == nxt.get(partition, 0), (entry.batch, partition, first)
+            assert last >= first
+            nxt[partition] = last + 1
+
+
+def assert_exactly(rows: np.ndarray, got: np.ndarray) -> None:
+    expected = rows[np.argsort(rows[:, 0], kind="stable")]
+    got = got[np.argsort(got[:, 0], kind="stable")]
+    assert len(np.unique(got[:, 0])) == len(got), "a row landed twice"
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_parse_values_keeps_good_rows_and_says_why_the_others_are_not() -> None:
+    good = orjson.dumps(dict(zip(COLUMNS, [1325412060.0, 4.58, 4.6, 4.5, 4.59, 0], strict=True)))
+    as_text = good.replace(b"4.58", b'"4.58"')
+    rows, bad = parse_values([good, good])
+    assert rows.shape == (2, 6) and bad == [] and rows.dtype == np.float64
+    values = [good, b"{nope", b"[1,2]", b'{"Timestamp": 1.0}', as_text, None, good.replace(b"4.6", b"true")]
+    rows, bad = parse_values(values)
+    assert rows.tolist() == [[1325412060.0, 4.58, 4.6, 4.5, 4.59, 0.0]]
+    reasons = dict(bad)
+    assert sorted(reasons) == [1, 2, 3, 4, 5, 6]
+    assert reasons[1].startswith("not JSON")
+    assert "not a JSON object" in reasons[2]
+    assert reasons[3] == "missing field Open"
+    assert "Open is not a number" in reasons[4]
+    assert "tombstone" in reasons[5]
+    assert "High is not a number" in reasons[6]
+
+
+def test_round_trip_by_count_closes_the_tail_on_idle_and_keeps_values(settings: PipelineSettings) -> None:
+    rows = make_rows(2500)
+    send(settings.bootstrap, settings.topic, rows)
+    out = settings.batch_dir
+    summary = consume(
+        settings, out, batch_rows=1000, idle_timeout_s=1.5, progress=False, group_id=settings.topic
+    )
+    entries, got = read_batches(out)
+    assert [e.rows for e in entries] == [1000, 1000, 500]  # the tail is batch 3, not left behind
+    assert (summary.rows, summary.batches, summary.rejected) == (2500, 3, 0)
+    assert_contiguous(entries)
+    assert entries[-1].offsets == {"0": [2000, 2499]}
+    assert_exactly(rows, got)
+
+
+def commit(bootstrap: str, group: str, topic: str, offset: int) -> None:
+    """Set a group's committed offset for partition 0 from outside (the group must have no member)."""
+    outsider = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        outsider.commit({TopicPartition(topic, 0): OffsetAndMetadata(offset, "", -1)})
+    finally:
+        outsider.close()
+
+
+def test_max_batches_stops_and_the_manifest_beats_the_groups_committed_offsets(
+    settings: PipelineSettings,
+) -> None:
+    rows = make_rows(4000)
+    send(settings.bootstrap, settings.topic, rows)
+    out, topic = settings.batch_dir, settings.topic
+    first = consume(settings, out, batch_rows=1000, max_batches=2, progress=False, group_id=f"{topic}-a")
+    assert first.batches == 2 and len(read_manifest(out)) == 2
+    commit(settings.bootstrap, f"{topic}-behind", topic, 0)  # committed behind the manifest: no re-read
+    consume(settings, out, batch_rows=1000, max_batches=1, progress=False, group_id=f"{topic}-behind")
+    assert read_manifest(out)[-1].offsets == {"0": [2000, 2999]}
+    commit(settings.bootstrap, f"{topic}-ahead", topic, 4000)  # committed ahead of it: no row skipped
+    consume(settings, out, batch_rows=1000, idle_timeout_s=1.5, progress=False, group_id=f"{topic}-ahead")
+    entries, got = read_batches(out)
+    assert [e.rows for e in entries] == [1000, 1000, 1000, 1000]
+    assert_contiguous(entries)
+    assert_exactly(rows, got)
+
+
+def test_window_policy_closes_a_batch_per_burst(settings: PipelineSettings) -> None:
+    bursts = [make_rows(200, start=k * 200) for k in range(3)]
+    out = settings.batch_dir
+    done: list = []
+    worker = threading.Thread(
+        target=lambda: done.append(
+            consume(settings, out, window_s=1.0, idle_timeout_s=4.0, progress=False, group_id=settings.topic)
+        )
+    )
+    ensure_topic(settings.bootstrap, settings.topic)
+    worker.start()
+    for burst in bursts:
+        send(settings.bootstrap, settings.topic, burst)
+        time.sleep(2.5)  # longer than the window: the next burst opens a new batch
+    worker.join(timeout=60)
+    assert not worker.is_alive() and done
+    entries, got = read_batches(out)
+    assert [e.rows for e in entries] == [200, 200, 200]
+    assert_contiguous(entries)
+    assert_exactly(np.concatenate(bursts), got)
+
+
+def test_csv_batches_read_back_as_the_kaggle_file_does(settings: PipelineSettings) -> None:
+    rows = make_rows(1200)
+    send(settings.bootstrap, settings.topic, rows)
+    out = settings.batch_dir
+    consume(
+        settings, out, batch_rows=1000, idle_timeout_s=1.5, fmt="csv", progress=False, group_id=settings.topic
+    )
+    entries, got = read_batches(out)
+    assert [e.file for e in entries] == ["batch_1.csv", "batch_2.csv"]
+    assert (out / "batch_1.csv").read_text().splitlines()[:2][1].startswith("1325412060.0,")
+    assert_exactly(rows, got)
+
+
+def test_two_partitions_every_row_once_and_batches_sorted(settings: PipelineSettings) -> None:
+    assert ensure_topic(settings.bootstrap, settings.topic, partitions=2) == 2
+    rows = make_rows(3000)
+    send(settings.bootstrap, settings.topic, rows, partitions=2)
+    out = settings.batch_dir
+    consume(settings, out, batch_rows=700, idle_timeout_s=1.5, progress=False, group_id=settings.topic)
+    entries, got = read_batches(out)  # checks each batch is sorted by Timestamp
+    assert sum(e.rows for e in entries) == 3000 and all(e.rows == 700 for e in entries[:-1])
+    assert {p for e in entries for p in e.offsets} == {"0", "1"}
+    assert_contiguous(entries)
+    assert_exactly(rows, got)
+
+
+def test_bad_messages_are_counted_and_kept_with_their_reason(settings: PipelineSettings) -> None:
+    rows = make_rows(500)
+    bad = [b"not json", b'{"Timestamp": 1.0}', None]
+    send(settings.bootstrap, settings.topic, rows, extra=bad)
+    send(settings.bootstrap, settings.topic, make_rows(100, start=500))
+    out = settings.batch_dir
+    summary = consume(
+        settings, out, batch_rows=1000, idle_timeout_s=1.5, progress=False, group_id=settings.topic
+    )
+    assert (summary.rows, summary.rejected) == (600, 3)
+    entries, got = read_batches(out)
+    assert entries[0].offsets == {"0": [0, 602]}  # the rejected offsets belong to the batch
+    assert_exactly(np.concatenate([rows, make_rows(100, start=500)]), got)
+    kept = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["batch"], r["partition"], r["offset"]) for r in kept] == [
+        (1, 0, 500),
+        (1, 0, 501),
+        (1, 0, 502),
+    ]
+    assert kept[0]["value"] == "not json" and kept[0]["reason"].startswith("not JSON")
+    assert kept[1]["reason"] == "missing field Open"
+    assert kept[2]["value"] is None and "tombstone" in kept[2]["reason"]
+
+
+def _cli(env: dict[str, str], *args: str) -> list[str]:
+    return [sys.executable, "-m", "btcflow.cli", "consume", *args]
+
+
+def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
+    settings: PipelineSettings, tmp_path: Path
+) -> None:
+    n = 240_000
+    rows = make_rows(n)
+    ensure_topic(settings.bootstrap, settings.topic)
+    producer = threading.Thread(target=send, args=(settings.bootstrap, settings.topic, rows))
+    producer.start()  # kills land while the topic is still being written, too
+    env = {**os.environ, "BTCFLOW_KAFKA_BOOTSTRAP": settings.bootstrap, "BTCFLOW_TOPIC": settings.topic}
+    out = tmp_path / "batches"
+    args = ["--out", str(out), "--batch-rows", "20000"]
+    rng = random.Random(7)
+    kills = 0
+    deadline = time.monotonic() + 150
+    while kills < 6 and time.monotonic() < deadline:
+        proc = subprocess.Popen(
+            _cli(env, *args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(1.5, 5.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+    # a clean stop keeps the open batch for the next run instead of writing it
+    proc = subprocess.Popen(
+        _cli(env, *args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(3.0)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and stdout.startswith("consumed ")
+    producer.join(timeout=120)
+    final = subprocess.run(
+        _cli(env, *args, "--idle-timeout", "3"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert final.returncode == 0, final.stderr
+    assert kills >= 5
+    entries, got = read_batches(out)
+    assert sum(e.rows for e in entries) == n
+    assert all(e.rows == 20000 for e in entries)
+    assert_contiguous(entries)
+    assert_exactly(rows, got)
+
+
+def test_closed_port_exits_3_with_one_line_within_seconds(tmp_path: Path) -> None:
+    env = {**os.environ, "BTCFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:9", "BTCFLOW_DATA_DIR": str(tmp_path)}
+    started = time.monotonic()
+    done = subprocess.run(
+        _cli(env, "--batch-rows", "10", "--idle-timeout", "1"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+    )
+    assert done.returncode == 3
+    assert len(done.stderr.strip().splitlines()) == 1 and "127.0.0.1:9" in done.stderr
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize("args", [[], ["--batch-rows", "5", "--window", "2"]])
+def test_exactly_one_policy_is_required(args: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "BTCFLOW_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(_cli(env, *args), env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "--batch-rows" in done.stderr
