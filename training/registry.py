@@ -99,7 +99,7 @@ def promote_version(settings: TrainingSettings, model: str, version: str | int) 
     except MlflowException:
         raise BadInput(f"{spec.registered_name} has no version {version}") from None
     current = production_version(client, spec)
-    previous = current.version if current else None
+    previous = str(current.version) if current else None
     if previous == str(version):
         return Promotion(
             model,
@@ -150,16 +150,16 @@ def promote_best(
     every = versions(client, spec)
     if not every:
         raise BadInput(f"{spec.registered_name} has no version yet: train it first")
-    newer = [v for v in every if champion is None or int(v.version) > int(champion.version)]
+    newer = [v for v in every if champion is None or int(v.version) > int(str(champion.version))]
     challengers = [v for v in newer if _train_max_ts(client, v) is not None][-max_challengers:]
     if not challengers:
         return Promotion(
             model,
             None,
-            champion.version if champion else None,
+            str(champion.version) if champion else None,
             False,
             f"no version of {spec.registered_name} newer than Production "
-            f"v{champion.version if champion else '-'}; nothing changed",
+            f"v{str(champion.version) if champion else '-'}; nothing changed",
         )
     compared = challengers + ([champion] if champion and _train_max_ts(client, champion) else [])
     cutoff = max(_train_max_ts(client, v) or 0.0 for v in compared)
@@ -182,23 +182,23 @@ def promote_best(
         values: dict[str, float] = {}
         for version in compared:
             fitted = mlflow_spark.load_model(f"models:/{spec.registered_name}/{version.version}")
-            values[version.version] = evaluate(spec, score(spec, fitted, window))[spec.primary_metric]
+            values[str(version.version)] = evaluate(spec, score(spec, fitted, window))[spec.primary_metric]
     finally:
         window.unpersist()
-    best = challengers[0].version
+    best = str(challengers[0].version)
     for v in challengers:
-        if spec.better(values[v.version], values[best]):
-            best = v.version
+        if spec.better(values[str(v.version)], values[best]):
+            best = str(v.version)
     key = spec.primary_metric
-    wins = champion is None or spec.better(values[best], values[champion.version])
-    held = champion.version if champion else None
+    wins = champion is None or spec.better(values[best], values[str(champion.version)])
+    held = str(champion.version) if champion else None
     decision = "promoted" if wins else f"kept v{held}"
     tags = {
         "promotion.window": f"Timestamp {cutoff:.0f} < ts <= {last_ts:.0f} ({rows} rows)",
         "promotion.metric": key,
         "promotion.value": f"{values[best]:.6g}",
-        "promotion.champion": champion.version if champion else "none",
-        "promotion.champion_value": f"{values[champion.version]:.6g}" if champion else "none",
+        "promotion.champion": str(champion.version) if champion else "none",
+        "promotion.champion_value": f"{values[str(champion.version)]:.6g}" if champion else "none",
         "promotion.compared": json.dumps({v: round(x, 6) for v, x in values.items()}),
         "promotion.decision": decision,
         "promotion.at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -206,7 +206,7 @@ def promote_best(
     for name, value in tags.items():
         client.set_model_version_tag(spec.registered_name, best, name, value)
     versus = (
-        f" vs Production v{champion.version} {key}={values[champion.version]:.6g}"
+        f" vs Production v{str(champion.version)} {key}={values[str(champion.version)]:.6g}"
         if champion
         else " (no Production version before)"
     )
@@ -221,7 +221,7 @@ def promote_best(
             values,
         )
     _set_production(client, spec, best)
-    previous = champion.version if champion else None
+    previous = str(champion.version) if champion else None
     archived = f"; v{previous} archived" if previous else ""
     return Promotion(model, best, previous, True, f"{summary}: v{best} is now Production{archived}", values)
 

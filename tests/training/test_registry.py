@@ -1,0 +1,78 @@
+"""Promotion by version and by the champion/challenger gate, on a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.training.conftest import minute_table, write_batches
+from training.data import read_manifest
+from training.errors import BadInput
+from training.registry import promote_best, promote_version
+from training.settings import TrainingSettings
+from training.specs import SPECS
+from training.tracking import connect
+from training.train import train_selection
+
+BAD = {"reg_param": 1e6}  # ridge so strong the line is flat: it predicts the training mean
+
+
+def _production(client: MlflowClient) -> tuple[str, list[str]]:
+    alias = str(client.get_model_version_by_alias("btc-close", "production").version)
+    staged = [
+        str(v.version)
+        for v in client.search_model_versions("name='btc-close'")
+        if v.current_stage == "Production"
+    ]
+    return alias, staged
+
+
+def test_champion_challenger_gate_and_promotion_by_version(spark, store_settings: TrainingSettings) -> None:
+    # A steady drift: a fitted line extrapolates well, a flat one (BAD) falls further behind every minute.
+    write_batches(store_settings.batch_dir, minute_table(3000, drift=0.05, walk=0.02), [1000, 1000, 1000])
+    batches = read_manifest(store_settings.batch_dir)
+    connect(store_settings)
+    client = MlflowClient()
+    spec = [SPECS["close"]]
+
+    [v1] = train_selection(spark, store_settings, spec, batches[:1], "cumulative", BAD)
+    first = promote_best(store_settings, "close", spark)
+    assert first.promoted and first.version == "1" and first.previous is None
+    assert _production(client) == ("1", ["1"])
+
+    [v2] = train_selection(spark, store_settings, spec, batches[:2], "cumulative")
+    second = promote_best(store_settings, "close", spark)
+    assert second.promoted and second.version == "2" and second.previous == "1", second.message
+    assert _production(client) == ("2", ["2"])
+    assert client.get_model_version("btc-close", "1").current_stage == "Archived"
+    tags = client.get_model_version("btc-close", "2").tags
+    assert tags["promotion.decision"] == "promoted" and tags["promotion.champion"] == "1"
+    compared = json.loads(tags["promotion.compared"])
+    assert compared["2"] < compared["1"] and tags["promotion.metric"] == "rmse"
+    # the window starts after the newest training row of both versions: v2's test rows and batch 3
+    assert (
+        f"Timestamp {float(v2.metrics and client.get_run(v2.run_id).data.tags['btcflow.train_max_ts']):.0f}"
+        in tags["promotion.window"]
+    )
+
+    train_selection(spark, store_settings, spec, batches, "cumulative", BAD)
+    third = promote_best(store_settings, "close", spark)
+    assert not third.promoted and "does not beat" in third.message
+    assert _production(client) == ("2", ["2"])
+    assert client.get_model_version("btc-close", "3").tags["promotion.decision"] == "kept v2"
+
+    by_hand = promote_version(store_settings, "close", 3)
+    assert by_hand.promoted and by_hand.previous == "2" and "v2 archived" in by_hand.message
+    assert _production(client) == ("3", ["3"])
+    assert not promote_version(store_settings, "close", 3).promoted  # already Production
+    with pytest.raises(BadInput, match="no version 9"):
+        promote_version(store_settings, "close", 9)
+    assert v1.version == "1"
+
+
+def test_best_without_any_version_is_bad_input(store_settings: TrainingSettings) -> None:
+    write_batches(store_settings.batch_dir, minute_table(100), [100])
+    with pytest.raises(BadInput):
+        promote_best(store_settings, "trend")

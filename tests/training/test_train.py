@@ -1,0 +1,116 @@
+"""Real training on small batches: versions per scheme, lineage, logged contents, pyfunc predictions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from tests.training.conftest import minute_table, training_settings, write_batches
+from training.data import read_manifest
+from training.settings import TrainingSettings
+from training.tracking import connect
+from training.train import TrainResult, summary_rows, train_models
+
+
+@pytest.fixture(scope="module")
+def trained(spark, tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainingSettings, list[TrainResult]]:
+    """All three models, cumulative over batches 1-2 of three (Parquet): two versions each."""
+    root = tmp_path_factory.mktemp("trained")
+    settings = training_settings(root)
+    write_batches(settings.batch_dir, minute_table(3600), [1200, 1200, 1200])
+    small = {"num_trees": 3, "max_depth": 3, "max_iter": 20}
+    return settings, train_models(settings, ["close", "high_low", "trend"], "1-2", "cumulative", small, spark)
+
+
+def test_cumulative_makes_one_version_per_prefix(trained) -> None:
+    settings, results = trained
+    assert [(r.model, r.version, r.batches) for r in results] == [
+        ("close", "1", [1]),
+        ("high_low", "1", [1]),
+        ("trend", "1", [1]),
+        ("close", "2", [1, 2]),
+        ("high_low", "2", [1, 2]),
+        ("trend", "2", [1, 2]),
+    ]
+    connect(settings)
+    client = MlflowClient()
+    for r in results:
+        version = client.get_model_version(r.registered_name, r.version)
+        assert version.run_id == r.run_id and version.current_stage == "None"
+        assert version.tags["btcflow.batches"] == ",".join(map(str, r.batches))
+        assert "trained on batch(es)" in version.description
+
+
+def test_runs_record_params_metrics_lineage_and_plots(trained) -> None:
+    settings, results = trained
+    manifest = {b.file: b for b in read_manifest(settings.batch_dir)}
+    client = MlflowClient()
+    for r in results:
+        run = client.get_run(r.run_id)
+        assert run.info.run_name == f"{r.model}-cumulative-b{'1-2' if len(r.batches) == 2 else '1'}"
+        assert run.info.experiment_id == mlflow.get_experiment_by_name("btcflow").experiment_id
+        params = run.data.params
+        assert params["model"] == r.model and params["scheme"] == "cumulative"
+        assert int(params["train_rows"]) == r.train_rows and int(params["test_rows"]) == r.test_rows
+        assert r.test_rows == pytest.approx((r.train_rows + r.test_rows) * 0.2, abs=2)
+        spec_metrics = {"close": "rmse", "high_low": "rmse_high", "trend": "roc_auc"}[r.model]
+        assert spec_metrics in run.data.metrics and f"baseline_{spec_metrics}" in run.data.metrics
+        files = run.data.tags["lineage.batch_files"].split(",")
+        assert files == [f"batch_{n}.parquet" for n in r.batches]
+        assert json.loads(run.data.tags["lineage.sha256"]) == {f: manifest[f].sha256 for f in files}
+        assert json.loads(run.data.tags["lineage.offsets"]) == {f: manifest[f].offsets for f in files}
+        assert run.inputs.dataset_inputs, "mlflow.log_input recorded the training data"
+        plots = {Path(a.path).name for a in client.list_artifacts(r.run_id, "plots")}
+        expected = {
+            "close": {"close_predicted_vs_actual.png", "close_residuals.png"},
+            "high_low": {"high_predicted_vs_actual.png", "low_residuals.png", "feature_importances.png"},
+            "trend": {"confusion_matrix.png", "roc.png"},
+        }[r.model]
+        assert expected <= plots
+
+
+def test_every_registered_model_loads_and_predicts(trained) -> None:
+    """Through mlflow.pyfunc, as `mlflow models serve` would: high_low answers [high, low] per row."""
+    rows = pd.DataFrame(
+        {
+            "Timestamp": [1325600000.0, 1325600060.0],
+            "Open": [101.0, 99.0],
+            "Close": [101.5, 98.0],
+            "Volume": [4.0, 9.0],
+        }
+    )
+    close = mlflow.pyfunc.load_model("models:/btc-close/2")
+    assert len(close.predict(rows[["Timestamp"]])) == 2
+    high_low = mlflow.pyfunc.load_model("models:/btc-high-low/2").predict(rows[["Open", "Volume"]])
+    assert len(high_low) == 2
+    for high, low in (list(pair) for pair in high_low):
+        assert high > low
+    trend = mlflow.pyfunc.load_model("models:/btc-trend/2").predict(rows[["Open", "Close", "Volume"]])
+    assert set(trend) <= {0.0, 1.0} and len(trend) == 2
+
+
+def test_high_low_signature_declares_the_vector_output(trained) -> None:
+    info = mlflow.models.get_model_info("models:/btc-high-low/1")
+    assert info.signature.inputs.input_names() == ["Open", "Volume"]
+    assert info.signature.outputs.to_dict()[0]["type"] == "sparkml_vector"
+
+
+def test_summary_rows(trained) -> None:
+    _, results = trained
+    rows = summary_rows(results, {("btc-trend", "2"): "Production"})
+    assert rows[-1]["model"] == "btc-trend" and rows[-1]["stage"] == "Production"
+    assert rows[-1]["metric"] == "roc_auc" and rows[0]["batches"] == "1" and rows[3]["batches"] == "1-2"
+
+
+def test_segment_trains_one_version_per_batch_from_csv(spark, store_settings: TrainingSettings) -> None:
+    write_batches(store_settings.batch_dir, minute_table(3000, seed=3), [1000, 1000, 1000], fmt="csv")
+    results = train_models(store_settings, ["close"], "1,3", "segment", spark=spark)
+    assert [(r.version, r.batches) for r in results] == [("1", [1]), ("2", [3])]
+    run = MlflowClient().get_run(results[1].run_id)
+    assert run.data.tags["lineage.batch_files"] == "batch_3.csv"
+    assert int(run.data.params["train_rows"]) + int(run.data.params["test_rows"]) == 1000
