@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from pipeline.producer import Pacing, produce
@@ -50,12 +51,13 @@ def expected_messages(path: Path) -> list[tuple[bytes, dict]]:
     return out
 
 
-def test_round_trip_keys_and_values_exact(settings: PipelineSettings, tmp_path: Path) -> None:
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk-appender", "send-per-row"])
+def test_round_trip_keys_and_values_exact(settings: PipelineSettings, tmp_path: Path, bulk: bool) -> None:
     path = tmp_path / "btc.csv"
-    synth(3_000, path, seed=5)
-    summary = produce(settings, path, progress=False)
-    assert (summary.sent, summary.rejected) == (3_000, 0)
-    records = read_topic(settings.bootstrap, settings.topic, 3_000)
+    synth(6_000, path, seed=5)  # ~650 KB of records: several 256 KB batches
+    summary = produce(settings, path, progress=False, bulk=bulk)
+    assert (summary.sent, summary.rejected) == (6_000, 0)
+    records = read_topic(settings.bootstrap, settings.topic, 6_000)
     got = [(r.key, orjson.loads(r.value)) for r in records]
     assert got == expected_messages(path)  # every row once, in file order, exact values
     assert records[0].key == b"1325412060.0"
