@@ -1,10 +1,10 @@
 """Replay a Bitcoin minute file into Kafka: one message per good row in file order, bad rows to `<topic>.dlq`.
 
-The file is streamed (constant memory for 7M rows). Each row costs a split, six `float()` calls, one
-orjson dump and one `KafkaProducer.send`; kafka-python's per-record work dominates (see the closing note
-of bench/ingest.py), so throughput comes from large gzip-compressed record batches and, when asked, from
-several processes (`workers`) that each send a contiguous slice of the file to their own partition, which
-keeps file order inside each partition.
+The file is streamed (constant memory for 7M rows). A row costs a split, six `float()` calls and one
+orjson dump; records then go into kafka-python's batches in slabs (`pipeline.records`), since
+`KafkaProducer.send` alone would cost more than everything else together. Several processes
+(`workers`) can each send a contiguous slice of the file to their own partition, which keeps file
+order inside each partition.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from pipeline.errors import BadInput, BrokerUnavailable, PipelineError
 from pipeline.records import BulkAppender, compression
 from pipeline.rows import RowChecker, header_columns, raw_text
 from pipeline.settings import PipelineSettings
+from pipeline.slices import Slice, lines, slices
 
 log = logging.getLogger("pipeline")
 
-READ_BUFFER = 1 << 20
 BULK_ROWS = 2_000  # rows handed to the bulk appender at once when not paced
 PROGRESS_EVERY = 5_000  # rows between two progress updates: a shared counter, not a per-row cost
 
@@ -104,60 +104,6 @@ def kafka_producer(bootstrap: str) -> KafkaProducer:
         raise BrokerUnavailable(f"Kafka not reachable at {bootstrap} ({type(exc).__name__})") from exc
 
 
-@dataclass(frozen=True)
-class Slice:
-    """A contiguous piece of the file: bytes [start, end), whose first line has number `first_line`."""
-
-    start: int
-    end: int
-    first_line: int
-    partition: int  # explicit: kafka-python's pure-Python murmur2 partitioner costs as much as a send
-
-
-def slices(path: Path, workers: int, partitions: int) -> tuple[bytes, list[Slice]]:
-    """The header line and `workers` slices cut at line ends (1-based line numbers kept exact)."""
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        header = f.readline()
-        body = f.tell() if header_columns(header) is not None else 0
-        cuts = [body]
-        for i in range(1, workers):
-            f.seek(max(body, size * i // workers))
-            f.readline()  # move to the next line start
-            cuts.append(max(f.tell(), cuts[-1]))
-        cuts.append(size)
-        first = 2 if body else 1
-        result = []
-        for i in range(workers):
-            result.append(Slice(cuts[i], cuts[i + 1], first, i % partitions))
-            first += _count_lines(f, cuts[i], cuts[i + 1])
-    return header, result
-
-
-def _count_lines(f: Any, start: int, end: int) -> int:
-    f.seek(start)
-    count, left = 0, end - start
-    while left > 0:
-        block = f.read(min(READ_BUFFER, left))
-        if not block:
-            break
-        count += block.count(b"\n")
-        left -= len(block)
-    return count
-
-
-def _lines(path: Path, part: Slice) -> Iterator[bytes]:
-    """The slice's lines, read in big buffered blocks; only `part.end - part.start` bytes are ever read."""
-    with path.open("rb", buffering=READ_BUFFER) as f:
-        f.seek(part.start)
-        left = part.end - part.start
-        for line in f:
-            if left <= 0:
-                return
-            left -= len(line)
-            yield line
-
-
 class _Stop:
     """SIGINT/SIGTERM set the flag; the loop finishes its row, flushes and reports."""
 
@@ -215,7 +161,7 @@ def send_slice(
 
     try:
         producer.partitions_for(topic)  # metadata once, before the first slab
-        for line in _lines(path, part):
+        for line in lines(path, part):
             number += 1
             read_bytes += len(line)
             if not line.strip():
