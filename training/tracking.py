@@ -21,6 +21,8 @@ def connect(settings: TrainingSettings) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    if not log.isEnabledFor(logging.INFO):  # MLflow's own INFO lines (DB migrations, DFS copies) are noise
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     uri = settings.tracking_uri

@@ -1,0 +1,88 @@
+"""Bad input to `btcflow train` / `promote`: one line on stderr, exit 2 (input) or 3 (store down), fast."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.training.conftest import minute_table, write_batches
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def btcflow_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The real command in a child process: exit status and stderr exactly as a user sees them."""
+    full = {**os.environ, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "btcflow.cli", *args], capture_output=True, text=True, env=full, timeout=60
+    )
+
+
+@pytest.fixture
+def btcflow(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+    """The command's entry point in process (fast): returns (exit status, stderr)."""
+    from btcflow.cli import main
+
+    def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(sys, "argv", ["btcflow", *args])
+        with pytest.raises(SystemExit) as done:
+            main()
+        return subprocess.CompletedProcess(args, done.value.code, "", capsys.readouterr().err)
+
+    return run
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    write_batches(tmp_path / "data" / "batch", minute_table(200), [100, 100])
+    return {
+        "BTCFLOW_DATA_DIR": str(tmp_path / "data"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m/mlflow.db",
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--model", "price", "--batches", "1"], "unknown model 'price'"),
+        (["train", "--model", "close", "--batches", "1..2"], "bad batch SPEC '1..2'"),
+        (["train", "--model", "close", "--batches", "2-3"], "batch 3 is not in the manifest"),
+        (["promote", "--model", "close", "--version", "4"], "btc-close has no version 4"),
+        (["promote", "--model", "close"], "exactly one of --version V or --best"),
+        (["promote", "--model", "nope", "--best"], "unknown model 'nope'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], message: str, env: dict[str, str], btcflow) -> None:
+    done = btcflow(*args, env=env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"btcflow: error: {done.stderr.split('error: ', 1)[1].strip()}"
+    ]
+    assert message in done.stderr
+
+
+def test_no_manifest_exits_2(tmp_path: Path, btcflow) -> None:
+    done = btcflow("train", "--model", "trend", env={"BTCFLOW_DATA_DIR": str(tmp_path / "empty")})
+    assert done.returncode == 2 and "no manifest" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["train", "--model", "close", "--batches", "1"], ["promote", "--model", "close", "--version", "1"]],
+)
+def test_unreachable_tracking_store_exits_3(command: list[str], env: dict[str, str]) -> None:
+    down = {**env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{closed_port()}"}
+    done = btcflow_process(*command, env=down)
+    assert done.returncode == 3, done.stderr
+    assert "unreachable" in done.stderr and len(done.stderr.strip().splitlines()) == 1
