@@ -185,7 +185,10 @@ def test_cli_sigterm_flushes_and_prints_the_summary(
         text=True,
     )
     try:
-        time.sleep(5)
+        deadline = time.monotonic() + 60
+        while not read_topic(kafka_broker, topic, 1, timeout_s=1) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+        time.sleep(1)  # rows are flowing: stop it in the middle of the file
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
