@@ -59,9 +59,9 @@ def send(
             producer.send(topic, key=repr(row[0]).encode(), value=value, partition=i % partitions)
         for value in extra:
             producer.send(topic, key=b"bad", value=value, partition=0)
-        producer.flush()
+        producer.flush(timeout=120)
     finally:
-        producer.close()
+        producer.close(timeout=10)
 
 
 def read_batches(out: Path) -> tuple[list, np.ndarray]:
@@ -247,7 +247,7 @@ def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
     n = 240_000
     rows = make_rows(n)
     ensure_topic(settings.bootstrap, settings.topic)
-    producer = threading.Thread(target=send, args=(settings.bootstrap, settings.topic, rows))
+    producer = threading.Thread(target=send, args=(settings.bootstrap, settings.topic, rows), daemon=True)
     producer.start()  # kills land while the topic is still being written, too
     env = {**os.environ, "BTCFLOW_KAFKA_BOOTSTRAP": settings.bootstrap, "BTCFLOW_TOPIC": settings.topic}
     out = tmp_path / "batches"
@@ -265,9 +265,17 @@ def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
         kills += 1
     # a clean stop keeps the open batch for the next run instead of writing it
     proc = subprocess.Popen(
-        _cli(env, *args), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*_cli(env, *args)[:3], "-v", *_cli(env, *args)[3:]],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    time.sleep(3.0)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # SIGTERM once the loop runs (before that, Python's default handler kills)
+        if "pipeline: assigned" in line:
+            break
+    time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and stdout.startswith("consumed ")
@@ -312,3 +320,21 @@ def test_exactly_one_policy_is_required(args: list[str], tmp_path: Path) -> None
     done = subprocess.run(_cli(env, *args), env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "--batch-rows" in done.stderr
+
+
+def test_kaggle_sample_through_the_real_producer_lands_once_with_equal_values(
+    settings: PipelineSettings, kaggle_sample: Path
+) -> None:
+    from pipeline.producer import produce
+
+    sent = produce(settings, kaggle_sample, progress=False)
+    out = settings.batch_dir
+    summary = consume(
+        settings, out, batch_rows=4000, idle_timeout_s=2.0, progress=False, group_id=settings.topic
+    )
+    assert summary.rows == sent.sent and summary.rejected == 0
+    entries, got = read_batches(out)
+    assert [e.rows for e in entries] == [4000, 4000, sent.sent - 8000]
+    assert_contiguous(entries)
+    expected = pd.read_csv(kaggle_sample, float_precision="round_trip").dropna().to_numpy()
+    assert_exactly(expected, got)
