@@ -167,7 +167,7 @@ def send_slice(
             if not line.strip():
                 continue  # a blank line (the file's last, often) is no row
             checked = checker.check(line)
-            if type(checked) is str:
+            if isinstance(checked, str):
                 message = {"line": number, "raw": raw_text(line), "reason": checked}
                 dead = producer.send(dlq, orjson.dumps(message), str(number).encode(), partition=0)
                 dead.add_errback(on_error)
