@@ -157,7 +157,7 @@ def time_cutoff(df: DataFrame, test_fraction: float) -> float:
     """The first Timestamp of the test set: the latest `test_fraction` of rows, no shuffling."""
     import numpy as np
 
-    ts = np.sort(df.select("Timestamp").toPandas()["Timestamp"].to_numpy())
+    ts = np.sort(df.select("Timestamp").toPandas()["Timestamp"].to_numpy())  # type: ignore[index]
     if len(ts) < 10:
         raise BadInput(f"only {len(ts)} usable rows selected; a time split needs at least 10")
     return float(ts[min(len(ts) - 1, int(len(ts) * (1 - test_fraction)))])

@@ -142,7 +142,7 @@ def promote_best(
     from mlflow import spark as mlflow_spark
 
     from training.metrics import evaluate
-    from training.train import prepare, score
+    from training.train import first_value, prepare, score
 
     spec = get_spec(model)
     client = _client(settings)
@@ -178,7 +178,7 @@ def promote_best(
         rows = window.count()
         if rows == 0:
             raise TrainingError(f"no usable row after Timestamp {cutoff:.0f} to compare versions on")
-        last_ts = window.agg({"Timestamp": "max"}).first()[0]
+        last_ts = first_value(window.agg({"Timestamp": "max"}))
         values: dict[str, float] = {}
         for version in compared:
             fitted = mlflow_spark.load_model(f"models:/{spec.registered_name}/{version.version}")
@@ -229,4 +229,4 @@ def promote_best(
 def stages(settings: TrainingSettings, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """(registered name, version) → current stage, for summary tables."""
     client = _client(settings)
-    return {(name, v): client.get_model_version(name, v).current_stage for name, v in pairs}
+    return {(name, v): client.get_model_version(name, v).current_stage or "None" for name, v in pairs}

@@ -79,10 +79,17 @@ def score(spec: ModelSpec, model: PipelineModel, df: DataFrame) -> pd.DataFrame:
     else:
         columns.append(F.col("prediction"))
     if spec.kind == "classification":
-        columns.append(vector_to_array("probability")[1].alias("probability_up"))
+        columns.append(vector_to_array(F.col("probability"))[1].alias("probability_up"))
     seen: set[str] = set()
     unique = [c for c in columns if not (str(c) in seen or seen.add(str(c)))]  # type: ignore[func-returns-value]
     return out.select(*unique).toPandas()
+
+
+def first_value(df: DataFrame) -> float:
+    """The first value of a one-row result (an aggregate); the caller guarantees rows exist."""
+    row = df.first()
+    assert row is not None, "an aggregate over a non-empty frame returns a row"
+    return float(row[0])
 
 
 def estimator_params(model: PipelineModel) -> dict[str, Any]:
@@ -95,7 +102,7 @@ def importances(spec: ModelSpec, model: PipelineModel) -> dict[str, list[float]]
     if spec.kind != "high_low":
         return {}
     return {
-        label: list(stage.featureImportances.toArray())
+        label: list(stage.featureImportances.toArray())  # type: ignore[attr-defined]
         for label, stage in zip(spec.labels, model.stages[1:3], strict=True)
     }
 
@@ -130,6 +137,7 @@ def train_one(
     """Fit one model on `base` (the selected batches), evaluate, log and register one version."""
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.data.spark_dataset import from_spark
 
     started = time.monotonic()
     numbers = [b.batch for b in batches]
@@ -142,12 +150,9 @@ def train_one(
         model = build_pipeline(spec, params).fit(train_df)
         test = score(spec, model, test_df)
         train_rows = train_df.count()
-        facts = train_df.agg({"Timestamp": "max"}).first()
-        train_max_ts = float(facts[0]) if facts else cutoff
-        last_close = train_df.orderBy(train_df.Timestamp.desc()).select("Close").first()[0]
-        positive_rate = (
-            float(train_df.agg({"label": "avg"}).first()[0]) if spec.kind == "classification" else 0.0
-        )
+        train_max_ts = first_value(train_df.agg({"Timestamp": "max"}))
+        last_close = first_value(train_df.orderBy(train_df.Timestamp.desc()).select("Close"))
+        positive_rate = first_value(train_df.agg({"label": "avg"})) if spec.kind == "classification" else 0.0
         values = metrics.evaluate(spec, test)
         values |= metrics.baseline(spec, {"last_close": last_close, "positive_rate": positive_rate}, test)
         label = describe_batches(numbers)
@@ -180,7 +185,7 @@ def train_one(
             )
             mlflow.log_metrics(values)
             digest = ",".join(b.sha256[:8] for b in batches)[:36]
-            dataset = mlflow.data.from_spark(
+            dataset = from_spark(
                 train_df, path=str(settings.batch_dir.resolve()), name=f"batches-{label}", digest=digest
             )
             mlflow.log_input(dataset, context="training")
@@ -279,7 +284,8 @@ def train_selection(
     overrides: dict[str, Any] | None = None,
 ) -> list[TrainResult]:
     """One version of each model on exactly these batches, read once and cached for all of them."""
-    base = data.read_batches(spark, settings.batch_dir, chosen).cache()
+    # Spread over a few partitions (one Parquet file is one partition) so every core fits; cache once.
+    base = data.read_batches(spark, settings.batch_dir, chosen).repartition(settings.spark_partitions).cache()
     try:
         return [train_one(spark, settings, spec, chosen, base, scheme, overrides) for spec in specs]
     finally:
