@@ -109,18 +109,18 @@ class ErrorAnswer(BaseModel):
 
 # -- requests --------------------------------------------------------------------------------------
 class CloseRow(BaseModel):
-    timestamp: Timestamp
+    timestamp: Annotated[Timestamp, Field(description="Unix seconds of the minute, 2009..2100")]
 
 
 class HighLowRow(BaseModel):
-    open: Price
-    volume: Volume
+    open: Annotated[Price, Field(description="Open price of the minute, USD")]
+    volume: Annotated[Volume, Field(description="Volume of the minute, BTC")]
 
 
 class TrendRow(BaseModel):
-    open: Price
-    close: Price
-    volume: Volume
+    open: Annotated[Price, Field(description="Open price of the minute, USD")]
+    close: Annotated[Price, Field(description="Close price of the minute, USD", examples=[4.6])]
+    volume: Annotated[Volume, Field(description="Volume of the minute, BTC")]
 
 
 ROWS: dict[str, type[BaseModel]] = {"close": CloseRow, "high_low": HighLowRow, "trend": TrendRow}
@@ -128,6 +128,11 @@ EXAMPLES = {
     "close": {"timestamp": 1325412060.0},
     "high_low": {"open": 4.58, "volume": 1.5},
     "trend": {"open": 4.58, "close": 4.6, "volume": 1.5},
+}
+DOCS = {
+    "close": "Predicted Close of the minute at `timestamp` (btc-close).",
+    "high_low": "Predicted High and Low of a minute from its Open and Volume (btc-high-low).",
+    "trend": "Whether the next minute closes higher (Up) or not (Down), with P(Up) (btc-trend).",
 }
 ONE = {"close": CloseAnswer, "high_low": HighLowAnswer, "trend": TrendAnswer}
 EACH = {"close": ClosePrediction, "high_low": HighLowPrediction, "trend": TrendPrediction}
@@ -200,10 +205,6 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         bad = _bad_input(exc)
         return JSONAnswer(bad.body(), status_code=bad.status_code)
 
-    def one(kind: str, values: dict[str, float]) -> JSONAnswer:
-        loaded, answer = gw.predict(kind, {k: [v] for k, v in values.items()})
-        return JSONAnswer({**{k: v[0] for k, v in answer.items()}, "model": loaded.ref()})
-
     def many(kind: str, rows: list[BaseModel]) -> JSONAnswer:
         fields = SPECS[kind].inputs
         loaded, answer = gw.predict(kind, {f: [getattr(r, f) for r in rows] for f in fields})
@@ -211,40 +212,19 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         predictions = [dict(zip(keys, values, strict=True)) for values in zip(*answer.values(), strict=True)]
         return JSONAnswer({"predictions": predictions, "model": loaded.ref()})
 
-    q_price = {"ge": 0, "allow_inf_nan": False}
+    def single_route(kind: str, row_model: type[BaseModel]) -> Any:
+        fields = list(SPECS[kind].inputs)
 
-    @app.get("/predict/close", response_model=CloseAnswer, responses=ERRORS, tags=["predict"])
-    async def close_one(
-        timestamp: Annotated[
-            float,
-            Query(
-                ge=TS_MIN,
-                le=TS_MAX,
-                allow_inf_nan=False,
-                examples=[1325412060.0],
-                description="Unix seconds of the minute, 2009..2100",
-            ),
-        ],
-    ) -> Response:
-        """Predicted Close of the minute at `timestamp` (btc-close)."""
-        return one("close", {"timestamp": timestamp})
+        async def get(row: Annotated[row_model, Query()]) -> Response:  # type: ignore[valid-type]
+            loaded, answer = gw.predict(kind, {f: [getattr(row, f)] for f in fields})
+            return JSONAnswer({**{k: v[0] for k, v in answer.items()}, "model": loaded.ref()})
 
-    @app.get("/predict/high_low", response_model=HighLowAnswer, responses=ERRORS, tags=["predict"])
-    async def high_low_one(
-        open: Annotated[float, Query(**q_price, examples=[4.58], description="Open price, USD")],
-        volume: Annotated[float, Query(**q_price, examples=[1.5], description="Volume, BTC")],
-    ) -> Response:
-        """Predicted High and Low of a minute from its Open and Volume (btc-high-low)."""
-        return one("high_low", {"open": open, "volume": volume})
+        get.__doc__ = DOCS[kind]
+        return get
 
-    @app.get("/predict/trend", response_model=TrendAnswer, responses=ERRORS, tags=["predict"])
-    async def trend_one(
-        open: Annotated[float, Query(**q_price, examples=[4.58], description="Open price, USD")],
-        close: Annotated[float, Query(**q_price, examples=[4.6], description="Close price, USD")],
-        volume: Annotated[float, Query(**q_price, examples=[1.5], description="Volume, BTC")],
-    ) -> Response:
-        """Whether the next minute closes higher (Up) or not (Down), with P(Up) (btc-trend)."""
-        return one("trend", {"open": open, "close": close, "volume": volume})
+    for kind, row_model in ROWS.items():
+        route = app.get(f"/predict/{kind}", response_model=ONE[kind], responses=ERRORS, tags=["predict"])
+        route(single_route(kind, row_model))
 
     def batch_route(kind: str, request_model: type[BaseModel]) -> Any:
         async def post(body: request_model) -> Response:  # type: ignore[valid-type]

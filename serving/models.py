@@ -47,19 +47,24 @@ SPECS: dict[str, Spec] = {
 
 
 class Evaluator(Protocol):
-    def outputs(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """`prediction` (and `probability` for a classifier) for a batch of input columns."""
+    def outputs(self, columns: dict[str, Sequence[float]]) -> dict[str, list[Any]]:
+        """`prediction` (and `probability` for a classifier) per row, for input columns of equal length."""
         ...
 
 
 class NumpyEvaluator:
-    """The Spark pipeline read from its files, evaluated in-process."""
+    """The Spark pipeline read from its files, evaluated in-process: floats for one row, numpy for many."""
 
     def __init__(self, model_dir: Path) -> None:
         self.pipeline = sparkml.load(model_dir)
 
-    def outputs(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.pipeline.transform(columns)
+    def outputs(self, columns: dict[str, Sequence[float]]) -> dict[str, list[Any]]:
+        wanted = ("prediction", "probability")
+        if all(len(v) == 1 for v in columns.values()):
+            row = self.pipeline.transform_row({k: float(v[0]) for k, v in columns.items()})
+            return {c: [row[c]] for c in wanted if c in row}
+        cols = self.pipeline.transform({k: np.asarray(v, dtype=np.float64) for k, v in columns.items()})
+        return {c: cols[c].tolist() for c in wanted if c in cols}
 
 
 class SparkEvaluator:
@@ -74,15 +79,17 @@ class SparkEvaluator:
         mlflow.set_registry_uri(tracking_uri)
         self.model = mlflow.spark.load_model(model_uri)
 
-    def outputs(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def outputs(self, columns: dict[str, Sequence[float]]) -> dict[str, list[Any]]:
         import pandas as pd
 
-        frame = self.spark.createDataFrame(pd.DataFrame({k: v.astype(float) for k, v in columns.items()}))
+        frame = self.spark.createDataFrame(
+            pd.DataFrame({k: [float(x) for x in v] for k, v in columns.items()})
+        )
         result = self.model.transform(frame)
         wanted = [c for c in ("prediction", "probability") if c in result.columns]
         rows = result.select(*wanted).collect()
         return {
-            c: np.asarray([np.asarray(r[c]) if c == "probability" else r[c] for r in rows]) for c in wanted
+            c: [r[c].toArray().tolist() if hasattr(r[c], "toArray") else r[c] for r in rows] for c in wanted
         }
 
 
@@ -211,20 +218,17 @@ class Gateway:
     def predict(self, kind: str, rows: Mapping[str, Sequence[float]]) -> tuple[Loaded, dict[str, list[Any]]]:
         """Answer a batch given as request-field columns, in row order, with the version that answered."""
         loaded = self.model(kind)
-        spec = loaded.spec
-        columns = {spec.inputs[f]: np.asarray(rows[f], dtype=np.float64) for f in spec.inputs}
-        out = loaded.evaluator.outputs(columns)
-        prediction = np.asarray(out["prediction"])
+        out = loaded.evaluator.outputs({loaded.spec.inputs[f]: rows[f] for f in loaded.spec.inputs})
+        prediction = out["prediction"]
         if kind == "close":
-            return loaded, {"predicted_close": prediction.reshape(-1).tolist()}
-        if kind == "high_low":
-            pair = prediction.reshape(len(prediction), -1)
-            return loaded, {"predicted_high": pair[:, 0].tolist(), "predicted_low": pair[:, 1].tolist()}
-        labels = ["Up" if p == 1.0 else "Down" for p in prediction.reshape(-1).tolist()]
-        return loaded, {
-            "predicted_trend": labels,
-            "probability_up": np.asarray(out["probability"])[:, 1].tolist(),
-        }
+            return loaded, {"predicted_close": prediction}
+        if kind == "high_low":  # the final VectorAssembler's [high, low]
+            return loaded, {
+                "predicted_high": [p[0] for p in prediction],
+                "predicted_low": [p[1] for p in prediction],
+            }
+        labels = ["Up" if p == 1.0 else "Down" for p in prediction]
+        return loaded, {"predicted_trend": labels, "probability_up": [p[1] for p in out["probability"]]}
 
     def ready(self) -> None:
         missing = [spec.name for kind, spec in SPECS.items() if kind not in self._loaded]

@@ -44,6 +44,24 @@ def edge_rows(rng: np.random.Generator, thresholds: dict[str, np.ndarray]) -> pd
     return pd.concat([frame, pd.DataFrame(edges)], ignore_index=True)
 
 
+def assert_row_path_matches(
+    pipeline: sparkml.Pipeline,
+    frame: pd.DataFrame,
+    inputs: list[str],
+    batch: dict[str, np.ndarray],
+    outputs: list[str],
+) -> None:
+    """The one-row path (plain floats, used for single requests) gives the batch path's answers."""
+    for i, values in enumerate(frame[inputs].itertuples(index=False)):
+        row = pipeline.transform_row(dict(zip(inputs, map(float, values), strict=True)))
+        for name in outputs:
+            expected = batch[name][i]
+            if name == "probability":  # libm's exp and numpy's may differ in the last bit
+                np.testing.assert_allclose(row[name], expected, rtol=0, atol=1e-15)
+            else:
+                assert np.array_equal(np.asarray(row[name]), expected), (name, i, row[name], expected)
+
+
 def numpy_pipeline(template: Template, key: str, tmp_path: Path) -> sparkml.Pipeline:
     """The version as the gateway gets it: downloaded from the registry, read from its files."""
     name = {"close": "btc-close", "high_low": "btc-high-low", "trend": "btc-trend"}[key]
@@ -89,6 +107,9 @@ def test_high_low_parity(template: Template, tmp_path: Path) -> None:
         np.testing.assert_allclose(cols[name], spark[name].to_numpy(), rtol=1e-9, atol=0)
     final = np.array([r["prediction"].toArray() for r in spark_vector.select("prediction").collect()])
     np.testing.assert_allclose(cols["prediction"][:50], final, rtol=1e-9, atol=0)
+    assert_row_path_matches(
+        ours, frame, ["Open", "Volume"], cols, ["prediction_high", "prediction_low", "prediction"]
+    )
 
 
 def test_close_parity(template: Template, tmp_path: Path) -> None:
@@ -97,6 +118,7 @@ def test_close_parity(template: Template, tmp_path: Path) -> None:
     cols = ours.transform({"Timestamp": frame["Timestamp"].to_numpy()})
     spark = spark_transform(template, "close", frame, ["prediction"])
     np.testing.assert_allclose(cols["prediction"], spark["prediction"].to_numpy(), rtol=1e-9, atol=0)
+    assert_row_path_matches(ours, frame, ["Timestamp"], cols, ["prediction"])
 
 
 def test_trend_parity(template: Template, tmp_path: Path) -> None:
@@ -115,6 +137,7 @@ def test_trend_parity(template: Template, tmp_path: Path) -> None:
     probability = np.stack(spark["probability"].to_numpy())
     np.testing.assert_allclose(cols["probability"], probability, rtol=0, atol=1e-12)
     assert 0 < cols["prediction"].sum() < len(frame)  # both labels occur
+    assert_row_path_matches(ours, frame, ["Open", "Close", "Volume"], cols, ["prediction", "probability"])
 
 
 def test_unknown_stage_is_refused_naming_it(template: Template) -> None:

@@ -1,0 +1,313 @@
+"""Gateway speed against MLflow's own scoring server, same Production version, one run on loopback.
+
+Builds a temporary MLflow store with small real Spark models (training's pipelines, 3,000 synthetic
+minutes), promotes them, then starts
+  ours:      `btcflow serve` (uvicorn, one worker, numpy engine: no JVM in the process)
+  reference: `mlflow models serve -m models:/btc-high-low/Production --env-manager local -w 1`
+and drives each with a fixed-duration, fixed-concurrency load from `wrk` (or, when wrk is not installed,
+a bounded async httpx loop in a separate process): single-row requests on every route (requests/s, p50,
+p99), then POST batches of 1,000 rows (rows/s). Prints both sides and the ratios.
+
+    .venv/bin/python bench/serve.py [--duration 10] [--connections 32] [--batch-connections 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LUA = """
+local body_file = os.getenv("BENCH_BODY")
+if body_file and body_file ~= "" then
+  local f = io.open(body_file, "rb"); wrk.body = f:read("*a"); f:close()
+  wrk.method = "POST"; wrk.headers["Content-Type"] = "application/json"
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH %d %d %d %d %f %f\\n", summary.requests, summary.duration, e.status,
+    e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+HTTPX_LOOP = r"""
+import asyncio, json, sys, time
+import httpx
+url, body_file, duration, connections = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+body = open(body_file, "rb").read() if body_file else None
+lat, errors = [], 0
+async def worker(client, until):
+    global errors
+    while time.perf_counter() < until:
+        t = time.perf_counter()
+        try:
+            r = await (client.post(url, content=body, headers={"content-type": "application/json"})
+                       if body else client.get(url))
+            if r.status_code >= 300: errors += 1
+        except httpx.HTTPError:
+            errors += 1
+        lat.append(time.perf_counter() - t)
+async def main():
+    limits = httpx.Limits(max_connections=connections)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client, start + duration) for _ in range(connections)))
+        return time.perf_counter() - start
+elapsed = asyncio.run(main())
+lat.sort()
+pct = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6 if lat else float("nan")
+print(f"BENCH {len(lat)} {int(elapsed * 1e6)} {errors} 0 {pct(0.5)} {pct(0.99)}")
+"""
+
+
+@dataclass
+class Load:
+    requests: int
+    seconds: float
+    errors: int
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_store(root: Path) -> str:
+    """Fit, log, register and promote the three models in a fresh store (Spark local[1])."""
+    from tests.serving import spark_models as sm
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    spark = sm.spark_session()
+    frame = sm.synthetic_minutes(3000, seed=0)
+    for kind in sm.REGISTERED:
+        version = sm.log_and_register(sm.fit(spark, kind, frame), kind, frame, uri)
+        sm.promote(uri, kind, version)
+    spark.stop()
+    return uri
+
+
+def wait_for(url: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server for {url} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"{url} not ready after {timeout_s:.0f}s")
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)  # its own session: uvicorn and, for MLflow, the Spark JVM
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def load(url: str, body: Path | None, duration: float, connections: int, work: Path) -> Load:
+    """One fixed-duration, fixed-concurrency run against one URL (GET, or POST of `body`)."""
+    if shutil.which("wrk"):
+        script = work / "bench.lua"
+        script.write_text(LUA)
+        cmd = [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration:.0f}s",
+            "--timeout",
+            "60s",
+            "-s",
+            str(script),
+            url,
+        ]
+        env = {**os.environ, "BENCH_BODY": str(body) if body else ""}
+    else:
+        cmd = [sys.executable, "-c", HTTPX_LOOP, url, str(body or ""), str(duration), str(connections)]
+        env = dict(os.environ)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 120)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH ")), None)
+    if line is None:
+        raise SystemExit(f"load generator failed: {out.stdout}{out.stderr}")
+    n, micros, status_errors, socket_errors, p50, p99 = line.split()[1:]
+    return Load(
+        int(n), int(micros) / 1e6, int(status_errors) + int(socket_errors), float(p50) / 1e3, float(p99) / 1e3
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
+    parser.add_argument("--connections", type=int, default=32, help="concurrency for single-row requests")
+    parser.add_argument("--batch-connections", type=int, default=8, help="concurrency for 1,000-row POSTs")
+    parser.add_argument("--batch-rows", type=int, default=1000)
+    parser.add_argument(
+        "--tracking-uri",
+        help="bench an existing store's Production models instead of building a temporary one",
+    )
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="btcflow-bench-serve-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        t0 = time.monotonic()
+        uri = args.tracking_uri or build_store(work)
+        print(f"store: {uri} (ready in {time.monotonic() - t0:.0f}s)", flush=True)
+        bindir = str(Path(sys.executable).parent)  # `mlflow models serve` execs `uvicorn` from PATH
+        env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": uri,
+            "PYTHONWARNINGS": "ignore",
+            "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+        ours_port, ref_port = free_port(), free_port()
+        ours = f"http://127.0.0.1:{ours_port}"
+        ref = f"http://127.0.0.1:{ref_port}"
+        procs.append(
+            start(
+                [sys.executable, "-m", "btcflow.cli", "serve", "--port", str(ours_port)],
+                env,
+                work / "ours.log",
+            )
+        )
+        mlflow_bin = str(Path(sys.executable).with_name("mlflow"))
+        procs.append(
+            start(
+                [
+                    mlflow_bin,
+                    "models",
+                    "serve",
+                    "-m",
+                    "models:/btc-high-low/Production",
+                    "--env-manager",
+                    "local",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(ref_port),
+                    "-w",
+                    "1",
+                ],
+                env,
+                work / "reference.log",
+            )
+        )
+        wait_for(f"{ours}/ready", procs[0], 120)
+        wait_for(f"{ref}/ping", procs[1], 300)
+        version = httpx.get(f"{ours}/predict/high_low", params={"open": 4.58, "volume": 1.5}).json()["model"]
+        print(f"serving btc-high-low version {version['version']} (run {version['run_id']}) on both sides")
+
+        # warm both (the reference's first Spark job compiles a lot)
+        one_ref = work / "ref_one.json"
+        one_ref.write_text(
+            json.dumps({"dataframe_split": {"columns": ["Open", "Volume"], "data": [[4.58, 1.5]]}})
+        )
+        for _ in range(3):
+            httpx.post(
+                f"{ref}/invocations",
+                content=one_ref.read_bytes(),
+                headers={"content-type": "application/json"},
+                timeout=120,
+            )
+            httpx.get(f"{ours}/predict/high_low", params={"open": 4.58, "volume": 1.5})
+
+        d, c = args.duration, args.connections
+        results: dict[str, Load] = {}
+        singles = {
+            "GET /predict/close": f"{ours}/predict/close?timestamp=1325412060.0",
+            "GET /predict/high_low": f"{ours}/predict/high_low?open=4.58&volume=1.5",
+            "GET /predict/trend": f"{ours}/predict/trend?open=4.58&close=4.6&volume=1.5",
+        }
+        for name, url in singles.items():
+            results[name] = load(url, None, d, c, work)
+        results["reference POST /invocations (1 row)"] = load(f"{ref}/invocations", one_ref, d, c, work)
+
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        opens, volumes = rng.uniform(3, 200, args.batch_rows), rng.exponential(3, args.batch_rows)
+        batch_ours, batch_ref = work / "ours_batch.json", work / "ref_batch.json"
+        batch_ours.write_text(
+            json.dumps({"rows": [{"open": o, "volume": v} for o, v in zip(opens, volumes, strict=True)]})
+        )
+        batch_ref.write_text(
+            json.dumps(
+                {
+                    "dataframe_split": {
+                        "columns": ["Open", "Volume"],
+                        "data": [[o, v] for o, v in zip(opens, volumes, strict=True)],
+                    }
+                }
+            )
+        )
+        bc = args.batch_connections
+        results["POST /predict/high_low (batch)"] = load(f"{ours}/predict/high_low", batch_ours, d, bc, work)
+        results["reference POST /invocations (batch)"] = load(f"{ref}/invocations", batch_ref, d, bc, work)
+    finally:
+        for p in procs:
+            stop(p)
+        shutil.rmtree(work, ignore_errors=True)
+
+    tool = "wrk -t1" if shutil.which("wrk") else "httpx async loop"
+    print(
+        f"\nload: {tool}, {args.duration:.0f}s per run; single rows at {args.connections} connections, "
+        f"batches of {args.batch_rows} rows at {args.batch_connections} connections"
+    )
+    print(f"{'run':44} {'req/s':>9} {'rows/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for name, r in results.items():
+        rows = r.rps * (args.batch_rows if "batch" in name else 1)
+        print(f"{name:44} {r.rps:9.1f} {rows:11.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.errors:7d}")
+    ref_one = results["reference POST /invocations (1 row)"]
+    ours_one = results["GET /predict/high_low"]
+    ref_batch = results["reference POST /invocations (batch)"]
+    ours_batch = results["POST /predict/high_low (batch)"]
+    print("\nratios (ours / reference, btc-high-low, same version):")
+    print(f"  single-row requests/s  {ours_one.rps / max(ref_one.rps, 1e-9):8.1f}x")
+    print(f"  single-row p50 latency {ref_one.p50_ms / max(ours_one.p50_ms, 1e-9):8.1f}x lower")
+    print(f"  single-row p99 latency {ref_one.p99_ms / max(ours_one.p99_ms, 1e-9):8.1f}x lower")
+    print(f"  batch rows/s           {ours_batch.rps / max(ref_batch.rps, 1e-9):8.1f}x")
+    goal = ours_one.rps >= 1000 and ours_one.p99_ms < 10 and ours_one.rps >= 100 * ref_one.rps
+    print(
+        f"goal (>=1,000 req/s, p99 < 10 ms at {args.connections} connections, 100x reference): "
+        f"{'met' if goal else 'not met'}"
+    )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
