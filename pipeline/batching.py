@@ -114,5 +114,8 @@ class OpenBatch:
         pieces = [chunk for chunk in self._chunks[:-1]]
         if self._chunks:
             pieces.append(self._chunks[-1][:, : self._fill])
-        arrays = [pa.chunked_array([p[i] for p in pieces], type=pa.float64()) for i in range(len(COLUMNS))]
+        # pa.array wraps a contiguous float64 row without copying; pa.chunked_array on numpy would copy
+        arrays = [
+            pa.chunked_array([pa.array(p[i]) for p in pieces], type=pa.float64()) for i in range(len(COLUMNS))
+        ]
         return pa.Table.from_arrays(arrays, schema=SCHEMA)

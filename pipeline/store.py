@@ -133,7 +133,8 @@ class BatchStore:
         final = self.directory / f"batch_{number}.{self.fmt}"
         tmp = final.with_name(final.name + ".tmp")
         if self.fmt == "parquet":
-            pq.write_table(table, tmp, compression="zstd", row_group_size=CHUNK_ROWS)
+            # no dictionary pages: prices are nearly unique floats, and building them copies the batch
+            pq.write_table(table, tmp, compression="zstd", row_group_size=CHUNK_ROWS, use_dictionary=False)
         else:
             _write_csv(table, tmp)
         _replace_durably(tmp, final)
