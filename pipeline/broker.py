@@ -142,8 +142,13 @@ def ensure_topic(bootstrap: str, topic: str, partitions: int = 1) -> int:
 
 
 def _cluster_id() -> str:
-    """A Kafka cluster id: a random UUID, base64 URL-safe without padding, as Kafka's Uuid prints it."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id: a random UUID, base64 URL-safe without padding, as Kafka's Uuid prints it.
+
+    One that starts with '-' would read as an option to the storage tool, so draw again.
+    """
+    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass
+    return cid
 
 
 @dataclass(frozen=True)

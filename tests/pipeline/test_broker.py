@@ -41,3 +41,11 @@ def test_start_refuses_a_port_taken_by_something_else(kafka_broker: str, tmp_pat
     assert f"port {port}" in done.stderr and "taken" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert time.monotonic() - started < 10
+
+
+def test_cluster_ids_are_kafka_uuids_the_storage_tool_accepts() -> None:
+    from pipeline.broker import _cluster_id
+
+    ids = {_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
