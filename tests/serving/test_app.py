@@ -212,3 +212,21 @@ def test_alias_alone_is_enough(empty_store: Store) -> None:
         "alias:production"
     )
     assert math.isfinite(answer.json()["probability_up"])
+
+
+def test_spark_engine_answers_like_numpy(store: Store) -> None:
+    """BTCFLOW_SERVING_ENGINE=spark: MLflow's Spark flavour in a JVM, same answers as the numpy engine."""
+    numpy_client, _ = client_for(store.uri)
+    spark_client, gateway = client_for(store.uri, serving_engine="spark")
+    assert spark_client.get("/ready").status_code == 200, gateway.status()
+    for kind in GET:
+        rows = [GET[kind], {k: v * 2 for k, v in GET[kind].items()}]
+        ours = numpy_client.post(f"/predict/{kind}", json={"rows": rows}).json()["predictions"]
+        spark = spark_client.post(f"/predict/{kind}", json={"rows": rows}).json()["predictions"]
+        for a, b in zip(ours, spark, strict=True):
+            assert a.keys() == b.keys()
+            for key in a:
+                if isinstance(a[key], float):
+                    assert math.isclose(a[key], b[key], rel_tol=1e-9, abs_tol=1e-12), (kind, key)
+                else:
+                    assert a[key] == b[key]

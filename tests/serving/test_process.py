@@ -10,46 +10,22 @@ import threading
 import time
 
 import httpx
-import psutil
 
+from serving.launch import call_routes, running_gateway
+from serving.settings import ServingSettings
 from tests.serving.conftest import Store
-from tests.serving.spark_models import free_port
 
 POLL_S = 1.0
 PARAMS = {"timestamp": 1325412060.0}
 
 
-def start_gateway(uri: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "BTCFLOW_POLL_INTERVAL_S": str(POLL_S)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "btcflow.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-
-
-def wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "gateway exited"
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("gateway not ready in time")
-
-
 def test_hot_swap_under_load_has_no_errors_and_moves_to_the_new_version(store: Store) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = start_gateway(store.uri, port)
-    try:
-        wait_ready(base, proc)
-        # the request path runs without a JVM: no java process under the gateway
-        assert not [p for p in psutil.Process(proc.pid).children(recursive=True) if "java" in p.name()]
+    settings = ServingSettings(tracking_uri=store.uri, poll_interval_s=POLL_S)
+    with running_gateway(settings, port=0) as base:
+        row = {"Timestamp": 1325412060.0, "Open": 4.58, "High": 4.6, "Low": 4.5, "Close": 4.6, "Volume": 1.5}
+        demo = call_routes(base, row)  # the demo's recipe
+        assert [status for _, status, _ in demo] == [200, 200, 200]
+        assert demo[1][0].startswith(f"curl '{base}/predict/high_low?open=4.58&volume=1.5'")
         answers: list[tuple[float, int, str | None, float | None]] = []
         stop = threading.Event()
 
@@ -72,19 +48,18 @@ def test_hot_swap_under_load_has_no_errors_and_moves_to_the_new_version(store: S
         threads = [threading.Thread(target=client) for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(1.5)
-        promoted_at = time.monotonic()
-        new = store.promote("close_v2")
-        deadline = promoted_at + 30
-        while time.monotonic() < deadline and not any(a[2] == new for a in answers[-20:]):
-            time.sleep(0.1)
-        time.sleep(1.0)
-        stop.set()
-        for t in threads:
-            t.join(10)
-    finally:
-        proc.terminate()
-        proc.wait(15)
+        try:
+            time.sleep(1.5)
+            promoted_at = time.monotonic()
+            new = store.promote("close_v2")
+            deadline = promoted_at + 30
+            while time.monotonic() < deadline and not any(a[2] == new for a in answers[-20:]):
+                time.sleep(0.1)
+            time.sleep(1.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(10)
     old = store.template.versions["close"]
     assert len(answers) > 100
     assert {a[1] for a in answers} == {200}, "a request failed during the swap"

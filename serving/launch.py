@@ -1,0 +1,108 @@
+"""Run the gateway as its own process and call it: for `btcflow demo`, scripts and the process tests.
+
+The gateway runs as `btcflow serve` in a child process (so its process holds no JVM bridge even when the
+caller, like the demo, has Spark loaded), is waited on until /ready, and is stopped when the block ends.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from urllib.parse import urlencode
+
+import httpx
+
+from serving.errors import ServingError
+from serving.settings import ServingSettings
+
+
+class GatewayDidNotStart(ServingError):
+    exit_code = 3
+    code = "gateway_not_started"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def environment(settings: ServingSettings) -> dict[str, str]:
+    """The child's environment: these settings, as the variables `ServingSettings` reads."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri}
+    env["BTCFLOW_SERVING_ENGINE"] = settings.serving_engine
+    env["BTCFLOW_POLL_INTERVAL_S"] = str(settings.poll_interval_s)
+    env["BTCFLOW_MAX_ROWS"] = str(settings.max_rows)
+    if settings.admin_token:
+        env["BTCFLOW_ADMIN_TOKEN"] = settings.admin_token
+    return env
+
+
+@contextmanager
+def running_gateway(
+    settings: ServingSettings, port: int | None = None, ready_timeout_s: float = 120.0
+) -> Iterator[str]:
+    """Start `btcflow serve` on settings.host and `port` (settings.port if None, a free one if 0); yield
+    its base URL once /ready answers 200; stop it (SIGTERM, then SIGKILL after 15 s) when the block ends."""
+    port = free_port(settings.host) if port == 0 else port or settings.port
+    base = f"http://{settings.host}:{port}"
+    cmd = [sys.executable, "-m", "btcflow.cli", "serve", "--host", settings.host, "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=environment(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_ready(base, proc, ready_timeout_s)
+        yield base
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _wait_ready(base: str, proc: subprocess.Popen, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
+            raise GatewayDidNotStart(f"gateway exited with {proc.returncode}: {err.splitlines()[-1:] or ''}")
+        try:
+            answer = httpx.get(f"{base}/ready", timeout=2)
+            if answer.status_code == 200:
+                return
+            last = answer.json().get("message", answer.text)
+        except (httpx.TransportError, ValueError):
+            pass
+        time.sleep(0.25)
+    raise GatewayDidNotStart(f"gateway at {base} not ready after {timeout_s:.0f}s ({last})")
+
+
+def example_queries(row: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """Each GET route's query from one Kaggle row (keys Timestamp, Open, Close, Volume, ...)."""
+    return {
+        "close": {"timestamp": float(row["Timestamp"])},
+        "high_low": {"open": float(row["Open"]), "volume": float(row["Volume"])},
+        "trend": {"open": float(row["Open"]), "close": float(row["Close"]), "volume": float(row["Volume"])},
+    }
+
+
+def call_routes(base: str, row: Mapping[str, float]) -> list[tuple[str, int, dict]]:
+    """Call the three GET routes with inputs from `row`: (curl command, status, answer) each."""
+    out = []
+    with httpx.Client(base_url=base, timeout=30) as client:
+        for kind, query in example_queries(row).items():
+            answer = client.get(f"/predict/{kind}", params=query)
+            out.append(
+                (f"curl '{base}/predict/{kind}?{urlencode(query)}'", answer.status_code, answer.json())
+            )
+    return out
