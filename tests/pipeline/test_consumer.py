@@ -23,7 +23,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from pipeline.broker import ensure_topic
-from pipeline.consumer import consume, parse_values
+from pipeline.consumer import RejectLog, consume, parse_values
 from pipeline.settings import PipelineSettings
 from pipeline.store import COLUMNS, read_manifest
 
@@ -237,6 +237,16 @@ def test_bad_messages_are_counted_and_kept_with_their_reason(settings: PipelineS
     assert kept[2]["value"] is None and "tombstone" in kept[2]["reason"]
 
 
+def test_rejected_lines_of_a_batch_the_manifest_lacks_are_dropped_at_start(tmp_path: Path) -> None:
+    lines = [{"batch": b, "partition": 0, "offset": b, "reason": "x"} for b in (1, 2, 3)]
+    (tmp_path / "rejected.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in lines) + '{"batch": 3, "par'
+    )
+    RejectLog(tmp_path, batches=2)  # batch 3 never reached the manifest: its messages will be read again
+    kept = [json.loads(x)["batch"] for x in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    assert kept == [1, 2]
+
+
 def _cli(env: dict[str, str], *args: str) -> list[str]:
     return [sys.executable, "-m", "btcflow.cli", "consume", *args]
 
@@ -254,6 +264,7 @@ def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
     args = ["--out", str(out), "--batch-rows", "20000"]
     rng = random.Random(7)
     kills = 0
+    batches_at_kill: list[int] = []
     deadline = time.monotonic() + 150
     while kills < 6 and time.monotonic() < deadline:
         proc = subprocess.Popen(
@@ -263,6 +274,7 @@ def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
+        batches_at_kill.append(len(read_manifest(out)) if out.exists() else 0)
     # a clean stop keeps the open batch for the next run instead of writing it
     proc = subprocess.Popen(
         [*_cli(env, *args)[:3], "-v", *_cli(env, *args)[3:]],
@@ -290,6 +302,7 @@ def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
     )
     assert final.returncode == 0, final.stderr
     assert kills >= 5
+    assert any(0 < b < n // 20000 for b in batches_at_kill), batches_at_kill  # kills landed mid-stream
     entries, got = read_batches(out)
     assert sum(e.rows for e in entries) == n
     assert all(e.rows == 20000 for e in entries)
