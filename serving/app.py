@@ -144,15 +144,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def _batch_models(kind: str, max_rows: int) -> tuple[type[BaseModel], type[BaseModel]]:
     """Request and answer models of a POST, with this app's row limit in the schema."""
-    row = ROWS[kind]
+    row, each = ROWS[kind], EACH[kind]
+    example: dict[str, Any] = {"rows": [EXAMPLES[kind], EXAMPLES[kind]]}
     request = create_model(
         f"{row.__name__}s",
-        __config__=ConfigDict(json_schema_extra={"examples": [{"rows": [EXAMPLES[kind], EXAMPLES[kind]]}]}),
-        rows=(list[row], Field(min_length=1, max_length=max_rows, description=f"1 to {max_rows} rows")),
+        __config__=ConfigDict(json_schema_extra={"examples": [example]}),
+        rows=(list[row], Field(min_length=1, max_length=max_rows, description=f"1 to {max_rows} rows")),  # type: ignore[valid-type]
     )
-    answer = create_model(
-        f"{EACH[kind].__name__}s", predictions=(list[EACH[kind]], ...), model=(ModelRef, ...)
-    )
+    answer = create_model(f"{each.__name__}s", predictions=(list[each], ...), model=(ModelRef, ...))  # type: ignore[valid-type]
     return request, answer
 
 
