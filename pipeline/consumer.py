@@ -32,7 +32,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from pipeline.batching import BatchPolicy, OpenBatch
-from pipeline.broker import ensure_topic
+from pipeline.broker import admin_client, ensure_topic
 from pipeline.errors import BrokerUnavailable
 from pipeline.settings import PipelineSettings
 from pipeline.store import COLUMNS, BatchStore, Format
@@ -42,6 +42,9 @@ log = logging.getLogger("pipeline")
 DEFAULT_GROUP = "btcflow-batcher"
 REJECTED = "rejected.jsonl"
 POLL_RECORDS = 50_000  # rows handed over per poll: large enough to amortise, small enough to stay responsive
+PROBE_S = (
+    30.0  # after this long without a message, check the broker still answers (kafka-python retries silently)
+)
 POLL_MS = 500  # longest wait inside one poll: bounds how late a stop, a window or an idle timeout is seen
 _FIELDS = itemgetter(*COLUMNS)
 _NUMBER = (float, int)
@@ -370,7 +373,7 @@ class BatchingConsumer:
         consumer = _open_consumer(self.settings, self.group_id, listener)
         listener.consumer = consumer
         seen_generation = 0
-        last_message = self.clock()
+        last_message = last_probe = self.clock()
         batches = 0
         try:
             with _stop_on_signals(stop), _Progress(progress) as bar:
@@ -393,7 +396,8 @@ class BatchingConsumer:
                     if self.batch.is_due():  # never without rows: rejected messages alone stay pending
                         self._close_batch(consumer)
                         batches += 1
-                    elif idle_timeout_s is not None and now - last_message >= idle_timeout_s:
+                    silent = now - last_message
+                    if idle_timeout_s is not None and silent >= idle_timeout_s:
                         if self.batch.rows:
                             self._close_batch(consumer)
                             batches += 1
@@ -401,10 +405,13 @@ class BatchingConsumer:
                             self.rejects.append(self.store.next_batch, self.pending_rejects)
                         log.info("no message for %.1f s: stopping", idle_timeout_s)
                         break
+                    if silent >= PROBE_S and now - last_probe >= PROBE_S:
+                        last_probe = now
+                        admin_client(self.settings.bootstrap).close()  # gone: BrokerUnavailable, exit 3
                     bar.update(self.rows_read, self.clock() - started, batches, self.rejected)
                 bar.update(self.rows_read, self.clock() - started, batches, self.rejected)
         finally:
-            consumer.close(autocommit=False)
+            consumer.close(autocommit=False, timeout_ms=5000)
         if self.batch.rows:
             log.info("stopped with %d rows in the open batch: the next run reads them again", self.batch.rows)
         return ConsumeSummary(

@@ -251,6 +251,20 @@ def _cli(env: dict[str, str], *args: str) -> list[str]:
     return [sys.executable, "-m", "btcflow.cli", "consume", *args]
 
 
+def start_live(env: dict[str, str], args: list[str]) -> subprocess.Popen[str]:
+    """`btcflow -v consume ...` as a subprocess, returned once its loop runs (it has its partitions):
+    signals sent earlier would only hit Python's start-up, under load several seconds long."""
+    cli = _cli(env, *args)
+    proc = subprocess.Popen(
+        [*cli[:3], "-v", *cli[3:]], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "pipeline: assigned [TopicPartition" in line:
+            break
+    return proc
+
+
 def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
     settings: PipelineSettings, tmp_path: Path
 ) -> None:
@@ -267,26 +281,14 @@ def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
     batches_at_kill: list[int] = []
     deadline = time.monotonic() + 150
     while kills < 6 and time.monotonic() < deadline:
-        proc = subprocess.Popen(
-            _cli(env, *args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        time.sleep(rng.uniform(1.5, 5.0))
+        proc = start_live(env, args)
+        time.sleep(rng.uniform(0.2, 2.5))  # from the moment it reads: anywhere in a batch, or in a write
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.communicate(timeout=30)
         kills += 1
         batches_at_kill.append(len(read_manifest(out)) if out.exists() else 0)
     # a clean stop keeps the open batch for the next run instead of writing it
-    proc = subprocess.Popen(
-        [*_cli(env, *args)[:3], "-v", *_cli(env, *args)[3:]],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:  # SIGTERM once the loop runs (before that, Python's default handler kills)
-        if "pipeline: assigned" in line:
-            break
+    proc = start_live(env, args)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=30)
