@@ -255,6 +255,7 @@ def main() -> None:
         }
         for name, url in singles.items():
             results[name] = load(url, None, d, c, work)
+        results["GET /health (the framework's floor)"] = load(f"{ours}/health", None, d, c, work)
         results["reference POST /invocations (1 row)"] = load(f"{ref}/invocations", one_ref, d, c, work)
 
         import numpy as np
