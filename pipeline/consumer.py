@@ -39,7 +39,6 @@ from pipeline.store import COLUMNS, BatchStore, Format
 
 log = logging.getLogger("pipeline")
 
-DEFAULT_GROUP = "btcflow-batcher"
 REJECTED = "rejected.jsonl"
 POLL_RECORDS = 50_000  # rows handed over per poll: large enough to amortise, small enough to stay responsive
 PROBE_S = (
@@ -199,7 +198,7 @@ def _open_consumer(settings: PipelineSettings, group_id: str, listener: _Rebalan
             client_id="btcflow-consumer",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            check_crcs=False,  # pure-Python CRC32C is a third of the loop; TCP and the broker check
+            check_crcs=True,  # native with the crc32c package (pinned); a corrupt batch must not land
             fetch_max_bytes=16 * 1024 * 1024,  # bigger buys nothing: decoding, not fetching, is the cost
             max_partition_fetch_bytes=8 * 1024 * 1024,
             max_poll_records=POLL_RECORDS,
@@ -278,7 +277,7 @@ class BatchingConsumer:
         settings: PipelineSettings,
         store: BatchStore,
         policy: BatchPolicy,
-        group_id: str = DEFAULT_GROUP,
+        group_id: str,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
@@ -439,8 +438,7 @@ def consume(
     policy = BatchPolicy(batch_rows, window_s)
     ensure_topic(settings.bootstrap, settings.topic, settings.partitions)  # BrokerUnavailable within seconds
     store = BatchStore(out_dir, fmt)
-    # `consumer_group` is the setting BTCFLOW_CONSUMER_GROUP once PipelineSettings declares it
-    group_id = group_id or getattr(settings, "consumer_group", None) or DEFAULT_GROUP
+    group_id = group_id or settings.consumer_group
     return BatchingConsumer(settings, store, policy, group_id).run(
         max_batches, idle_timeout_s, stop, progress
     )

@@ -20,6 +20,11 @@ class PipelineSettings(BaseSettings):
     partitions: int = Field(
         1, ge=1, description="Partitions for a topic btcflow creates; 1 keeps the file's order end to end."
     )
+    consumer_group: str = Field(
+        "btcflow-batcher",
+        description="Consumer group of `btcflow consume`: one process per group (static membership); "
+        "where the manifest knows nothing, the group's committed offsets say where to start.",
+    )
     data_dir: Path = Field(Path("data"), description="Input CSV and batch/ output live here.")
     broker_port: int = Field(9092, description="Client port of the embedded broker (controller: +1).")
     broker_dir: Path | None = Field(
