@@ -161,8 +161,8 @@ def promote_best(
             f"no version of {spec.registered_name} newer than Production "
             f"v{str(champion.version) if champion else '-'}; nothing changed",
         )
-    compared = challengers + ([champion] if champion and _train_max_ts(client, champion) else [])
-    cutoff = max(_train_max_ts(client, v) or 0.0 for v in compared)
+    compared = challengers + ([champion] if champion else [])
+    cutoff = max(_train_max_ts(client, v) or 0.0 for v in compared)  # a champion not ours: trust it
     manifest = [b for b in data.read_manifest(settings.batch_dir) if b.max_ts > cutoff]
     if not manifest:
         raise TrainingError(

@@ -11,7 +11,7 @@ from training.specs import SPECS, build_pipeline
 
 def _accuracy(df, label_df) -> float:
     cutoff = time_cutoff(label_df, 0.2)
-    model = build_pipeline(SPECS["trend"], {"maxIter": 50}).fit(label_df.where(F.col("Timestamp") < cutoff))
+    model = build_pipeline(SPECS["trend"], {"maxIter": 20}).fit(label_df.where(F.col("Timestamp") < cutoff))
     test = model.transform(label_df.where(F.col("Timestamp") >= cutoff))
     return test.where(F.col("prediction") == F.col("label")).count() / test.count()
 

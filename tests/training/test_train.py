@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -74,7 +75,7 @@ def test_runs_record_params_metrics_lineage_and_plots(trained) -> None:
         assert expected <= plots
 
 
-def test_every_registered_model_loads_and_predicts(trained) -> None:
+def test_every_registered_model_loads_and_predicts(trained, spark) -> None:
     """Through mlflow.pyfunc, as `mlflow models serve` would: high_low answers [high, low] per row."""
     rows = pd.DataFrame(
         {
@@ -86,10 +87,12 @@ def test_every_registered_model_loads_and_predicts(trained) -> None:
     )
     close = mlflow.pyfunc.load_model("models:/btc-close/2")
     assert len(close.predict(rows[["Timestamp"]])) == 2
-    high_low = mlflow.pyfunc.load_model("models:/btc-high-low/2").predict(rows[["Open", "Volume"]])
-    assert len(high_low) == 2
-    for high, low in (list(pair) for pair in high_low):
-        assert high > low
+    pairs = mlflow.pyfunc.load_model("models:/btc-high-low/2").predict(rows[["Open", "Volume"]])
+    # the same numbers the two forests give, in the order [high, low]
+    forests = mlflow.spark.load_model("models:/btc-high-low/2").transform(spark.createDataFrame(rows))
+    expected = [(r.prediction_high, r.prediction_low) for r in forests.collect()]
+    np.testing.assert_allclose(np.array([list(pair) for pair in pairs]), np.array(expected))
+    assert all(len(pair) == 2 for pair in pairs)
     trend = mlflow.pyfunc.load_model("models:/btc-trend/2").predict(rows[["Open", "Close", "Volume"]])
     assert set(trend) <= {0.0, 1.0} and len(trend) == 2
 
