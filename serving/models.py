@@ -158,8 +158,10 @@ class Registry:
             return Candidate(str(mv.version), mv.run_id or "", "Production")
         try:
             mv = client.get_model_version_by_alias(name, "production")
-        except MlflowException:
+        except MlflowException:  # no such alias
             return None
+        except Exception as exc:
+            raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc}") from exc
         return Candidate(str(mv.version), mv.run_id or "", "alias:production")
 
     def download(self, name: str, version: str, dst: Path) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
 
@@ -28,6 +30,9 @@ def register(app: typer.Typer) -> None:
         from serving.settings import ServingSettings
 
         settings = ServingSettings()
+        # a remote registry that is down must cost one poll a few seconds, not MLflow's ~4 min of retries
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         if settings.serving_engine == "numpy":
             forbid_jvm_imports()  # a dedicated gateway process: keep the JVM bridge out entirely
         bind_host, bind_port = host or settings.host, port or settings.port
