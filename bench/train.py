@@ -102,6 +102,7 @@ def main() -> None:
 def _fit(spec, base, overrides: dict) -> float:
     """Seconds to fit the spec's pipeline on the first 80% by time, as training does."""
     df = prepare(spec, base)
+    df = df if df is base else df.cache()
     cutoff = data.time_cutoff(df, 0.2)
     started = time.monotonic()
     build_pipeline(spec, resolve_params(spec, overrides)).fit(df.where(df.Timestamp < cutoff))

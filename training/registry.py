@@ -140,6 +140,7 @@ def promote_best(
     seen it. The comparison is recorded as tags on the best challenger, promoted or not.
     """
     from mlflow import spark as mlflow_spark
+    from mlflow.exceptions import MlflowException
 
     from training.metrics import evaluate
     from training.train import first_value, prepare, score
@@ -181,10 +182,22 @@ def promote_best(
         last_ts = first_value(window.agg({"Timestamp": "max"}))
         values: dict[str, float] = {}
         for version in compared:
-            fitted = mlflow_spark.load_model(f"models:/{spec.registered_name}/{version.version}")
+            try:
+                fitted = mlflow_spark.load_model(f"models:/{spec.registered_name}/{version.version}")
+            except (MlflowException, OSError) as exc:  # artifacts deleted or moved: it cannot serve either
+                log.warning(
+                    "%s v%s cannot be loaded, left out: %s", spec.registered_name, version.version, exc
+                )
+                continue
             values[str(version.version)] = evaluate(spec, score(spec, fitted, window))[spec.primary_metric]
     finally:
         window.unpersist()
+    challengers = [v for v in challengers if str(v.version) in values]
+    if not challengers:
+        raise TrainingError(f"no challenger of {spec.registered_name} could be loaded; nothing changed")
+    if champion and str(champion.version) not in values:
+        log.warning("Production v%s cannot be loaded: the best challenger takes its place", champion.version)
+        champion = None
     best = str(challengers[0].version)
     for v in challengers:
         if spec.better(values[str(v.version)], values[best]):

@@ -61,9 +61,7 @@ def describe_batches(numbers: list[int]) -> str:
 
 def prepare(spec: ModelSpec, df: DataFrame) -> DataFrame:
     """The columns a model needs, with the derived trend label where it applies."""
-    if spec.kind == "classification":
-        return data.with_trend_label(df).cache()
-    return df  # already cached by the caller
+    return data.with_trend_label(df) if spec.kind == "classification" else df
 
 
 def score(spec: ModelSpec, model: PipelineModel, df: DataFrame) -> pd.DataFrame:
@@ -143,6 +141,8 @@ def train_one(
     numbers = [b.batch for b in batches]
     params = resolve_params(spec, overrides)
     df = prepare(spec, base)
+    if df is not base:  # the label needs a window over all rows: compute it once for split, fit and test
+        df = df.cache()
     try:
         cutoff = data.time_cutoff(df, settings.test_fraction)
         train_df = df.where(df.Timestamp < cutoff)

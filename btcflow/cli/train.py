@@ -82,6 +82,8 @@ def train(
         )
     else:
         results = train_models(settings, models, batches, scheme.value, overrides)
+    if watch_ and not results:
+        typer.echo("no new batch closed: nothing trained")
     if results:
         _table(summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results])))
     typer.echo(f"compare runs: {settings.ui_command()}")
