@@ -9,6 +9,7 @@ serving. Only the poller (or a forced reload, under the same lock) talks to MLfl
 
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 import sys
@@ -337,11 +338,15 @@ class Gateway:
         self._thread.start()
 
     def _poll(self) -> None:
+        first = True
         while True:
             try:
                 self.refresh()
             except Exception:  # never let the poller die: the next tick tries again
                 log.exception("registry check failed")
+            if first:  # MLflow, SQLAlchemy and the models are loaded now: keep their objects out of gc passes
+                gc.freeze()
+                first = False
             if self._stop.wait(self.settings.poll_interval_s):
                 return
 
