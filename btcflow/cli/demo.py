@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -29,14 +28,6 @@ TRAINED_BATCHES = 3  # cumulative 1, 1+2, 1+2+3; batch 4 (the tail) is the unsee
 
 def _step(title: str) -> None:
     console.rule(f"[bold]{title}")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: int) -> Path:
@@ -136,56 +127,16 @@ def _train() -> None:
     console.print(f"compare the runs in the MLflow UI: {settings.ui_command()}")
 
 
-def _serve(example: dict[str, float], keep_serving: bool) -> None:
-    port = int(os.environ.get("BTCFLOW_PORT", "8000")) if keep_serving else _free_port()
-    base = f"http://127.0.0.1:{port}"
-    _step(f"6. gateway on {base}")
-    gateway = subprocess.Popen(
-        [sys.executable, "-m", "btcflow.cli", "serve", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=keep_serving,
-    )
-    try:
-        _wait_ready(base, gateway)
-        calls = {
-            "/predict/close": {"timestamp": example["Timestamp"] + 60},
-            "/predict/high_low": {"open": example["Open"], "volume": example["Volume"]},
-            "/predict/trend": {
-                "open": example["Open"],
-                "close": example["Close"],
-                "volume": example["Volume"],
-            },
-        }
-        with httpx.Client(base_url=base, timeout=10) as client:
-            for route, params in calls.items():
-                answer = client.get(route, params=params)
-                console.print(f"GET {route} {params}\n  → {answer.status_code} {answer.text}")
-        query = "&".join(f"{k}={v}" for k, v in calls["/predict/trend"].items())
-        console.print(f"try it: curl '{base}/predict/trend?{query}'   docs: {base}/docs")
-    finally:
-        if keep_serving:
-            console.print(f"the gateway keeps running (pid {gateway.pid}); stop it with: kill {gateway.pid}")
-        else:
-            gateway.terminate()
-            gateway.wait(timeout=30)
-            console.print("gateway stopped (rerun with --keep-serving to leave it up on port 8000)")
+def _serve(example: dict[str, float]) -> None:
+    from serving.launch import call_routes, running_gateway
+    from serving.settings import ServingSettings
 
-
-def _wait_ready(base: str, gateway: subprocess.Popen[str], timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if gateway.poll() is not None:
-            error = (gateway.stderr.read() if gateway.stderr else "").strip().splitlines()
-            raise typer.BadParameter(f"the gateway exited: {error[-1] if error else 'no output'}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise typer.BadParameter(f"the gateway was not ready within {timeout_s:.0f} s")
+    _step("6. the gateway, on a free port")
+    with running_gateway(ServingSettings(), port=0) as base:
+        for curl, status, answer in call_routes(base, example):
+            console.print(f"{curl}\n  → {status} {answer}")
+        console.print(f"interactive docs: {base}/docs")
+    console.print("gateway stopped; `btcflow serve` runs it on http://127.0.0.1:8000 until Ctrl-C")
 
 
 def _last_row(batch_dir: Path) -> dict[str, float]:
@@ -214,9 +165,6 @@ def demo(
         typer.Option(min=1, help="Rows per batch (default: 30% of the file: three batches and a tail)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated file.")] = 7,
-    keep_serving: Annotated[
-        bool, typer.Option(help="Leave the gateway running on port 8000 ($BTCFLOW_PORT) at the end.")
-    ] = False,
 ) -> None:
     """Run everything end to end: data, broker, produce + consume, train, promote, serve, predict."""
     from pipeline.settings import PipelineSettings
@@ -224,7 +172,7 @@ def demo(
     started = time.monotonic()
     _ingest(rows, input_path, batch_rows, seed)
     _train()
-    _serve(_last_row(PipelineSettings().batch_dir), keep_serving)
+    _serve(_last_row(PipelineSettings().batch_dir))
     console.rule(f"[bold]done in {time.monotonic() - started:.0f} s")
 
 
