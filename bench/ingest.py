@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 import orjson
 import psutil
 
-from pipeline.broker import EmbeddedBroker, ensure_topic, find_java
+from pipeline.broker import EmbeddedBroker, ensure_topic, find_java, free_port_pair
 from pipeline.producer import ProduceSummary, produce
 from pipeline.rows import FIELDS, RowChecker
 from pipeline.settings import PipelineSettings
@@ -35,21 +34,6 @@ from pipeline.synth import synth
 REPO = Path(__file__).resolve().parents[1]
 BTCFLOW = str(Path(sys.executable).with_name("btcflow"))
 DEADLINE_S = 1800  # no phase of the bench runs longer than this
-
-
-def free_port_pair() -> int:
-    """A port p such that p and p+1 (the controller's) are both free on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free pair of ports on 127.0.0.1")
 
 
 def average_value_size(path: Path, sample: int = 10_000) -> int:

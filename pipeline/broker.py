@@ -107,6 +107,21 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def free_port_pair() -> int:
+    """A port p such that p and p+1 (the embedded broker's controller) are both free on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return int(port)
+    raise BrokerUnavailable("no free pair of ports on 127.0.0.1")
+
+
 def admin_client(bootstrap: str, timeout_s: float = 5.0) -> KafkaAdminClient:
     """An admin client, or BrokerUnavailable within about `timeout_s` seconds."""
     try:

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker
+from pipeline.broker import EmbeddedBroker, free_port_pair
 from pipeline.settings import PipelineSettings
 
 REPO = Path(__file__).resolve().parents[1]
 KAGGLE_SAMPLE = REPO.parent / "shared" / "data" / "kaggle_head_10k.csv"
-
-
-def free_port_pair() -> int:
-    """A port p such that p and p+1 (the controller's) are both free on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free pair of ports on 127.0.0.1")
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.broker import EmbeddedBroker, ensure_topic
+from pipeline.broker import EmbeddedBroker, ensure_topic, free_port_pair
 from pipeline.settings import PipelineSettings
-from tests.conftest import free_port_pair
 
 
 def test_topic_is_created_with_the_partition_count_asked(kafka_broker: str, topic: str) -> None:

@@ -13,10 +13,10 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from pipeline.broker import free_port_pair
 from pipeline.producer import Pacing, produce
 from pipeline.settings import PipelineSettings
 from pipeline.synth import synth
-from tests.conftest import free_port_pair
 
 BTCFLOW = [sys.executable, "-m", "btcflow.cli"]
 FIELDS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")
