@@ -38,6 +38,7 @@ def connect(settings: TrainingSettings) -> str:
         except OSError as exc:
             raise TrackingUnavailable(f"cannot create the MLflow store folder for {uri}: {exc}") from None
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # the registry lives in the same store; never one set earlier in the process
     try:
         experiment = mlflow.get_experiment_by_name(settings.experiment)
         if experiment is None:
