@@ -27,7 +27,9 @@ demo: setup ## the main job on embedded defaults (ROWS=7000000 for the seed's sc
 test: setup ## the whole suite, integration included (real Kafka, Spark, MLflow)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: setup ## the benchmarks, printing figures and ratios
+bench: setup ## the benchmarks, printing figures and ratios (bench/serve.py loads with wrk when it can)
+	@command -v wrk >/dev/null || apt-get install -y -q wrk >/dev/null 2>&1 \
+		|| echo "wrk not installed (apt-get install wrk): bench/serve.py uses its bounded httpx client instead"
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: setup ## ruff and mypy on our packages
