@@ -25,6 +25,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from pipeline.errors import BrokerUnavailable
+from pipeline.settings import PipelineSettings
 
 log = logging.getLogger("pipeline")
 
@@ -188,6 +189,10 @@ class EmbeddedBroker:
         self.port = port
         self.controller_port = port + 1
         self.heap = heap
+
+    @classmethod
+    def from_settings(cls, settings: PipelineSettings) -> EmbeddedBroker:
+        return cls(settings.broker_home, settings.kafka_jars, settings.broker_port, settings.broker_heap)
 
     @property
     def address(self) -> str:

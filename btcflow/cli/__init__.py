@@ -54,17 +54,23 @@ def _known_errors() -> tuple[type[Exception], ...]:
 def main() -> None:
     debug = "--debug" in sys.argv[1:] or bool(os.environ.get("BTCFLOW_DEBUG"))
     try:
-        app()
+        status = app(standalone_mode=False)
+    except typer.TyperException as exc:  # bad usage: one line (a bare group prints its help), exit 2
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if message:  # empty when typer has printed the help of a bare `btcflow` or `btcflow broker`
+            print(f"btcflow: error: {message}", file=sys.stderr)
+        status = getattr(exc, "exit_code", 2)
     except _known_errors() as exc:
         if debug:
             raise
         print(f"btcflow: error: {exc}", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", 2))
-    except KeyboardInterrupt:
+        status = getattr(exc, "exit_code", 2)
+    except (KeyboardInterrupt, typer.Abort):
         print("btcflow: interrupted", file=sys.stderr)
-        sys.exit(130)
+        status = 130
     except Exception as exc:  # a bug, not a user error: still one line unless asked
         if debug:
             raise
         print(f"btcflow: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
-        sys.exit(1)
+        status = 1
+    sys.exit(status if isinstance(status, int) else 0)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.broker import EmbeddedBroker, setup_jars
-from pipeline.errors import BadInput
+from pipeline.broker import EmbeddedBroker, admin_client, setup_jars
 from pipeline.settings import PipelineSettings
 
 broker_app = typer.Typer(
@@ -14,13 +13,14 @@ broker_app = typer.Typer(
 
 
 def embedded_broker(settings: PipelineSettings) -> EmbeddedBroker:
-    if not settings.embedded:
-        raise BadInput(
-            f"BTCFLOW_KAFKA_BOOTSTRAP is set ({settings.kafka_bootstrap}): btcflow uses that cluster "
-            "and manages no broker; unset it to use the embedded one"
-        )
     return EmbeddedBroker(
         settings.broker_home, settings.kafka_jars, settings.broker_port, settings.broker_heap
+    )
+
+
+def _external(settings: PipelineSettings) -> str:
+    return (
+        f"BTCFLOW_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}: btcflow uses that cluster and manages no broker"
     )
 
 
@@ -36,22 +36,38 @@ def setup() -> None:
 def start(
     timeout: float = typer.Option(90.0, help="Seconds to wait for the broker to answer."),
 ) -> None:
-    """Start the broker (idempotent) and print its bootstrap address once it answers."""
-    address = embedded_broker(PipelineSettings()).start(timeout)
-    typer.echo(address)
+    """Start the broker (idempotent) and print its bootstrap address once it answers.
+
+    With BTCFLOW_KAFKA_BOOTSTRAP set, starts nothing and prints that address.
+    """
+    settings = PipelineSettings()
+    if not settings.embedded:
+        typer.echo(_external(settings), err=True)
+        typer.echo(settings.bootstrap)
+        return
+    typer.echo(EmbeddedBroker.from_settings(settings).start(timeout))
 
 
 @broker_app.command("stop")
 def stop() -> None:
     """Stop the broker cleanly (SIGTERM, SIGKILL after 30 s)."""
-    stopped = embedded_broker(PipelineSettings()).stop()
+    settings = PipelineSettings()
+    if not settings.embedded:
+        typer.echo(_external(settings))
+        return
+    stopped = EmbeddedBroker.from_settings(settings).stop()
     typer.echo("broker stopped" if stopped else "broker was not running")
 
 
 @broker_app.command("status")
 def status() -> None:
-    """Say whether the broker runs, where, and where its files are; exit 3 when it does not run."""
-    state = embedded_broker(PipelineSettings()).status()
+    """Say whether the broker runs, where, and where its files are; exit 3 when it does not answer."""
+    settings = PipelineSettings()
+    if not settings.embedded:
+        admin_client(settings.bootstrap).close()  # BrokerUnavailable (exit 3) when it does not answer
+        typer.echo(f"external cluster at {settings.bootstrap}: answering")
+        return
+    state = EmbeddedBroker.from_settings(settings).status()
     typer.echo(state.describe())
     if not state.running:
         raise typer.Exit(3)

@@ -51,9 +51,7 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
 
     _step("2. Kafka broker")
     if settings.embedded:
-        broker = EmbeddedBroker(
-            settings.broker_home, settings.kafka_jars, settings.broker_port, settings.broker_heap
-        )
+        broker = EmbeddedBroker.from_settings(settings)
         console.print(f"broker at {broker.start()} (log {broker.log_file})")
     else:
         console.print(f"using the cluster at {settings.bootstrap}")
@@ -69,9 +67,14 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
         text=True,
         env=os.environ | {"BTCFLOW_TOPIC": settings.topic},
     )
-    summary = produce(settings, source, progress=sys.stderr.isatty())
-    console.print(f"producer: {summary.line()}")
-    out, _ = consumer.communicate(timeout=600)
+    try:
+        summary = produce(settings, source, progress=sys.stderr.isatty())
+        console.print(f"producer: {summary.line()}")
+        out, _ = consumer.communicate(timeout=600)
+    finally:  # whatever happened to the producer, no consumer is left behind
+        if consumer.poll() is None:
+            consumer.terminate()
+            consumer.wait(timeout=30)
     console.print(f"consumer: {out.strip().splitlines()[-1] if out.strip() else 'no output'}")
     if consumer.returncode != 0:
         raise typer.Exit(consumer.returncode)
