@@ -296,7 +296,8 @@ class BatchingConsumer:
         self, consumer: KafkaConsumer, polled: dict[TopicPartition, list[Any]]
     ) -> dict[TopicPartition, list[Any]]:
         """After any assignment change: drop the open batch and make every assigned partition start right
-        after what the manifest records (never seen: the group's committed offset, else the beginning).
+        after what the manifest records; a partition the manifest never saw starts at its beginning,
+        whatever the group committed (a fresh folder must get every row, not the group's leftovers).
 
         Returns the part of `polled` that already starts there (the listener's seek usually made it so);
         partitions whose records start elsewhere are sought back and read again.
@@ -307,8 +308,6 @@ class BatchingConsumer:
         keep: dict[TopicPartition, list[Any]] = {}
         for tp in consumer.assignment():
             start = resume.get(tp.partition)
-            if start is None:
-                start = consumer.committed(tp)
             if start is None:
                 start = consumer.beginning_offsets([tp])[tp]
             records = polled.get(tp) or []

@@ -22,8 +22,9 @@ class PipelineSettings(BaseSettings):
     )
     consumer_group: str = Field(
         "btcflow-batcher",
-        description="Consumer group of `btcflow consume`: one process per group (static membership); "
-        "where the manifest knows nothing, the group's committed offsets say where to start.",
+        description="Consumer group of `btcflow consume`: one process per group (static membership). "
+        "Its committed offsets are informational: the manifest says where to resume, and a partition "
+        "it does not list starts at the beginning.",
     )
     data_dir: Path = Field(Path("data"), description="Input CSV and batch/ output live here.")
     broker_port: int = Field(9092, description="Client port of the embedded broker (controller: +1).")

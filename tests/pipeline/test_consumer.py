@@ -165,6 +165,20 @@ def test_max_batches_stops_and_the_manifest_beats_the_groups_committed_offsets(
     assert_exactly(rows, got)
 
 
+def test_a_fresh_folder_gets_every_row_whatever_the_group_committed(settings: PipelineSettings) -> None:
+    rows = make_rows(3000)
+    send(settings.bootstrap, settings.topic, rows)
+    group = f"{settings.topic}-used"
+    commit(settings.bootstrap, group, settings.topic, 2000)  # a group that already read into another folder
+    summary = consume(
+        settings, settings.batch_dir, batch_rows=1000, idle_timeout_s=8.0, progress=False, group_id=group
+    )
+    assert summary.rows == 3000
+    entries, got = read_batches(settings.batch_dir)
+    assert_contiguous(entries)  # from offset 0, not from the group's 2000
+    assert_exactly(rows, got)
+
+
 def test_window_policy_closes_a_batch_per_burst(settings: PipelineSettings) -> None:
     bursts = [make_rows(200, start=k * 200) for k in range(3)]
     out = settings.batch_dir
