@@ -10,6 +10,8 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +25,7 @@ from training.specs import ModelSpec, build_pipeline, get_spec, resolve_params
 from training.tracking import connect
 
 if TYPE_CHECKING:
+    from mlflow import ActiveRun
     from pyspark.ml import PipelineModel
     from pyspark.sql import DataFrame, SparkSession
 
@@ -123,6 +126,25 @@ def pip_requirements() -> list[str]:
     return [f"pyspark=={pyspark.__version__}", f"pandas=={pd.__version__}", f"numpy=={numpy.__version__}"]
 
 
+@contextmanager
+def nested_run(run_name: str, tags: dict[str, str]) -> Iterator[ActiveRun]:
+    """A new run, nested under `mlflow run`'s own run when MLFLOW_RUN_ID names one.
+
+    MLflow would resume the run MLFLOW_RUN_ID names instead of starting ours, and its end_run()
+    deletes the variable; so it is taken out for our run and put back whatever happens: a failed
+    run must not leave the process (the next model, the watch loop) without its parent.
+    """
+    import mlflow
+
+    parent = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        with mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent) as run:
+            yield run
+    finally:
+        if parent is not None:
+            os.environ["MLFLOW_RUN_ID"] = parent
+
+
 def train_one(
     spark: SparkSession,
     settings: TrainingSettings,
@@ -166,10 +188,7 @@ def train_one(
             "btcflow.test_min_ts": repr(cutoff),
             **data.lineage(batches),
         }
-        parent = os.environ.pop("MLFLOW_RUN_ID", None)  # set by `mlflow run`: nest our runs under it
-        with mlflow.start_run(run_name=run_name, tags=tags, parent_run_id=parent) as run:
-            if parent:
-                os.environ["MLFLOW_RUN_ID"] = parent
+        with nested_run(run_name, tags) as run:
             mlflow.log_params(
                 {
                     "model": spec.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -117,3 +118,22 @@ def test_segment_trains_one_version_per_batch_from_csv(spark, store_settings: Tr
     run = MlflowClient().get_run(results[1].run_id)
     assert run.data.tags["lineage.batch_files"] == "batch_3.csv"
     assert int(run.data.params["train_rows"]) + int(run.data.params["test_rows"]) == 1000
+
+
+def test_parent_run_id_survives_a_failed_start(store_settings: TrainingSettings, monkeypatch) -> None:
+    """`mlflow run` sets MLFLOW_RUN_ID: each of our runs nests under it, and it is back after each run,
+    failed or not (end_run() deletes it), so the next model's run nests too."""
+    from mlflow.exceptions import MlflowException
+
+    from training.train import nested_run
+
+    connect(store_settings)
+    monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)  # no such run: starting a child of it fails
+    with pytest.raises(MlflowException), nested_run("orphan", {}):
+        pass
+    assert os.environ["MLFLOW_RUN_ID"] == "0" * 32
+    parent = MlflowClient().create_run(mlflow.get_experiment_by_name("btcflow").experiment_id)
+    monkeypatch.setenv("MLFLOW_RUN_ID", parent.info.run_id)
+    with nested_run("child", {}) as run:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert os.environ["MLFLOW_RUN_ID"] == parent.info.run_id
