@@ -435,9 +435,9 @@ def consume(
     first), or when `stop` is set / SIGINT or SIGTERM arrives (the open batch is left to the next run).
     """
     policy = BatchPolicy(batch_rows, window_s)
-    ensure_topic(settings.bootstrap, settings.topic, settings.partitions)  # BrokerUnavailable within seconds
-    store = BatchStore(out_dir, fmt)
-    group_id = group_id or settings.consumer_group
-    return BatchingConsumer(settings, store, policy, group_id).run(
-        max_batches, idle_timeout_s, stop, progress
-    )
+    with BatchStore(out_dir, fmt) as store:  # BadInput at once when another consumer writes out_dir
+        ensure_topic(settings.bootstrap, settings.topic, settings.partitions)  # BrokerUnavailable in seconds
+        group_id = group_id or settings.consumer_group
+        return BatchingConsumer(settings, store, policy, group_id).run(
+            max_batches, idle_timeout_s, stop, progress
+        )

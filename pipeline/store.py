@@ -3,26 +3,31 @@
 Every write is atomic (written aside, flushed, renamed, directory synced): a reader, or a consumer
 restarted after SIGKILL, sees a batch whole or not at all. A batch counts once the manifest lists it;
 a file the manifest does not list is a leftover of a crash and is overwritten by the next write.
+One writer per folder: a store holds an exclusive lock on `DIR/.lock` for its life.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.errors import BadInput
+
 COLUMNS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")
 SCHEMA = pa.schema([(name, pa.float64()) for name in COLUMNS])
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 CHUNK_ROWS = 256 * 1024  # rows per parquet row group and per CSV slice
 Format = Literal["parquet", "csv"]
 
@@ -93,6 +98,18 @@ def _is_sorted(column: pa.ChunkedArray) -> bool:
     return True
 
 
+def _lock(directory: Path) -> IO[bytes]:
+    """The folder's writer lock, held by the open file returned (a file object: garbage collection
+    closes it, and so releases the lock, even for a store nobody closed)."""
+    f = (directory / LOCK).open("ab")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise BadInput(f"another consumer writes {directory}") from None
+    return f
+
+
 def _write_csv(table: pa.Table, path: Path) -> None:
     """pandas writes floats as the Kaggle file does (1325412060.0, so readers infer float64 again);
     slice by slice so the text of a 2.33M-row batch never sits in memory at once."""
@@ -103,13 +120,32 @@ def _write_csv(table: pa.Table, path: Path) -> None:
 
 
 class BatchStore:
-    """Appends batches to a directory and keeps its manifest; one writer at a time."""
+    """Appends batches to a directory and keeps its manifest; one writer at a time.
+
+    Two writers would both number their next batch n and overwrite each other's file and manifest,
+    so the store takes an exclusive, non-blocking flock on `DIR/.lock` and keeps it until `close()`
+    (or the end of a `with` block; the kernel drops it if the process dies, so a crash never leaves
+    a stale lock).
+    """
 
     def __init__(self, directory: Path, fmt: Format = "parquet") -> None:
         self.directory = directory
         self.fmt = fmt
         directory.mkdir(parents=True, exist_ok=True)
+        self._lock: IO[bytes] | None = _lock(directory)
         self.entries = read_manifest(directory)
+
+    def close(self) -> None:
+        """Let another writer in (idempotent)."""
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
+
+    def __enter__(self) -> BatchStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def next_batch(self) -> int:
@@ -124,6 +160,8 @@ class BatchStore:
         `offsets` are the first and last Kafka offsets per partition that the batch's rows came from.
         Once this returns, the rows are durable and listed: only then may the caller commit offsets.
         """
+        if self._lock is None:
+            raise ValueError("the store is closed")
         if table.num_rows == 0:
             raise ValueError("a batch holds at least one row")
         table = table.select(list(COLUMNS)).cast(SCHEMA)
