@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import FencedInstanceIdError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from pipeline.batching import BatchPolicy, OpenBatch
@@ -358,6 +358,16 @@ class BatchingConsumer:
             log.warning("offset commit after batch %d failed (%s); the manifest is ahead", number, exc)
         log.info("batch %d: %d rows, offsets %s", number, entry.rows, entry.offsets)
 
+    def _failure(self, exc: KafkaError) -> str:
+        """One line for the user; the batch on hand is left to the next run, which reads it again."""
+        if isinstance(exc, FencedInstanceIdError):
+            return (
+                f"another consumer joined group {self.group_id} as {self.group_id}-batcher and "
+                "took this one's place (one process per group)"
+            )
+        detail = " ".join(str(exc).split())[:200] or type(exc).__name__  # kafka-python names the class
+        return f"Kafka at {self.settings.bootstrap} failed while consuming: {detail}"
+
     def run(
         self,
         max_batches: int | None = None,
@@ -408,6 +418,8 @@ class BatchingConsumer:
                         admin_client(self.settings.bootstrap).close()  # gone: BrokerUnavailable, exit 3
                     bar.update(self.rows_read, self.clock() - started, batches, self.rejected)
                 bar.update(self.rows_read, self.clock() - started, batches, self.rejected)
+        except KafkaError as exc:  # poll, offsets, fencing: an infrastructure failure is exit 3, not a bug
+            raise BrokerUnavailable(self._failure(exc)) from exc
         finally:
             consumer.close(autocommit=False, timeout_ms=5000)
         if self.batch.rows:

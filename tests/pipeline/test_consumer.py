@@ -20,10 +20,13 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import FencedInstanceIdError, KafkaConnectionError
 from kafka.structs import OffsetAndMetadata
 
+import pipeline.consumer as consumer_module
 from pipeline.broker import ensure_topic
 from pipeline.consumer import RejectLog, consume, parse_values
+from pipeline.errors import BrokerUnavailable
 from pipeline.settings import PipelineSettings
 from pipeline.store import COLUMNS, read_manifest
 
@@ -367,3 +370,36 @@ def test_kaggle_sample_through_the_real_producer_lands_once_with_equal_values(
     assert_contiguous(entries)
     expected = pd.read_csv(kaggle_sample, float_precision="round_trip").dropna().to_numpy()
     assert_exactly(expected, got)
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (KafkaConnectionError("connection reset"), "failed while consuming: KafkaConnectionError"),
+        (FencedInstanceIdError(), "took this one's place"),
+    ],
+)
+def test_a_kafka_error_inside_the_loop_is_broker_unavailable(
+    settings: PipelineSettings, monkeypatch: pytest.MonkeyPatch, error: Exception, said: str
+) -> None:
+    """kafka-python raises from poll (or offset lookups) once its own retries give up: exit 3, one line."""
+    send(settings.bootstrap, settings.topic, make_rows(10))
+    real_open = consumer_module._open_consumer
+
+    def failing_open(*args: object, **kwargs: object) -> KafkaConsumer:
+        consumer = real_open(*args, **kwargs)  # type: ignore[arg-type]
+        real_poll, calls = consumer.poll, []
+
+        def poll(*a: object, **kw: object) -> object:
+            calls.append(1)
+            if len(calls) > 1:  # after the join and the first records: mid-run
+                raise error
+            return real_poll(*a, **kw)
+
+        consumer.poll = poll  # type: ignore[method-assign]
+        return consumer
+
+    monkeypatch.setattr(consumer_module, "_open_consumer", failing_open)
+    with pytest.raises(BrokerUnavailable, match=said) as caught:
+        consume(settings, settings.batch_dir, batch_rows=100, idle_timeout_s=60, progress=False)
+    assert caught.value.exit_code == 3 and "\n" not in str(caught.value)
