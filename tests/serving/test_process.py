@@ -77,6 +77,9 @@ SCRIPT = """
 import json, sys, time
 from serving.models import forbid_jvm_imports
 forbid_jvm_imports()  # what `btcflow serve` does for the numpy engine
+if sys.argv[1:] == ["cheat"]:  # the control run: something really imports pyspark after all
+    del sys.modules["pyspark"], sys.modules["py4j"]
+    import pyspark
 from fastapi.testclient import TestClient
 from serving.app import create_app
 from serving.settings import ServingSettings
@@ -90,15 +93,33 @@ with TestClient(create_app(ServingSettings())) as client:
     rows = {"rows": [{"open": 5, "volume": 0}]}
     answers["high_low"] = client.post("/predict/high_low", json=rows).status_code
     answers["trend"] = client.get("/predict/trend", params={"open": 5, "close": 6, "volume": 1}).status_code
+markers = {m: repr(sys.modules.get(m, "absent")) for m in ("pyspark", "py4j")}
 loaded = [m for m, v in sys.modules.items() if m.split(".")[0] in ("pyspark", "py4j") and v is not None]
-print(json.dumps({"answers": answers, "loaded": loaded, "mlflow": "mlflow" in sys.modules}))
+mlflow = "mlflow" in sys.modules
+print(json.dumps({"answers": answers, "markers": markers, "loaded": loaded, "mlflow": mlflow}))
 """
 
 
-def test_the_numpy_engine_process_never_imports_pyspark_or_py4j(store: Store) -> None:
+def run_gateway_script(store: Store, *args: str) -> dict:
     env = {**os.environ, "MLFLOW_TRACKING_URI": store.uri}
-    out = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *args], env=env, capture_output=True, text=True, timeout=180
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["answers"] == {"close": 200, "high_low": 200, "trend": 200}
+    return result
+
+
+def test_the_numpy_engine_process_never_imports_pyspark_or_py4j(store: Store) -> None:
+    result = run_gateway_script(store)
+    # the "not importable" markers are still there: nothing removed them and imported the real package
+    assert result["markers"] == {"pyspark": "None", "py4j": "None"}
     assert result["mlflow"] and result["loaded"] == []
+
+
+def test_the_import_check_sees_a_real_pyspark_import(store: Store) -> None:
+    """The control: the same checks fail when the process does import pyspark."""
+    result = run_gateway_script(store, "cheat")
+    assert result["markers"]["pyspark"] != "None"
+    assert "pyspark" in result["loaded"]
