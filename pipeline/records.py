@@ -6,7 +6,7 @@ around the record is still kafka-python's: the accumulator's batches, the sender
 idempotent producer id and sequence numbers, retries, compression, acks. Only the record bytes inside
 an open batch are written here, many at a time under the partition's lock, the way
 `DefaultRecordBatchBuilder.append` writes them (attributes 0, timestamp delta 0, offset delta, key,
-value, no headers). One future per batch replaces one per record.
+value, no headers). One record's future per batch replaces one future per record.
 
 This reaches into kafka-python internals pinned in requirements.lock (3.0.12); `BulkAppender.supported`
 checks they are there, and the producer falls back to `send` when they are not.
@@ -68,7 +68,6 @@ class BulkAppender:
         self.producer = producer
         self.tp = TopicPartition(topic, partition)
         self._acc = producer._accumulator
-        self._seen: Any = None  # the last batch whose future we watch
         self.futures: list[Any] = []
 
     @staticmethod
@@ -89,13 +88,13 @@ class BulkAppender:
         self._wait_for_room()
         while i < n:
             key, value = records[i]
-            _, full, new, _ = acc.append(tp, int(time.time() * 1000), key, value, [])
+            future, full, new, _ = acc.append(tp, int(time.time() * 1000), key, value, [])
+            self._watch(future)  # kept before the sender can drain the batch it landed in
             i += 1
             with acc._tp_lock(tp):
                 queue = acc._batches[tp]
-                batch = queue[-1] if queue else None
+                batch = queue[-1] if queue else None  # the batch `future` is in, unless already drained
                 if batch is not None and not batch.records._closed:
-                    self._watch(batch)
                     before = i
                     i = self._fill(batch, records, i)
                     full = full or i < n or i > before and batch.records.is_full()
@@ -134,12 +133,16 @@ class BulkAppender:
             batch.last_append = time.monotonic()
         return i
 
-    def _watch(self, batch: Any) -> None:
-        if batch is not self._seen:
-            self._seen = batch
-            self.futures.append(batch.produce_future)
-            if len(self.futures) > 4 * MAX_QUEUED_BATCHES:  # keep only the ones that can still fail
-                self.futures = [f for f in self.futures if not f.is_done or f.failed()]
+    def _watch(self, future: Any) -> None:
+        """Keep the future of the record `acc.append` wrote. It fails when its batch fails; the batch's
+        own produce_future does not (kafka-python 3 completes it successfully and hands the error to
+        the record futures). Every batch we fill got its first record through `acc.append`, so one
+        such future per batch covers the records `_fill` writes after it."""
+        if future is None:
+            return
+        self.futures.append(future)
+        if len(self.futures) > 4 * MAX_QUEUED_BATCHES:  # keep only the ones that can still fail
+            self.futures = [f for f in self.futures if not f.is_done or f.failed()]
 
     def _wait_for_room(self) -> None:
         """Backpressure: wait while the partition already queues many batches; bounded."""
