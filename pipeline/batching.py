@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
+from pipeline.errors import BadInput
 from pipeline.store import CHUNK_ROWS, COLUMNS, SCHEMA  # 12 MB per chunk, one parquet row group
 
 
@@ -21,12 +22,13 @@ class BatchPolicy:
     """Closes a batch at `batch_rows` rows or `window_s` seconds after its first row (exactly one is set)."""
 
     def __init__(self, batch_rows: int | None = None, window_s: float | None = None) -> None:
+        # BadInput (exit 2): these come straight from the user's options; the CLI checks nothing itself
         if (batch_rows is None) == (window_s is None):
-            raise ValueError("give exactly one of batch_rows and window_s")
+            raise BadInput("give exactly one of --batch-rows N and --window SECONDS")
         if batch_rows is not None and batch_rows < 1:
-            raise ValueError("batch_rows must be at least 1")
-        if window_s is not None and window_s <= 0:
-            raise ValueError("window_s must be positive")
+            raise BadInput(f"--batch-rows must be at least 1, not {batch_rows}")
+        if window_s is not None and not window_s > 0:
+            raise BadInput(f"--window must be positive (seconds), not {window_s}")
         self.batch_rows = batch_rows
         self.window_s = window_s
 

@@ -49,9 +49,6 @@ def consume(
     Without --max-batches or --idle-timeout it runs until Ctrl-C/SIGTERM; the open batch is then
     not written, and the next run reads its rows again from the offsets the manifest records.
     """
-    if (batch_rows is None) == (window is None):
-        typer.echo("btcflow: error: give exactly one of --batch-rows N and --window SECONDS", err=True)
-        raise typer.Exit(2)
     settings = PipelineSettings()
     if topic:
         settings = settings.model_copy(update={"topic": topic})

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.batching import BatchPolicy, OpenBatch
+from pipeline.errors import BadInput
 from pipeline.store import COLUMNS
 
 
@@ -22,10 +23,20 @@ def rows(start: int, n: int) -> np.ndarray:
     return np.column_stack([ts, ts / 1e9, ts / 1e9 + 1, ts / 1e9 - 1, ts / 1e9, np.arange(n, dtype=float)])
 
 
-def test_policy_wants_exactly_one_rule() -> None:
-    for bad in ({}, {"batch_rows": 5, "window_s": 1.0}, {"batch_rows": 0}, {"window_s": 0.0}):
-        with pytest.raises(ValueError):
-            BatchPolicy(**bad)
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        ({}, "exactly one of --batch-rows"),
+        ({"batch_rows": 5, "window_s": 1.0}, "exactly one of --batch-rows"),
+        ({"batch_rows": 0}, "--batch-rows must be at least 1"),
+        ({"window_s": 0.0}, "--window must be positive"),
+        ({"window_s": float("nan")}, "--window must be positive"),
+    ],
+)
+def test_policy_wants_exactly_one_rule_and_says_so_as_bad_input(bad: dict, said: str) -> None:
+    with pytest.raises(BadInput, match=said) as caught:  # exit 2, not an unexpected ValueError (exit 1)
+        BatchPolicy(**bad)
+    assert caught.value.exit_code == 2
 
 
 def test_count_policy_closes_at_n_rows_and_says_how_many_fit() -> None:
