@@ -93,10 +93,19 @@ def first_value(df: DataFrame) -> float:
     return float(row[0])
 
 
-def estimator_params(model: PipelineModel) -> dict[str, Any]:
-    """Every param of the (first) estimator stage, as Spark resolved it."""
-    stage = model.stages[1]
-    return {p.name: v for p, v in stage.extractParamMap().items()}
+def estimator_params(spec: ModelSpec, model: PipelineModel) -> dict[str, Any]:
+    """Every param of each fitted estimator stage, as Spark resolved it.
+
+    high_low fits two forests that may differ: each one's params get a prefix (high_, low_) so the
+    run records both, not only the first.
+    """
+    if spec.kind != "high_low":
+        return {p.name: v for p, v in model.stages[1].extractParamMap().items()}
+    return {
+        f"{label.lower()}_{p.name}": v
+        for label, stage in zip(spec.labels, model.stages[1:3], strict=True)
+        for p, v in stage.extractParamMap().items()
+    }
 
 
 def importances(spec: ModelSpec, model: PipelineModel) -> dict[str, list[float]]:
@@ -199,7 +208,7 @@ def train_one(
                     "train_rows": train_rows,
                     "test_rows": len(test),
                     "test_fraction": settings.test_fraction,
-                    **estimator_params(model),
+                    **estimator_params(spec, model),
                 }
             )
             mlflow.log_metrics(values)

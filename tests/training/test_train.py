@@ -62,6 +62,9 @@ def test_runs_record_params_metrics_lineage_and_plots(trained) -> None:
         assert r.test_rows == pytest.approx((r.train_rows + r.test_rows) * 0.2, abs=2)
         spec_metrics = {"close": "rmse", "high_low": "rmse_high", "trend": "roc_auc"}[r.model]
         assert spec_metrics in run.data.metrics and f"baseline_{spec_metrics}" in run.data.metrics
+        if r.model == "high_low":  # both forests' params, each under its own prefix
+            assert params["high_numTrees"] == params["low_numTrees"] == "3"
+            assert params["high_labelCol"] == "High" and params["low_labelCol"] == "Low"
         files = run.data.tags["lineage.batch_files"].split(",")
         assert files == [f"batch_{n}.parquet" for n in r.batches]
         assert json.loads(run.data.tags["lineage.sha256"]) == {f: manifest[f].sha256 for f in files}
