@@ -302,6 +302,9 @@ class BatchingConsumer:
         Returns the part of `polled` that already starts there (the listener's seek usually made it so);
         partitions whose records start elsewhere are sought back and read again.
         """
+        # the dropped rows and rejects will be read, and counted, again: take them off the counts now
+        self.rows_read -= self.batch.rows
+        self.rejected -= len(self.pending_rejects)
         self.batch.clear()
         self.pending_rejects.clear()
         resume = self.store.resume_offsets()

@@ -24,11 +24,12 @@ from kafka.errors import FencedInstanceIdError, KafkaConnectionError
 from kafka.structs import OffsetAndMetadata
 
 import pipeline.consumer as consumer_module
+from pipeline.batching import BatchPolicy
 from pipeline.broker import ensure_topic
-from pipeline.consumer import RejectLog, consume, parse_values
+from pipeline.consumer import BatchingConsumer, RejectLog, consume, parse_values
 from pipeline.errors import BrokerUnavailable
 from pipeline.settings import PipelineSettings
-from pipeline.store import COLUMNS, read_manifest
+from pipeline.store import COLUMNS, BatchStore, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -403,3 +404,28 @@ def test_a_kafka_error_inside_the_loop_is_broker_unavailable(
     with pytest.raises(BrokerUnavailable, match=said) as caught:
         consume(settings, settings.batch_dir, batch_rows=100, idle_timeout_s=60, progress=False)
     assert caught.value.exit_code == 3 and "\n" not in str(caught.value)
+
+
+def test_messages_dropped_by_a_rebalance_are_not_counted_twice(settings: PipelineSettings) -> None:
+    """After an assignment change the open batch is dropped and read again: its rows and rejects must
+    not stay in the counts (they would be counted a second time when read again)."""
+    send(settings.bootstrap, settings.topic, make_rows(50), extra=[b"not json", None])
+    reader = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    tp = TopicPartition(settings.topic, 0)
+    reader.assign([tp])
+    reader.seek_to_beginning(tp)
+    try:
+        polled: dict = {}
+        deadline = time.monotonic() + 60
+        while sum(map(len, polled.values())) < 52 and time.monotonic() < deadline:
+            for key, records in reader.poll(timeout_ms=500).items():
+                polled.setdefault(key, []).extend(records)
+        with BatchStore(settings.batch_dir) as store:
+            batcher = BatchingConsumer(settings, store, BatchPolicy(batch_rows=1000), settings.topic)
+            batcher._take(polled)
+            assert (batcher.rows_read, batcher.rejected) == (50, 2)
+            assert batcher._resync(reader, {}) == {}  # a rebalance: the open batch is someone else's now
+            assert (batcher.rows_read, batcher.rejected, batcher.batch.rows) == (0, 0, 0)
+            assert reader.position(tp) == 0  # sought back: they will be read, and counted, again
+    finally:
+        reader.close()
