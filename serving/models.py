@@ -4,7 +4,8 @@ A `Gateway` holds one immutable `Loaded` per model kind in a dict it replaces wh
 reads the entry once and is answered wholly by that version, even while the poller swaps in a new one.
 The poller thread asks the registry every `poll_interval_s`, loads a new Production version beside the old
 one and only then swaps; a version that fails to load is recorded (shown by /models) and the old one keeps
-serving. Only the poller (or a forced reload, under the same lock) talks to MLflow.
+serving. When the registry answers that a model has no Production version any more, it is dropped (its
+routes answer 503). Only the poller (or a forced reload, under the same lock) talks to MLflow.
 """
 
 from __future__ import annotations
@@ -159,8 +160,12 @@ class Registry:
             return Candidate(str(mv.version), mv.run_id or "", "Production")
         try:
             mv = client.get_model_version_by_alias(name, "production")
-        except MlflowException:  # no such alias
-            return None
+        except MlflowException as exc:
+            # no such alias: INVALID_PARAMETER_VALUE from the SQL store, RESOURCE_DOES_NOT_EXIST from REST;
+            # anything else is the store failing, never a reason to stop serving
+            if exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+                return None
+            raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc.message}") from exc
         except Exception as exc:
             raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc}") from exc
         return Candidate(str(mv.version), mv.run_id or "", "alias:production")
@@ -286,9 +291,16 @@ class Gateway:
     def _refresh_one(self, kind: str, spec: Spec, force: bool) -> None:
         assert self.registry is not None
         candidate = self.registry.production(spec.name)
-        if candidate is None:
-            return  # nothing promoted yet (or the Production version was removed): keep what serves
         current = self._loaded.get(kind)
+        if candidate is None:  # the registry answered: no Production version (any more). Contract: 503
+            if current is not None:
+                self._loaded = {k: v for k, v in self._loaded.items() if k != kind}
+                log.warning(
+                    "%s: no Production version any more, stopped serving version %s",
+                    spec.name,
+                    current.version,
+                )
+            return
         if current is not None and current.version == candidate.version:
             if current.stage != candidate.stage:
                 self._swap(kind, Loaded(**{**current.__dict__, "stage": candidate.stage}))

@@ -230,3 +230,30 @@ def test_spark_engine_answers_like_numpy(store: Store) -> None:
                     assert math.isclose(a[key], b[key], rel_tol=1e-9, abs_tol=1e-12), (kind, key)
                 else:
                     assert a[key] == b[key]
+
+
+def test_a_model_no_longer_in_production_is_503(store: Store) -> None:
+    """Archived and alias removed: the registry answers "none", so the gateway stops serving the old one."""
+    import warnings
+
+    from mlflow import MlflowClient
+
+    client, gateway = client_for(store.uri)
+    assert client.get("/predict/close", params=GET["close"]).status_code == 200
+    registry = MlflowClient(tracking_uri=store.uri, registry_uri=store.uri)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        registry.transition_model_version_stage("btc-close", store.template.versions["close"], "Archived")
+    registry.delete_registered_model_alias("btc-close", "production")
+    gateway.refresh()
+    answer = client.get("/predict/close", params=GET["close"])
+    assert answer.status_code == 503 and answer.json()["model"] == "btc-close"
+    assert client.post("/predict/close", json={"rows": [GET["close"]]}).status_code == 503
+    assert client.get("/ready").json()["missing"] == ["btc-close"]
+    assert client.get("/predict/trend", params=GET["trend"]).status_code == 200  # the others still serve
+    store.promote("close_v2")
+    gateway.refresh()
+    assert (
+        client.get("/predict/close", params=GET["close"]).json()["model"]["version"]
+        == (store.template.versions["close_v2"])
+    )
