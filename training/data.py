@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("training")
 Scheme = Literal["segment", "cumulative"]
 MANIFEST = "manifest.json"
+LABEL_HORIZON = 60.0  # seconds: the trend label is read off the next minute's Close
 LOG4J = Path(__file__).with_name("log4j2.properties").resolve().as_uri()
 
 
@@ -147,7 +148,7 @@ def with_trend_label(df: DataFrame) -> DataFrame:
         "_next_close", F.lead("Close").over(order)
     )
     return (
-        nxt.where(F.col("_next_ts") == F.col("Timestamp") + 60.0)
+        nxt.where(F.col("_next_ts") == F.col("Timestamp") + LABEL_HORIZON)
         .withColumn("label", (F.col("_next_close") > F.col("Close")).cast("double"))
         .drop("_next_ts", "_next_close")
     )
@@ -161,6 +162,16 @@ def time_cutoff(df: DataFrame, test_fraction: float) -> float:
     if len(ts) < 10:
         raise BadInput(f"only {len(ts)} usable rows selected; a time split needs at least 10")
     return float(ts[min(len(ts) - 1, int(len(ts) * (1 - test_fraction)))])
+
+
+def time_split(df: DataFrame, cutoff: float, horizon: float = 0.0) -> tuple[DataFrame, DataFrame]:
+    """(train, test): test is every row from `cutoff` on; train every row whose label is known before it.
+
+    `horizon` is how far ahead of its row a label looks (LABEL_HORIZON for trend, 0 when the label
+    is in the row): the last minute before the cutoff is labelled from the first test minute's
+    Close, so it would carry test data into training and is left out of both.
+    """
+    return df.where(df.Timestamp + horizon < cutoff), df.where(df.Timestamp >= cutoff)
 
 
 def lineage(batches: list[Batch]) -> dict[str, str]:

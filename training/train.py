@@ -176,12 +176,13 @@ def train_one(
         df = df.cache()
     try:
         cutoff = data.time_cutoff(df, settings.test_fraction)
-        train_df = df.where(df.Timestamp < cutoff)
-        test_df = df.where(df.Timestamp >= cutoff)
+        horizon = data.LABEL_HORIZON if spec.kind == "classification" else 0.0
+        train_df, test_df = data.time_split(df, cutoff, horizon)
         model = build_pipeline(spec, params).fit(train_df)
         test = score(spec, model, test_df)
         train_rows = train_df.count()
-        train_max_ts = first_value(train_df.agg({"Timestamp": "max"}))
+        # the newest minute whose values training used (a label's minute included): the gate scores after it
+        train_max_ts = first_value(train_df.agg({"Timestamp": "max"})) + horizon
         last_close = first_value(train_df.orderBy(train_df.Timestamp.desc()).select("Close"))
         positive_rate = first_value(train_df.agg({"label": "avg"})) if spec.kind == "classification" else 0.0
         values = metrics.evaluate(spec, test)
@@ -238,7 +239,7 @@ def train_one(
             version,
             description=(
                 f"{spec.name} trained on batch(es) {label} ({scheme}; files {tags['lineage.batch_files']}), "
-                f"{train_rows} rows up to Timestamp {train_max_ts:.0f}; tested on the latest "
+                f"{train_rows} rows (data up to Timestamp {train_max_ts:.0f}); tested on the latest "
                 f"{len(test)} rows: {key} {values[key]:.6g} vs baseline {values['baseline_' + key]:.6g} "
                 f"({spec.baseline}). Run {run.info.run_id}."
             ),

@@ -5,7 +5,14 @@ from __future__ import annotations
 from pyspark.sql import functions as F
 
 from tests.training.conftest import minute_table, write_batches
-from training.data import read_batches, read_manifest, time_cutoff, with_trend_label
+from training.data import (
+    LABEL_HORIZON,
+    read_batches,
+    read_manifest,
+    time_cutoff,
+    time_split,
+    with_trend_label,
+)
 from training.specs import SPECS, build_pipeline
 
 
@@ -37,3 +44,17 @@ def test_rows_without_a_next_minute_are_dropped(spark, tmp_path) -> None:
     for _, row in labelled.iterrows():
         i = int((row["Timestamp"] - start) / 60)
         assert row["label"] == float(close[i + 1] > close[i])
+
+
+def test_no_training_label_is_read_off_a_test_row(spark, tmp_path) -> None:
+    """The minute before the cutoff is labelled from the first test minute: it is in neither set."""
+    write_batches(tmp_path, minute_table(50), [50])
+    labelled = with_trend_label(read_batches(spark, tmp_path, read_manifest(tmp_path)))
+    cutoff = time_cutoff(labelled, 0.2)
+    train, test = time_split(labelled, cutoff, LABEL_HORIZON)
+    train_ts = sorted(r.Timestamp for r in train.select("Timestamp").collect())
+    test_ts = sorted(r.Timestamp for r in test.select("Timestamp").collect())
+    assert train_ts[-1] + LABEL_HORIZON < test_ts[0] == cutoff
+    assert len(train_ts) + len(test_ts) == 49 - 1  # the last minute has no label; the boundary one is out
+    regression_train, _ = time_split(labelled, cutoff)  # a label inside its row: nothing left out
+    assert regression_train.count() == len(train_ts) + 1

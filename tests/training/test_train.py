@@ -60,6 +60,12 @@ def test_runs_record_params_metrics_lineage_and_plots(trained) -> None:
         assert params["model"] == r.model and params["scheme"] == "cumulative"
         assert int(params["train_rows"]) == r.train_rows and int(params["test_rows"]) == r.test_rows
         assert r.test_rows == pytest.approx((r.train_rows + r.test_rows) * 0.2, abs=2)
+        # trend: the selection's last minute has no label, the minute before the test set is left out
+        # (labelled from a test minute's Close); the other models use every row
+        rows = sum(manifest[f"batch_{n}.parquet"].rows for n in r.batches)
+        assert r.train_rows + r.test_rows == rows - (2 if r.model == "trend" else 0)
+        train_max_ts = float(run.data.tags["btcflow.train_max_ts"])
+        assert train_max_ts < float(run.data.tags["btcflow.test_min_ts"])
         spec_metrics = {"close": "rmse", "high_low": "rmse_high", "trend": "roc_auc"}[r.model]
         assert spec_metrics in run.data.metrics and f"baseline_{spec_metrics}" in run.data.metrics
         if r.model == "high_low":  # both forests' params, each under its own prefix
