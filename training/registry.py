@@ -1,8 +1,9 @@
 """Promotion: which registered version is Production, by choice or by a champion/challenger gate.
 
 Production is recorded twice on purpose: the stage (deprecated in MLflow 3, still what `mlflow
-models serve models:/name/Production` and the UI show) and the alias `production` (the MLflow 3 way,
-what the gateway resolves). Both move together here and nowhere else.
+models serve models:/name/Production` and the UI show) and the alias `production` (the MLflow 3 way).
+Both move together here and nowhere else; reading, the stage wins and the alias is the fallback,
+as in the gateway.
 """
 
 from __future__ import annotations
@@ -59,19 +60,24 @@ def _client(settings: TrainingSettings) -> MlflowClient:
 
 
 def production_version(client: MlflowClient, spec: ModelSpec) -> ModelVersion | None:
-    """The current Production version: the alias, else the stage (a registry edited by hand)."""
+    """The current Production version: the stage, else the alias (as the gateway resolves it).
+
+    Both move together on promotion; they differ only in a registry edited by hand, and then
+    training must compare against the version the gateway serves.
+    """
     from mlflow.exceptions import MlflowException
 
+    with _quiet_deprecations():
+        try:
+            staged = client.get_latest_versions(spec.registered_name, stages=[PRODUCTION_STAGE])
+        except MlflowException:
+            return None
+    if staged:
+        return max(staged, key=lambda v: int(v.version))
     try:
         return client.get_model_version_by_alias(spec.registered_name, PRODUCTION_ALIAS)
     except MlflowException:
-        pass
-    with _quiet_deprecations():
-        try:
-            latest = client.get_latest_versions(spec.registered_name, stages=[PRODUCTION_STAGE])
-        except MlflowException:
-            return None
-    return latest[0] if latest else None
+        return None
 
 
 def versions(client: MlflowClient, spec: ModelSpec) -> list[ModelVersion]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 from mlflow import MlflowClient
@@ -10,7 +11,7 @@ from mlflow import MlflowClient
 from tests.training.conftest import minute_table, write_batches
 from training.data import read_manifest
 from training.errors import BadInput
-from training.registry import promote_best, promote_version
+from training.registry import production_version, promote_best, promote_version
 from training.settings import TrainingSettings
 from training.specs import SPECS
 from training.tracking import connect
@@ -74,3 +75,27 @@ def test_best_without_any_version_is_bad_input(store_settings: TrainingSettings)
     write_batches(store_settings.batch_dir, minute_table(100), [100])
     with pytest.raises(BadInput):
         promote_best(store_settings, "trend")
+
+
+def _registered(settings: TrainingSettings, count: int) -> MlflowClient:
+    """`btc-close` with `count` versions (no artifacts needed to read stages and aliases)."""
+    connect(settings)
+    client = MlflowClient()
+    client.create_registered_model("btc-close")
+    for _ in range(count):
+        client.create_model_version("btc-close", source="file:///nowhere", run_id=None)
+    return client
+
+
+def test_production_is_the_stage_first_then_the_alias(store_settings: TrainingSettings) -> None:
+    """Like the gateway: a registry edited by hand (stage v1, alias v2) serves v1, so the gate compares v1."""
+    client = _registered(store_settings, 3)
+    spec = SPECS["close"]
+    assert production_version(client, spec) is None
+    client.set_registered_model_alias("btc-close", "production", "2")
+    assert str(production_version(client, spec).version) == "2"  # type: ignore[union-attr]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client.transition_model_version_stage("btc-close", "1", "Production")
+    assert str(production_version(client, spec).version) == "1"  # type: ignore[union-attr]
+    assert production_version(client, SPECS["trend"]) is None  # never registered
