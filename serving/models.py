@@ -26,10 +26,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from serving import sparkml
-from serving.errors import ModelUnavailable, NotReady, RegistryUnavailable, ServingError
+from serving.errors import ModelUnavailable, NotReady, RegistryUnavailable, ServingError, UnsupportedModel
 from serving.settings import ServingSettings
 
 log = logging.getLogger("serving")
+
+MAX_SKIPPED_POLLS = 30  # a version that keeps failing to load is retried at least every 31 polls
 
 
 @dataclass(frozen=True)
@@ -121,9 +123,21 @@ class Candidate:
 
 @dataclass
 class Failure:
+    """The last version of a model that failed to load, and when the poller may try it again."""
+
     version: str
     message: str
     at: str
+    attempts: int = 1
+    polls_to_skip: int | None = 1  # None: never again unless forced (the engine cannot evaluate it)
+
+    def shown(self) -> dict[str, str]:
+        """What /models says about it."""
+        if self.polls_to_skip is None:
+            retry = "only on POST /admin/reload"
+        else:
+            retry = f"after {self.polls_to_skip} more registry check(s)"
+        return {"version": self.version, "message": self.message, "at": self.at, "retry": retry}
 
 
 class Registry:
@@ -260,7 +274,7 @@ class Gateway:
                 m = loaded[kind]
                 entry.update(version=m.version, stage=m.stage, run_id=m.run_id, loaded_at=m.loaded_at)
             if kind in failures:
-                entry["last_error"] = failures[kind].__dict__
+                entry["last_error"] = failures[kind].shown()
             models.append(entry)
         return {
             "engine": self.settings.serving_engine,
@@ -274,7 +288,9 @@ class Gateway:
     def refresh(self, force: bool = False) -> dict[str, Any]:
         """Ask the registry now; load and swap in any new Production version. Returns `status()`.
 
-        A version that failed before is retried only when forced (POST /admin/reload), not every poll.
+        A version that failed to load is retried after a backoff of 1, 2, 4 ... (at most
+        MAX_SKIPPED_POLLS) polls, since the cause may pass (store or disk briefly unavailable); one the
+        engine cannot evaluate (UnsupportedModel) only when forced (POST /admin/reload).
         """
         with self._lock:
             for kind, spec in SPECS.items():
@@ -307,12 +323,19 @@ class Gateway:
             return
         failed = self._failures.get(kind)
         if failed is not None and failed.version == candidate.version and not force:
-            return
+            if failed.polls_to_skip is None:
+                return
+            if failed.polls_to_skip > 0:
+                failed.polls_to_skip -= 1
+                return
         try:
             evaluator = self._load(spec, candidate.version)
         except Exception as exc:  # any load failure: record it, keep serving the old version
             message = str(exc) if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
-            self._failures[kind] = Failure(candidate.version, message, _now())
+            same = failed is not None and failed.version == candidate.version
+            attempts = failed.attempts + 1 if failed is not None and same else 1
+            skip = None if isinstance(exc, UnsupportedModel) else min(2 ** (attempts - 1), MAX_SKIPPED_POLLS)
+            self._failures[kind] = Failure(candidate.version, message, _now(), attempts, skip)
             log.error(
                 "%s version %s not loaded, still serving %s: %s",
                 spec.name,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
-from serving.models import Gateway
+from serving.models import Gateway, Registry
 from serving.settings import ServingSettings
 from tests.serving.conftest import Store
 
@@ -257,3 +258,55 @@ def test_a_model_no_longer_in_production_is_503(store: Store) -> None:
         client.get("/predict/close", params=GET["close"]).json()["model"]["version"]
         == (store.template.versions["close_v2"])
     )
+
+
+class FlakyRegistry(Registry):
+    """The real registry, except that downloading `version` fails `failures` times first (a store hiccup)."""
+
+    def __init__(self, uri: str, version: str, failures: int) -> None:
+        super().__init__(uri)
+        self.version, self.failures, self.calls = version, failures, 0
+
+    def download(self, name: str, version: str, dst: Path) -> Path:
+        if version == self.version:
+            self.calls += 1
+            if self.calls <= self.failures:
+                raise OSError("artifact store briefly unreachable")
+        return super().download(name, version, dst)
+
+
+def test_a_transient_load_failure_is_retried_after_a_backoff(store: Store) -> None:
+    new = store.template.versions["close_v2"]
+    registry = FlakyRegistry(store.uri, new, failures=2)
+    config = ServingSettings(tracking_uri=store.uri, poll_interval_s=3600)
+    gateway = Gateway(config, registry)
+    gateway.refresh()
+    client = TestClient(create_app(config, gateway))
+    old = store.template.versions["close"]
+    store.promote("close_v2")
+
+    def serving() -> str:
+        return client.get("/predict/close", params=GET["close"]).json()["model"]["version"]
+
+    calls_and_versions = []
+    for _ in range(6):
+        gateway.refresh()
+        calls_and_versions.append((registry.calls, serving()))
+    # fails, skips 1 check, fails again, skips 2 checks, then loads it
+    assert calls_and_versions == [(1, old), (1, old), (2, old), (2, old), (2, old), (3, new)]
+    assert gateway.status()["models"][0]["last_error"] is None
+
+
+def test_an_unsupported_version_is_not_retried_by_the_poller(store: Store) -> None:
+    broken = store.template.versions["close_broken"]
+    registry = FlakyRegistry(store.uri, broken, failures=0)
+    config = ServingSettings(tracking_uri=store.uri, poll_interval_s=3600)
+    gateway = Gateway(config, registry)
+    gateway.refresh()
+    store.promote("close_broken")
+    for _ in range(5):
+        gateway.refresh()
+    assert registry.calls == 1
+    assert gateway.status()["models"][0]["last_error"]["retry"] == "only on POST /admin/reload"
+    gateway.refresh(force=True)
+    assert registry.calls == 2
