@@ -63,9 +63,12 @@ def records(n: int) -> list[tuple[bytes, bytes]]:
 
 def test_a_failed_batch_is_reported(appender: BulkAppender) -> None:
     appender.append(records(100))
-    (batch,) = appender._acc._batches[appender.tp]
+    acc = appender._acc
+    (batch,) = acc._batches[appender.tp]
+    acc._batches[appender.tp].clear()  # what the sender does: drain, close, fail, deallocate
     batch.records.close()
     batch.complete_exceptionally(KafkaTimeoutError("expired"), lambda _: KafkaTimeoutError("expired"))
+    acc.deallocate(batch)
     assert [type(e) for e in appender.errors()] == [KafkaTimeoutError]
 
 
@@ -90,4 +93,6 @@ def test_a_batch_drained_before_we_look_is_still_watched(
     drained[1].abort(KafkaTimeoutError("gone"))
     for batch in (drained[0], drained[2]):
         batch.complete(base_offset=0, log_append_time=-1)
+    for batch in drained:
+        acc.deallocate(batch)
     assert [str(e) for e in appender.errors()] == ["KafkaTimeoutError: gone"]
