@@ -161,7 +161,7 @@ def test_cli_with_a_closed_port_exits_3_with_one_line(kaggle_sample: Path) -> No
     assert done.returncode == 3
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("btcflow: error: Kafka not reachable"), done.stderr
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 60  # within seconds, not minutes: CI has 2 busy cores
 
 
 def test_cli_sigterm_flushes_and_prints_the_summary(
