@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from training import data
-from training.errors import BadInput, TrainingError
+from training.errors import BadInput, TrackingUnavailable, TrainingError
 from training.settings import TrainingSettings
 from training.specs import PRODUCTION_ALIAS, PRODUCTION_STAGE, ModelSpec, get_spec
 from training.tracking import connect
@@ -26,6 +26,7 @@ from training.tracking import connect
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
+    from mlflow.exceptions import MlflowException
     from pyspark.sql import SparkSession
 
 log = logging.getLogger("training")
@@ -59,25 +60,48 @@ def _client(settings: TrainingSettings) -> MlflowClient:
     return MlflowClient()
 
 
+def _absent(exc: MlflowException) -> bool:
+    """The registry answered cleanly that the model, version or alias does not exist.
+
+    Anything else (store down, a timeout, a database error) is not absence: read as "no
+    champion", it would let --best promote without a comparison.
+    """
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    return (
+        exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in exc.message and "not found" in exc.message
+    )
+
+
+def _unavailable(exc: MlflowException) -> TrackingUnavailable:
+    """Exit 3: the registry did not answer (MLflow's message names the store and the cause)."""
+    return TrackingUnavailable(f"MLflow registry unusable: {exc.message}")
+
+
 def production_version(client: MlflowClient, spec: ModelSpec) -> ModelVersion | None:
     """The current Production version: the stage, else the alias (as the gateway resolves it).
 
     Both move together on promotion; they differ only in a registry edited by hand, and then
-    training must compare against the version the gateway serves.
+    training must compare against the version the gateway serves. None only when the registry
+    says there is none; TrackingUnavailable when it cannot say.
     """
     from mlflow.exceptions import MlflowException
 
     with _quiet_deprecations():
         try:
             staged = client.get_latest_versions(spec.registered_name, stages=[PRODUCTION_STAGE])
-        except MlflowException:
-            return None
+        except MlflowException as exc:
+            if _absent(exc):
+                return None
+            raise _unavailable(exc) from exc
     if staged:
         return max(staged, key=lambda v: int(v.version))
     try:
         return client.get_model_version_by_alias(spec.registered_name, PRODUCTION_ALIAS)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if _absent(exc):
+            return None
+        raise _unavailable(exc) from exc
 
 
 def versions(client: MlflowClient, spec: ModelSpec) -> list[ModelVersion]:
@@ -102,8 +126,10 @@ def promote_version(settings: TrainingSettings, model: str, version: str | int) 
     client = _client(settings)
     try:
         client.get_model_version(spec.registered_name, str(version))
-    except MlflowException:
-        raise BadInput(f"{spec.registered_name} has no version {version}") from None
+    except MlflowException as exc:
+        if _absent(exc):
+            raise BadInput(f"{spec.registered_name} has no version {version}") from None
+        raise _unavailable(exc) from exc
     current = production_version(client, spec)
     previous = str(current.version) if current else None
     if previous == str(version):

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from tests.training.conftest import minute_table, write_batches
 from training.data import read_manifest
-from training.errors import BadInput
+from training.errors import BadInput, TrackingUnavailable
 from training.registry import production_version, promote_best, promote_version
 from training.settings import TrainingSettings
 from training.specs import SPECS
@@ -99,3 +99,26 @@ def test_production_is_the_stage_first_then_the_alias(store_settings: TrainingSe
         client.transition_model_version_stage("btc-close", "1", "Production")
     assert str(production_version(client, spec).version) == "1"  # type: ignore[union-attr]
     assert production_version(client, SPECS["trend"]) is None  # never registered
+
+
+@pytest.mark.parametrize("stage", [True, False])
+def test_a_registry_that_does_not_answer_is_not_no_champion(
+    store_settings: TrainingSettings, monkeypatch: pytest.MonkeyPatch, stage: bool
+) -> None:
+    """Store down (here: nothing listens) is exit 3, never None: --best must not promote blind."""
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    if stage:
+        down = MlflowClient(tracking_uri="http://127.0.0.1:9", registry_uri="http://127.0.0.1:9")
+    else:  # the stage lookup answers "none", then the alias lookup fails
+        client = _registered(store_settings, 1)
+
+        def fail(*_: object) -> None:
+            raise MlflowException("database is locked", error_code="TEMPORARILY_UNAVAILABLE")
+
+        monkeypatch.setattr(client, "get_model_version_by_alias", fail)
+        down = client
+    with pytest.raises(TrackingUnavailable, match="unusable") as error:
+        production_version(down, SPECS["close"])
+    assert error.value.exit_code == 3
