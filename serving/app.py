@@ -21,9 +21,21 @@ from serving.models import SPECS, Gateway
 from serving.settings import ServingSettings
 
 TS_MIN, TS_MAX = 1230768000.0, 4102444800.0  # 2009-01-01 and 2100-01-01 UTC
-Price = Annotated[float, Field(ge=0, allow_inf_nan=False, description="USD, at least 0", examples=[42000.5])]
+# Far above any real price or minute volume, far below where a linear model's products overflow to inf/NaN.
+VALUE_MAX = 1e15
+Price = Annotated[
+    float,
+    Field(ge=0, le=VALUE_MAX, allow_inf_nan=False, description="USD, 0..1e15", examples=[42000.5]),
+]
 Volume = Annotated[
-    float, Field(ge=0, allow_inf_nan=False, description="BTC traded in the minute", examples=[3.2])
+    float,
+    Field(
+        ge=0,
+        le=VALUE_MAX,
+        allow_inf_nan=False,
+        description="BTC traded in the minute, 0..1e15",
+        examples=[3.2],
+    ),
 ]
 Timestamp = Annotated[
     float,
@@ -215,7 +227,7 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         fields = list(SPECS[kind].inputs)
 
         async def get(row: Annotated[row_model, Query()]) -> Response:  # type: ignore[valid-type]
-            loaded, answer = gw.predict(kind, {f: [getattr(row, f)] for f in fields})
+            loaded, answer = gw.predict(kind, {f: [getattr(row, f)] for f in fields}, single=True)
             return JSONAnswer({**{k: v[0] for k, v in answer.items()}, "model": loaded.ref()})
 
         get.__doc__ = DOCS[kind]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import shutil
 import sys
 import tempfile
@@ -26,7 +27,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from serving import sparkml
-from serving.errors import ModelUnavailable, NotReady, RegistryUnavailable, ServingError, UnsupportedModel
+from serving.errors import (
+    BadInput,
+    ModelUnavailable,
+    NotReady,
+    RegistryUnavailable,
+    ServingError,
+    UnsupportedModel,
+)
 from serving.settings import ServingSettings
 
 log = logging.getLogger("serving")
@@ -208,6 +216,22 @@ def forbid_jvm_imports() -> None:
             sys.modules[name] = None  # type: ignore[assignment]  # the documented "not importable" marker
 
 
+def _first_non_finite(columns: list[list[Any]]) -> int | None:
+    """The first row index where any column is not a finite number (None reads as NaN), else None."""
+    first: int | None = None
+    for values in columns:
+        if len(values) == 1:  # the GET path: no numpy round trip
+            v = values[0]
+            if not (isinstance(v, float | int) and math.isfinite(v)):
+                return 0
+            continue
+        ok = np.isfinite(np.asarray(values, dtype=np.float64))
+        if not ok.all():
+            i = int(np.argmin(ok))
+            first = i if first is None else min(first, i)
+    return first
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -237,20 +261,35 @@ class Gateway:
             raise ModelUnavailable(SPECS[kind].name)
         return loaded
 
-    def predict(self, kind: str, rows: Mapping[str, Sequence[float]]) -> tuple[Loaded, dict[str, list[Any]]]:
-        """Answer a batch given as request-field columns, in row order, with the version that answered."""
+    def predict(
+        self, kind: str, rows: Mapping[str, Sequence[float]], single: bool = False
+    ) -> tuple[Loaded, dict[str, list[Any]]]:
+        """Answer a batch given as request-field columns, in row order, with the version that answered.
+
+        An answer that is not a finite number (a model overflowing on extreme inputs) is BadInput naming
+        the row (`query` for a `single` GET): JSON has no NaN, and a null would read as a prediction.
+        """
         loaded = self.model(kind)
         out = loaded.evaluator.outputs({loaded.spec.inputs[f]: rows[f] for f in loaded.spec.inputs})
         prediction = out["prediction"]
+        answer: dict[str, list[Any]]
         if kind == "close":
-            return loaded, {"predicted_close": prediction}
-        if kind == "high_low":  # the final VectorAssembler's [high, low]
-            return loaded, {
+            answer = {"predicted_close": prediction}
+        elif kind == "high_low":  # the final VectorAssembler's [high, low]
+            answer = {
                 "predicted_high": [p[0] for p in prediction],
                 "predicted_low": [p[1] for p in prediction],
             }
-        labels = ["Up" if p == 1.0 else "Down" for p in prediction]
-        return loaded, {"predicted_trend": labels, "probability_up": [p[1] for p in out["probability"]]}
+        else:
+            labels = ["Up" if p == 1.0 else "Down" for p in prediction]
+            answer = {"predicted_trend": labels, "probability_up": [p[1] for p in out["probability"]]}
+        bad = _first_non_finite([v for k, v in answer.items() if k != "predicted_trend"])
+        if bad is not None:
+            raise BadInput(
+                "query" if single else f"rows[{bad}]",
+                f"{loaded.spec.name} version {loaded.version} gives no finite answer for these values",
+            )
+        return loaded, answer
 
     def ready(self) -> None:
         missing = [spec.name for kind, spec in SPECS.items() if kind not in self._loaded]

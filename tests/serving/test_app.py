@@ -118,6 +118,9 @@ BAD_GETS = [
     ("trend", {"open": 4, "close": "x", "volume": 1}, "close"),
     ("trend", {"open": 4, "close": 4, "volume": ""}, "volume"),
     ("trend", {"open": 4, "close": -4, "volume": 1}, "close"),
+    ("high_low", {"open": 1.0000001e15, "volume": 1}, "open"),
+    ("high_low", {"open": 4, "volume": 2e15}, "volume"),
+    ("trend", {"open": 1e308, "close": 1e308, "volume": 1}, "open"),
 ]
 
 
@@ -145,6 +148,12 @@ BAD_POSTS = [
     ("trend", b"", "body"),
     ("trend", b"[]", "body"),
     ("trend", b'{"row": []}', "rows"),
+    (
+        "trend",
+        b'{"rows": [{"open": 1, "close": 1, "volume": 0}, {"open": 1e308, "close": 1e308, "volume": 1}]}',
+        "rows[1].open",
+    ),
+    ("high_low", b'{"rows": [{"open": 1, "volume": 1e300}]}', "rows[0].volume"),
 ]
 
 
@@ -310,3 +319,37 @@ def test_an_unsupported_version_is_not_retried_by_the_poller(store: Store) -> No
     assert gateway.status()["models"][0]["last_error"]["retry"] == "only on POST /admin/reload"
     gateway.refresh(force=True)
     assert registry.calls == 2
+
+
+@pytest.mark.parametrize("kind", ["high_low", "trend"])
+def test_the_largest_accepted_values_answer_finite_numbers(client: TestClient, kind: str) -> None:
+    row = {k: 1e15 for k in GET[kind]}
+    for answer in (
+        client.get(f"/predict/{kind}", params=row).json(),
+        client.post(f"/predict/{kind}", json={"rows": [GET[kind], row]}).json()["predictions"][1],
+    ):
+        numbers = [v for k, v in answer.items() if k not in ("model", "predicted_trend")]
+        assert numbers and all(isinstance(v, float) and math.isfinite(v) for v in numbers), answer
+
+
+class NaNTrend:
+    """A trend model whose probability overflows to NaN on the second row of a batch (and on a GET)."""
+
+    def outputs(self, columns: dict) -> dict:
+        n = len(columns["Open"])
+        probability = [[0.5, 0.5]] * n
+        probability[min(1, n - 1)] = [math.nan, math.nan]
+        return {"prediction": [0.0] * n, "probability": probability}
+
+
+def test_a_non_finite_model_output_is_a_clear_422_not_null(store: Store) -> None:
+    import dataclasses
+
+    client, gateway = client_for(store.uri)
+    gateway._swap("trend", dataclasses.replace(gateway.model("trend"), evaluator=NaNTrend()))
+    answer = client.get("/predict/trend", params=GET["trend"])
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"] == "bad_input" and answer.json()["field"] == "query"
+    assert "no finite answer" in answer.json()["message"]
+    answer = client.post("/predict/trend", json={"rows": [GET["trend"]] * 3})
+    assert answer.status_code == 422 and answer.json()["field"] == "rows[1]"

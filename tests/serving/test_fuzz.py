@@ -1,5 +1,6 @@
 """Nothing a client sends can produce a 500: schemathesis generates requests from the app's own OpenAPI
-schema, both fitting it and violating it (bounded), and every answer must be a deliberate status."""
+schema, both fitting it and violating it (bounded), and every answer must be a deliberate status, every
+prediction a number (never null)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ def check_no_500(app: object, examples: int = EXAMPLES) -> None:
         response = case.call()
         what = f"{case.method} {case.path} {case.query} {case.body!r}: {response.text}"
         assert response.status_code < 500 or response.status_code == 503, what
+        if response.status_code == 200 and case.path.startswith("/predict/"):  # never a null prediction
+            body = response.json()
+            for row in body.get("predictions", [body]):
+                assert None not in row.values(), what
         if response.status_code == 422:
             body = response.json()
             assert body["error"] == "bad_input" and body["field"], what
