@@ -29,13 +29,28 @@ log = logging.getLogger("training")
 
 
 class _Stop:
-    """Set by SIGINT/SIGTERM (main thread only); the loop checks it between steps."""
+    """Set by SIGINT/SIGTERM (main thread only); the loop checks it between steps.
+
+    A context manager: the handlers it installs are the caller's again on exit, so a library
+    caller (a test session, the demo) gets its Ctrl-C back once the watch ends.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Stop:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
         log.warning("signal %s: stopping after the current step", signum)
@@ -79,37 +94,37 @@ def watch(
     specs = [get_spec(m) for m in models]
     connect(settings)
     done = {spec.name: trained_upto(spec, scheme) for spec in specs}
-    stop = _Stop()
-    results: list[TrainResult] = []
-    seen, last_progress = 0, time.monotonic()
-    while not stop.requested:
-        manifest = data.read_manifest(settings.batch_dir, required=False)
-        pending = [b for b in manifest if b.batch > min(done.values())]
-        if pending:
-            targets = [pending[-1]] if scheme == "cumulative" else pending[:1]
-            for batch in targets:
-                todo = [s for s in specs if done[s.name] < batch.batch]
-                spark = spark or data.spark_session(
-                    settings.spark_master, settings.spark_driver_memory, settings.spark_partitions
-                )
-                chosen = _selection(manifest, batch, scheme)
-                for result in train_selection(spark, settings, todo, chosen, scheme, overrides):
-                    results.append(result)
-                    if report:
-                        report(result)
-                for spec in todo:
-                    done[spec.name] = batch.batch
-                    if promote:
-                        promotion = promote_best(settings, spec.name, spark)
+    with _Stop() as stop:
+        results: list[TrainResult] = []
+        seen, last_progress = 0, time.monotonic()
+        while not stop.requested:
+            manifest = data.read_manifest(settings.batch_dir, required=False)
+            pending = [b for b in manifest if b.batch > min(done.values())]
+            if pending:
+                targets = [pending[-1]] if scheme == "cumulative" else pending[:1]
+                for batch in targets:
+                    todo = [s for s in specs if done[s.name] < batch.batch]
+                    spark = spark or data.spark_session(
+                        settings.spark_master, settings.spark_driver_memory, settings.spark_partitions
+                    )
+                    chosen = _selection(manifest, batch, scheme)
+                    for result in train_selection(spark, settings, todo, chosen, scheme, overrides):
+                        results.append(result)
                         if report:
-                            report(promotion)
-                seen += len(pending) if scheme == "cumulative" else 1
-            last_progress = time.monotonic()
-            if max_batches is not None and seen >= max_batches:
+                            report(result)
+                    for spec in todo:
+                        done[spec.name] = batch.batch
+                        if promote:
+                            promotion = promote_best(settings, spec.name, spark)
+                            if report:
+                                report(promotion)
+                    seen += len(pending) if scheme == "cumulative" else 1
+                last_progress = time.monotonic()
+                if max_batches is not None and seen >= max_batches:
+                    break
+                continue
+            if idle_timeout is not None and time.monotonic() - last_progress >= idle_timeout:
+                log.info("no new batch for %.0fs: stopping", idle_timeout)
                 break
-            continue
-        if idle_timeout is not None and time.monotonic() - last_progress >= idle_timeout:
-            log.info("no new batch for %.0fs: stopping", idle_timeout)
-            break
-        time.sleep(poll)
+            time.sleep(poll)
     return results

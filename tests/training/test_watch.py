@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import time
+
+import pytest
 from mlflow import MlflowClient
 
 from tests.training.conftest import minute_table, write_batches
@@ -46,3 +50,20 @@ def test_watch_trains_each_new_batch_and_promotes(spark, store_settings: Trainin
 
     # a restarted watcher finds nothing new in the registry's tags and ends on its idle timeout
     assert watch(store_settings, ["close"], "cumulative", idle_timeout=0.5, poll=0.1, spark=spark) == []
+
+
+def test_watch_gives_the_signal_handlers_back(store_settings: TrainingSettings) -> None:
+    """Ctrl-C stops the watch between steps while it runs, and is the caller's again afterwards."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    seen: dict[int, object] = {}
+    pause = time.sleep
+
+    def sleep(seconds: float) -> None:  # runs inside the loop: the watch's handlers are installed
+        seen.update({sig: signal.getsignal(sig) for sig in before})
+        pause(seconds)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("training.watch.time.sleep", sleep)
+        assert watch(store_settings, ["close"], idle_timeout=0.2, poll=0.05) == []  # no manifest yet
+    assert seen and all(seen[sig] is not before[sig] for sig in before)
+    assert {sig: signal.getsignal(sig) for sig in before} == before
