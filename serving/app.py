@@ -226,19 +226,30 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
     def single_route(kind: str, row_model: type[BaseModel]) -> Any:
         fields = list(SPECS[kind].inputs)
 
-        async def get(row: Annotated[row_model, Query()]) -> Response:  # type: ignore[valid-type]
+        def one(row: BaseModel) -> JSONAnswer:
             loaded, answer = gw.predict(kind, {f: [getattr(row, f)] for f in fields}, single=True)
             return JSONAnswer({**{k: v[0] for k, v in answer.items()}, "model": loaded.ref()})
 
-        get.__doc__ = DOCS[kind]
-        return get
+        # numpy: one row takes microseconds, a threadpool hop would cost more than it saves; the spark
+        # engine runs a Spark job per request, which must not stall the event loop (plain def: threadpool)
+        async def get(row: Annotated[row_model, Query()]) -> Response:  # type: ignore[valid-type]
+            return one(row)
+
+        def get_blocking(row: Annotated[row_model, Query()]) -> Response:  # type: ignore[valid-type]
+            return one(row)
+
+        route = get_blocking if settings.serving_engine == "spark" else get
+        route.__doc__ = DOCS[kind]
+        return route
 
     for kind, row_model in ROWS.items():
         route = app.get(f"/predict/{kind}", response_model=ONE[kind], responses=ERRORS, tags=["predict"])
         route(single_route(kind, row_model))
 
     def batch_route(kind: str, request_model: type[BaseModel]) -> Any:
-        async def post(body: request_model) -> Response:  # type: ignore[valid-type]
+        # plain def: up to max_rows rows of numpy (or a Spark job) run in the threadpool, so other
+        # requests (single-row GETs, /health, /ready) are answered meanwhile
+        def post(body: request_model) -> Response:  # type: ignore[valid-type]
             return many(kind, body.rows)  # type: ignore[attr-defined]
 
         post.__doc__ = f"{SPECS[kind].name} on a batch of rows, answered in row order."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -353,3 +354,43 @@ def test_a_non_finite_model_output_is_a_clear_422_not_null(store: Store) -> None
     assert "no finite answer" in answer.json()["message"]
     answer = client.post("/predict/trend", json={"rows": [GET["trend"]] * 3})
     assert answer.status_code == 422 and answer.json()["field"] == "rows[1]"
+
+
+class HeldClose:
+    """A close model that holds its caller until released: a stand-in for a 10,000-row batch."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.entered, self.release = inner, threading.Event(), threading.Event()
+
+    def outputs(self, columns: dict) -> dict:
+        if len(columns["Timestamp"]) > 1:
+            self.entered.set()
+            self.release.wait(20)
+        return self.inner.outputs(columns)  # type: ignore[attr-defined]
+
+
+def test_a_slow_post_does_not_stall_other_requests(store: Store) -> None:
+    import dataclasses
+
+    config = ServingSettings(tracking_uri=store.uri, poll_interval_s=3600)
+    gateway = Gateway(config)
+    gateway.refresh()
+    held = HeldClose(gateway.model("close").evaluator)
+    gateway._swap("close", dataclasses.replace(gateway.model("close"), evaluator=held))
+    with TestClient(create_app(config, gateway)) as client:  # one event loop for every request
+        posted: list[int] = []
+        post = threading.Thread(
+            target=lambda: posted.append(
+                client.post("/predict/close", json={"rows": [GET["close"]] * 2}).status_code
+            )
+        )
+        post.start()
+        try:
+            assert held.entered.wait(20)
+            assert client.get("/health").status_code == 200
+            assert client.get("/predict/close", params=GET["close"]).status_code == 200
+            answered_while_held = not held.release.is_set() and post.is_alive()
+        finally:
+            held.release.set()
+            post.join(30)
+    assert answered_while_held and posted == [200]
