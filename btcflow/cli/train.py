@@ -18,8 +18,8 @@ class Scheme(StrEnum):
 MODEL_HELP = f"Model to train: {', '.join(SPECS)} or all. Repeat for several."
 
 
-def _models(values: list[str] | None) -> list[str]:
-    return list(SPECS) if not values or "all" in values else values
+def _models(values: list[str]) -> list[str]:
+    return list(SPECS) if "all" in values else values
 
 
 def _table(rows: list[dict]) -> None:
@@ -35,10 +35,10 @@ def _table(rows: list[dict]) -> None:
 
 
 def train(
-    model: Annotated[
-        list[str] | None, typer.Option("--model", "-m", help=MODEL_HELP + " Default: all.")
-    ] = None,
-    batches: str = typer.Option("all", "--batches", "-b", help="Batches by number: 2, 1-3, 1,3 or all."),
+    model: Annotated[list[str], typer.Option("--model", "-m", help=MODEL_HELP)],
+    batches: str | None = typer.Option(
+        None, "--batches", "-b", help="Batches by number: 2, 1-3, 1,3 or all. Required unless --watch."
+    ),
     scheme: Annotated[
         Scheme, typer.Option(help="segment: one version per batch; cumulative: one per prefix 1, 1+2, ...")
     ] = Scheme.segment,
@@ -57,6 +57,7 @@ def train(
     poll: float = typer.Option(2.0, help="With --watch: seconds between looks at the manifest."),
 ) -> None:
     """Train model versions on batch files: one tracked MLflow run and one registered version each."""
+    from training.errors import BadInput
     from training.registry import Promotion, stages
     from training.settings import TrainingSettings
     from training.train import summary_rows, train_models
@@ -80,6 +81,8 @@ def train(
         results = watch(
             settings, models, scheme.value, promote, max_batches, idle_timeout, poll, overrides, report=report
         )
+    elif batches is None:
+        raise BadInput("give --batches SPEC (2, 1-3, 1,3 or all), or --watch to follow closing batches")
     else:
         results = train_models(settings, models, batches, scheme.value, overrides)
     if watch_ and not results:

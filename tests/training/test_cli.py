@@ -73,8 +73,24 @@ def test_bad_input_exits_2_with_one_line(args: list[str], message: str, env: dic
 
 
 def test_no_manifest_exits_2(tmp_path: Path, btcflow) -> None:
-    done = btcflow("train", "--model", "trend", env={"BTCFLOW_DATA_DIR": str(tmp_path / "empty")})
+    empty = {"BTCFLOW_DATA_DIR": str(tmp_path / "empty")}
+    done = btcflow("train", "--model", "trend", "--batches", "all", env=empty)
     assert done.returncode == 2 and "no manifest" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--batches", "1"], "--model"),  # the contract: `train --model M --batches SPEC`
+        (["train", "--model", "close"], "give --batches SPEC"),
+        (["train", "--model", "all"], "give --batches SPEC"),
+    ],
+)
+def test_model_and_batches_are_required(args: list[str], message: str, env: dict[str, str], btcflow) -> None:
+    """No silent default of every model on every batch: each is a choice the user writes down."""
+    done = btcflow(*args, env=env)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr
 
 
 @pytest.mark.parametrize(
