@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,8 +30,26 @@ def btcflow_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProc
     )
 
 
+@contextmanager
+def logging_kept() -> Iterator[None]:
+    """Put back every logger's level and the root's handlers: main() sets them for the process
+    (basicConfig, mlflow and kafka at WARNING and above), which would last the whole test session."""
+    manager = logging.Logger.manager
+    levels = {name: lg.level for name, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    root_level, root_handlers = logging.root.level, list(logging.root.handlers)
+    try:
+        yield
+    finally:
+        for name, lg in list(manager.loggerDict.items()):
+            if isinstance(lg, logging.Logger):
+                lg.setLevel(levels.get(name, logging.NOTSET))
+        logging.root.setLevel(root_level)
+        for handler in [h for h in logging.root.handlers if h not in root_handlers]:
+            logging.root.removeHandler(handler)
+
+
 @pytest.fixture
-def btcflow(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+def btcflow(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator:
     """The command's entry point in process (fast): returns (exit status, stderr)."""
     from btcflow.cli import main
 
@@ -40,7 +61,8 @@ def btcflow(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str])
             main()
         return subprocess.CompletedProcess(args, done.value.code, "", capsys.readouterr().err)
 
-    return run
+    with logging_kept():
+        yield run
 
 
 @pytest.fixture
@@ -50,6 +72,24 @@ def env(tmp_path: Path) -> dict[str, str]:
         "BTCFLOW_DATA_DIR": str(tmp_path / "data"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m/mlflow.db",
     }
+
+
+def test_in_process_runs_leave_logging_as_they_found_it(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What the btcflow fixture relies on: after main() the session's logging is as before."""
+    from btcflow.cli import main
+
+    def state() -> tuple[list[int], int, list[logging.Handler]]:
+        levels = [logging.getLogger(n).level for n in ("mlflow", "kafka", "training")]
+        return levels, logging.root.level, list(logging.root.handlers)
+
+    before = state()
+    monkeypatch.setattr(sys, "argv", ["btcflow", "--verbose", "train", "--model", "price", "--batches", "1"])
+    with logging_kept(), pytest.raises(SystemExit):
+        main()
+    assert state() == before
+    assert "unknown model" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
