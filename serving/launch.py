@@ -11,9 +11,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import IO
 from urllib.parse import urlencode
 
 import httpx
@@ -53,29 +55,37 @@ def running_gateway(
     port = free_port(settings.host) if port == 0 else port or settings.port
     base = f"http://{settings.host}:{port}"
     cmd = [sys.executable, "-m", "btcflow.cli", "serve", "--host", settings.host, "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=environment(settings), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait_ready(base, proc, ready_timeout_s)
-        yield base
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
+    # stderr to an unnamed temporary file, not a pipe: nobody reads a pipe while the gateway runs, and a
+    # full one (64 KiB of warnings) would block the gateway mid-write; the file is read only on failure
+    with tempfile.TemporaryFile(prefix="btcflow-gateway-", suffix=".log") as log:
+        proc = subprocess.Popen(cmd, env=environment(settings), stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            _wait_ready(base, proc, ready_timeout_s, log)
+            yield base
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
 
 
-def _wait_ready(base: str, proc: subprocess.Popen, timeout_s: float) -> None:
+def _last_line(log: IO[bytes], tail_bytes: int = 8192) -> str:
+    """The last non-empty line the gateway wrote to stderr, for a one-line error."""
+    log.seek(0, os.SEEK_END)
+    log.seek(max(0, log.tell() - tail_bytes))
+    lines = log.read().decode(errors="replace").strip().splitlines()
+    return lines[-1].strip() if lines else "no output"
+
+
+def _wait_ready(base: str, proc: subprocess.Popen, timeout_s: float, log: IO[bytes]) -> None:
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
-            raise GatewayDidNotStart(f"gateway exited with {proc.returncode}: {err.splitlines()[-1:] or ''}")
+            raise GatewayDidNotStart(f"gateway exited with {proc.returncode}: {_last_line(log)}")
         try:
             answer = httpx.get(f"{base}/ready", timeout=2)
             if answer.status_code == 200:

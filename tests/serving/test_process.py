@@ -10,8 +10,9 @@ import threading
 import time
 
 import httpx
+import pytest
 
-from serving.launch import call_routes, running_gateway
+from serving.launch import GatewayDidNotStart, call_routes, running_gateway
 from serving.settings import ServingSettings
 from tests.serving.conftest import Store
 
@@ -123,3 +124,29 @@ def test_the_import_check_sees_a_real_pyspark_import(store: Store) -> None:
     result = run_gateway_script(store, "cheat")
     assert result["markers"]["pyspark"] != "None"
     assert "pyspark" in result["loaded"]
+
+
+def test_a_chatty_gateway_does_not_block_on_its_stderr(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PYTHONVERBOSE makes the child write megabytes to stderr while it starts: a pipe nobody reads
+    would fill and block it before /ready."""
+    monkeypatch.setenv("PYTHONVERBOSE", "1")
+    settings = ServingSettings(tracking_uri=store.uri, poll_interval_s=60)
+    with running_gateway(settings, port=0, ready_timeout_s=90) as base:
+        assert httpx.get(f"{base}/predict/close", params=PARAMS, timeout=10).status_code == 200
+
+
+def test_a_gateway_that_cannot_start_says_why_in_one_line(store: Store) -> None:
+    import socket
+
+    settings = ServingSettings(tracking_uri=store.uri, poll_interval_s=60)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with (
+            pytest.raises(GatewayDidNotStart) as failed,
+            running_gateway(settings, port=port, ready_timeout_s=90),
+        ):
+            pass
+    message = str(failed.value)
+    assert "exited with" in message and "address already in use" in message.lower() and "\n" not in message
