@@ -36,6 +36,8 @@ from serving.errors import (
     UnsupportedModel,
 )
 from serving.settings import ServingSettings
+from training.specs import PRODUCTION_ALIAS, PRODUCTION_STAGE
+from training.specs import SPECS as MODEL_SPECS
 
 log = logging.getLogger("serving")
 
@@ -51,10 +53,15 @@ class Spec:
     inputs: dict[str, str]  # request field -> model input column
 
 
+# The gateway's own API: the request field that carries each model input column. Names and input columns
+# come from training.specs (plain data, imports neither pyspark nor any other training module).
+REQUEST_FIELDS = {
+    column: column.lower() for column in ("Timestamp", "Open", "High", "Low", "Close", "Volume")
+}
+
 SPECS: dict[str, Spec] = {
-    "close": Spec("close", "btc-close", {"timestamp": "Timestamp"}),
-    "high_low": Spec("high_low", "btc-high-low", {"open": "Open", "volume": "Volume"}),
-    "trend": Spec("trend", "btc-trend", {"open": "Open", "close": "Close", "volume": "Volume"}),
+    kind: Spec(kind, spec.registered_name, {REQUEST_FIELDS[column]: column for column in spec.features})
+    for kind, spec in MODEL_SPECS.items()
 }
 
 
@@ -170,7 +177,7 @@ class Registry:
         try:
             with warnings.catch_warnings():  # stages are deprecated in MLflow 3, still the contract here
                 warnings.simplefilter("ignore")
-                staged = client.get_latest_versions(name, stages=["Production"])
+                staged = client.get_latest_versions(name, stages=[PRODUCTION_STAGE])
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
                 return None
@@ -179,9 +186,9 @@ class Registry:
             raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc}") from exc
         if staged:
             mv = max(staged, key=lambda v: int(v.version))
-            return Candidate(str(mv.version), mv.run_id or "", "Production")
+            return Candidate(str(mv.version), mv.run_id or "", PRODUCTION_STAGE)
         try:
-            mv = client.get_model_version_by_alias(name, "production")
+            mv = client.get_model_version_by_alias(name, PRODUCTION_ALIAS)
         except MlflowException as exc:
             # no such alias: INVALID_PARAMETER_VALUE from the SQL store, RESOURCE_DOES_NOT_EXIST from REST;
             # anything else is the store failing, never a reason to stop serving
@@ -190,7 +197,7 @@ class Registry:
             raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc.message}") from exc
         except Exception as exc:
             raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc}") from exc
-        return Candidate(str(mv.version), mv.run_id or "", "alias:production")
+        return Candidate(str(mv.version), mv.run_id or "", f"alias:{PRODUCTION_ALIAS}")
 
     def download(self, name: str, version: str, dst: Path) -> Path:
         """Copy the version's MLflow model directory (MLmodel, sparkml/...) into `dst`."""

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REGISTERED = {"close": "btc-close", "high_low": "btc-high-low", "trend": "btc-trend"}
-FEATURES = {"close": ["Timestamp"], "high_low": ["Open", "Volume"], "trend": ["Open", "Close", "Volume"]}
-KAGGLE = ["Timestamp", "Open", "High", "Low", "Close", "Volume"]
+from training.specs import COLUMNS, PRODUCTION_ALIAS, PRODUCTION_STAGE, SPECS
+
+REGISTERED = {kind: spec.registered_name for kind, spec in SPECS.items()}
+FEATURES = {kind: list(spec.features) for kind, spec in SPECS.items()}
+KAGGLE = list(COLUMNS)
 
 
 def spark_session():
@@ -46,7 +48,7 @@ def synthetic_minutes(rows: int, seed: int = 0) -> pd.DataFrame:
 
 def fit(spark, kind: str, frame: pd.DataFrame, **params):
     """Fit training's own pipeline of one model kind on a pandas frame of Kaggle columns."""
-    from training.specs import SPECS, build_pipeline
+    from training.specs import build_pipeline
 
     spec = SPECS[kind]
     frame = frame[KAGGLE].astype("float64").copy()
@@ -61,7 +63,6 @@ def log_and_register(model, kind: str, frame: pd.DataFrame, tracking_uri: str) -
     import mlflow
     import mlflow.spark
 
-    from training.specs import SPECS
     from training.train import pip_requirements, signature
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -88,8 +89,8 @@ def promote(tracking_uri: str, kind: str, version: str) -> None:
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     name = REGISTERED[kind]
-    client.transition_model_version_stage(name, version, "Production", archive_existing_versions=True)
-    client.set_registered_model_alias(name, "production", version)
+    client.transition_model_version_stage(name, version, PRODUCTION_STAGE, archive_existing_versions=True)
+    client.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
 
 
 def free_port() -> int:

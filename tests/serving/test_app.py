@@ -394,3 +394,16 @@ def test_a_slow_post_does_not_stall_other_requests(store: Store) -> None:
             held.release.set()
             post.join(30)
     assert answered_while_held and posted == [200]
+
+
+def test_request_fields_cover_exactly_each_models_inputs() -> None:
+    """Names and input columns come from training.specs; the request models must carry exactly those."""
+    from serving.app import ROWS
+    from serving.models import SPECS
+    from training.specs import SPECS as MODEL_SPECS
+
+    assert set(SPECS) == set(ROWS) == set(MODEL_SPECS)
+    for kind, spec in SPECS.items():
+        assert spec.name == MODEL_SPECS[kind].registered_name == NAMES[kind]
+        assert sorted(spec.inputs.values()) == sorted(MODEL_SPECS[kind].features)
+        assert set(ROWS[kind].model_fields) == set(spec.inputs)

@@ -81,6 +81,7 @@ forbid_jvm_imports()  # what `btcflow serve` does for the numpy engine
 if sys.argv[1:] == ["cheat"]:  # the control run: something really imports pyspark after all
     del sys.modules["pyspark"], sys.modules["py4j"]
     import pyspark
+    import training.errors
 from fastapi.testclient import TestClient
 from serving.app import create_app
 from serving.settings import ServingSettings
@@ -97,7 +98,8 @@ with TestClient(create_app(ServingSettings())) as client:
 markers = {m: repr(sys.modules.get(m, "absent")) for m in ("pyspark", "py4j")}
 loaded = [m for m, v in sys.modules.items() if m.split(".")[0] in ("pyspark", "py4j") and v is not None]
 mlflow = "mlflow" in sys.modules
-print(json.dumps({"answers": answers, "markers": markers, "loaded": loaded, "mlflow": mlflow}))
+ours = [m for m in sys.modules if m.split(".")[0] in ("pipeline", "training")]
+print(json.dumps({"answers": answers, "markers": markers, "loaded": loaded, "mlflow": mlflow, "ours": ours}))
 """
 
 
@@ -112,11 +114,13 @@ def run_gateway_script(store: Store, *args: str) -> dict:
     return result
 
 
-def test_the_numpy_engine_process_never_imports_pyspark_or_py4j(store: Store) -> None:
+def test_the_numpy_engine_process_imports_no_pyspark_py4j_pipeline_or_training_code(store: Store) -> None:
     result = run_gateway_script(store)
     # the "not importable" markers are still there: nothing removed them and imported the real package
     assert result["markers"] == {"pyspark": "None", "py4j": "None"}
     assert result["mlflow"] and result["loaded"] == []
+    # of training only its specs (plain data), of pipeline nothing
+    assert sorted(result["ours"]) == ["training", "training.specs"]
 
 
 def test_the_import_check_sees_a_real_pyspark_import(store: Store) -> None:
@@ -124,6 +128,7 @@ def test_the_import_check_sees_a_real_pyspark_import(store: Store) -> None:
     result = run_gateway_script(store, "cheat")
     assert result["markers"]["pyspark"] != "None"
     assert "pyspark" in result["loaded"]
+    assert "training.errors" in result["ours"]
 
 
 def test_a_chatty_gateway_does_not_block_on_its_stderr(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
