@@ -109,6 +109,7 @@ def _utc(ts: float) -> str:
 
 
 def _train() -> None:
+    from btcflow.cli.train import print_summary
     from training.registry import promote_best, stages
     from training.settings import TrainingSettings
     from training.specs import SPECS
@@ -120,13 +121,7 @@ def _train() -> None:
     _step("5. promote with the champion/challenger gate (window: the batches after the last trained)")
     for name in SPECS:
         console.print(promote_best(settings, name).message)
-    rows = summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results]))
-    table = Table("model", "version", "batches", "metric", "value", "baseline", "stage")
-    for row in rows:
-        table.add_row(
-            *(str(row[k]) for k in ("model", "version", "batches", "metric", "value", "baseline", "stage"))
-        )
-    console.print(table)
+    print_summary(summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results])))
     console.print(f"compare the runs in the MLflow UI: {settings.ui_command()}")
 
 

@@ -22,7 +22,8 @@ def _models(values: list[str]) -> list[str]:
     return list(SPECS) if "all" in values else values
 
 
-def _table(rows: list[dict]) -> None:
+def print_summary(rows: list[dict]) -> None:
+    """The versions table (model, version, batches, key metric, baseline, stage); the demo prints it too."""
     from rich.console import Console
     from rich.table import Table
 
@@ -88,7 +89,9 @@ def train(
     if watch_ and not results:
         typer.echo("no new batch closed: nothing trained")
     if results:
-        _table(summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results])))
+        print_summary(
+            summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results]))
+        )
     typer.echo(f"compare runs: {settings.ui_command()}")
 
 
