@@ -24,15 +24,16 @@ def _models(values: list[str]) -> list[str]:
 
 def print_summary(rows: list[dict]) -> None:
     """The versions table (model, version, batches, key metric, baseline, stage); the demo prints it too."""
-    from rich.console import Console
     from rich.table import Table
+
+    from btcflow.cli.output import console
 
     table = Table("model", "version", "batches", "metric", "value", "baseline", "stage")
     for row in rows:
         table.add_row(
             *(str(row[k]) for k in ("model", "version", "batches", "metric", "value", "baseline", "stage"))
         )
-    Console().print(table)
+    console().print(table)
 
 
 def train(

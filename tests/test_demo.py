@@ -1,0 +1,42 @@
+"""`btcflow demo` as a user runs it: from nothing to answered predictions, on its own broker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.broker import free_port_pair
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "BTCFLOW_DATA_DIR": str(tmp_path / "data"),
+        "BTCFLOW_BROKER_PORT": str(free_port_pair()),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}",
+        "BTCFLOW_SPARK_MASTER": "local[1]",
+        "COLUMNS": "200",  # rich wraps at 80 columns off a terminal
+    }
+    env.pop("BTCFLOW_KAFKA_BOOTSTRAP", None)
+    cli = [sys.executable, "-m", "btcflow.cli"]
+    try:
+        done = subprocess.run(
+            [*cli, "demo", "--rows", "6000"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    finally:
+        subprocess.run([*cli, "broker", "stop"], env=env, cwd=tmp_path, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = done.stdout
+    assert "sent 6,000 rows, rejected 0" in out
+    assert "consumed 6,000 rows into 4 batches" in out
+    for answer in ("predicted_close", "predicted_high", "predicted_low", "predicted_trend", "Production"):
+        assert answer in out
+    assert "gateway stopped" in out
