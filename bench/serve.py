@@ -30,6 +30,8 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from serving.launch import free_port  # noqa: E402 - the repo is on sys.path just above
+
 LUA = """
 local body_file = os.getenv("BENCH_BODY")
 if body_file and body_file ~= "" then
@@ -84,14 +86,6 @@ class Load:
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_store(root: Path) -> str:

@@ -55,7 +55,6 @@ class ConsumeSummary:
     batches: int
     rejected: int
     seconds: float
-    files: tuple[str, ...] = ()
 
     @property
     def rows_per_s(self) -> float:
@@ -290,7 +289,6 @@ class BatchingConsumer:
         self.rows_read = 0
         self.rows_written = 0
         self.rejected = 0
-        self.files: list[str] = []
 
     def _resync(
         self, consumer: KafkaConsumer, polled: dict[TopicPartition, list[Any]]
@@ -347,7 +345,6 @@ class BatchingConsumer:
         self.rejects.append(number, self.pending_rejects)
         entry = self.store.write_batch(table, self.batch.offsets)
         del table
-        self.files.append(entry.file)
         self.rows_written += entry.rows
         self.batch.clear()
         self.pending_rejects.clear()
@@ -427,9 +424,7 @@ class BatchingConsumer:
             consumer.close(autocommit=False, timeout_ms=5000)
         if self.batch.rows:
             log.info("stopped with %d rows in the open batch: the next run reads them again", self.batch.rows)
-        return ConsumeSummary(
-            self.rows_written, batches, self.rejected, self.clock() - started, tuple(self.files)
-        )
+        return ConsumeSummary(self.rows_written, batches, self.rejected, self.clock() - started)
 
 
 def consume(

@@ -66,7 +66,7 @@ def evaluate(spec: ModelSpec, test: pd.DataFrame) -> dict[str, float]:
 def baseline(spec: ModelSpec, train: pd.DataFrame | dict[str, float], test: pd.DataFrame) -> dict[str, float]:
     """`baseline_<metric>`: what doing nothing clever scores, from the inputs and training data only.
 
-    `train` needs only `last_close` (close) or `positive_rate` (trend): see `train_facts`.
+    `train` needs only `last_close` (close) or `positive_rate` (trend), as `train.train_one` passes them.
     """
     naive = test.copy()
     if spec.kind == "regression":

@@ -91,11 +91,3 @@ def promote(tracking_uri: str, kind: str, version: str) -> None:
     name = REGISTERED[kind]
     client.transition_model_version_stage(name, version, PRODUCTION_STAGE, archive_existing_versions=True)
     client.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
