@@ -1,65 +1,56 @@
-"""The batch store: batch files and their manifest, the source of truth for what was ingested.
+"""The batch store: batch files and their manifest (format: `btcflow.dataset`), written by any number of
+consumer-group members at once.
 
-Every write is atomic (written aside, flushed, renamed, directory synced): a reader, or a consumer
-restarted after SIGKILL, sees a batch whole or not at all. A batch counts once the manifest lists it;
-a file the manifest does not list is a leftover of a crash and is overwritten by the next write.
-One writer per folder: a store holds an exclusive lock on `DIR/.lock` for its life.
+A batch is committed in three steps. Its file is written under a unique hidden name, outside any lock
+(seconds for a big batch, so members write in parallel). Then, under a short exclusive lock on
+`DIR/.lock`, the store reads the manifest as it is now, checks that the batch continues every one of
+its partitions exactly where the manifest leaves it (so a member that lost its partitions to another
+can never write the same offsets twice), takes the next number, renames the file to `batch_<n>`,
+appends the batch's rejected messages and replaces the manifest (written aside, renamed). A crash at
+any moment leaves the manifest either with the batch or without it; an unlisted file is a leftover.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
-import hashlib
-import json
 import os
-from dataclasses import asdict, dataclass
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Literal
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.errors import BadInput
+from btcflow.dataset import (
+    COLUMNS,
+    MANIFEST,
+    BatchEntry,
+    ManifestError,
+    batch_file,
+    manifest_text,
+    read_manifest,
+    resume_offsets,
+    sha256_of,
+)
+from pipeline.errors import BadInput, PipelineError, StorageFull
 
-COLUMNS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")
 SCHEMA = pa.schema([(name, pa.float64()) for name in COLUMNS])
-MANIFEST = "manifest.json"
 LOCK = ".lock"
+REJECTED = "rejected.jsonl"
 CHUNK_ROWS = 256 * 1024  # rows per parquet row group and per CSV slice
 Format = Literal["parquet", "csv"]
 
 
-@dataclass(frozen=True)
-class BatchEntry:
-    """One closed batch as the manifest records it; `offsets` maps partition → [first, last] offset."""
-
-    batch: int
-    file: str
-    rows: int
-    min_ts: float
-    max_ts: float
-    offsets: dict[str, list[int]]
-    sha256: str
-    closed_at: str
-
-
-def read_manifest(directory: Path) -> list[BatchEntry]:
-    path = directory / MANIFEST
-    if not path.exists():
-        return []
-    return [BatchEntry(**entry) for entry in json.loads(path.read_text())["batches"]]
-
-
-def resume_offsets(entries: list[BatchEntry]) -> dict[int, int]:
-    """The next offset to read per partition: one past the last offset any closed batch holds."""
-    resume: dict[int, int] = {}
-    for entry in entries:
-        for partition, (_, last) in entry.offsets.items():
-            resume[int(partition)] = max(resume.get(int(partition), 0), last + 1)
-    return resume
+class StaleBatch(PipelineError):
+    """The batch does not continue the dataset: another member already wrote (some of) its offsets."""
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -70,19 +61,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _replace_durably(tmp: Path, final: Path) -> None:
-    with tmp.open("rb+") as f:
+def _fsync(path: Path) -> None:
+    with path.open("rb+") as f:
         os.fsync(f.fileno())
-    tmp.replace(final)
-    _fsync_dir(final.parent)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_sorted(column: pa.ChunkedArray) -> bool:
@@ -98,18 +79,6 @@ def _is_sorted(column: pa.ChunkedArray) -> bool:
     return True
 
 
-def _lock(directory: Path) -> IO[bytes]:
-    """The folder's writer lock, held by the open file returned (a file object: garbage collection
-    closes it, and so releases the lock, even for a store nobody closed)."""
-    f = (directory / LOCK).open("ab")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise BadInput(f"another consumer writes {directory}") from None
-    return f
-
-
 def _write_csv(table: pa.Table, path: Path) -> None:
     """pandas writes floats as the Kaggle file does (1325412060.0, so readers infer float64 again);
     slice by slice so the text of a 2.33M-row batch never sits in memory at once."""
@@ -119,80 +88,200 @@ def _write_csv(table: pa.Table, path: Path) -> None:
             part.to_csv(f, index=False, header=start == 0, lineterminator="\n")
 
 
-class BatchStore:
-    """Appends batches to a directory and keeps its manifest; one writer at a time.
+def _write_table(table: pa.Table, path: Path, fmt: Format) -> None:
+    if fmt == "parquet":
+        # no dictionary pages: prices are nearly unique floats, and building them copies the batch
+        pq.write_table(table, path, compression="zstd", row_group_size=CHUNK_ROWS, use_dictionary=False)
+    else:
+        _write_csv(table, path)
+    _fsync(path)
 
-    Two writers would both number their next batch n and overwrite each other's file and manifest,
-    so the store takes an exclusive, non-blocking flock on `DIR/.lock` and keeps it until `close()`
-    (or the end of a `with` block; the kernel drops it if the process dies, so a crash never leaves
-    a stale lock).
-    """
+
+def _claim(path: Path) -> IO[bytes]:
+    """Create `path` and hold an exclusive flock on it while it is written: a store that finds a hidden
+    temporary file it can lock knows its writer is dead and removes it."""
+    f = path.open("xb")
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    return f
+
+
+class BatchStore:
+    """Commits batches to a directory shared by any number of writers (processes of one consumer group)."""
 
     def __init__(self, directory: Path, fmt: Format = "parquet") -> None:
         self.directory = directory
         self.fmt = fmt
-        directory.mkdir(parents=True, exist_ok=True)
-        self._lock: IO[bytes] | None = _lock(directory)
-        self.entries = read_manifest(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"cannot create the batch folder {directory}: {exc.strerror}") from None
+        self._remove_dead_leftovers()
 
-    def close(self) -> None:
-        """Let another writer in (idempotent)."""
-        if self._lock is not None:
-            self._lock.close()  # closing the descriptor releases the flock
-            self._lock = None
-
+    # kept so that `with BatchStore(...)` reads naturally; a store holds nothing open between commits
     def __enter__(self) -> BatchStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        pass
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def entries(self) -> list[BatchEntry]:
+        """The manifest as it is on disk now (other members append to it)."""
+        try:
+            return read_manifest(self.directory)
+        except ManifestError as exc:
+            raise BadInput(str(exc)) from None
 
     @property
     def next_batch(self) -> int:
         return len(self.entries) + 1
 
-    def resume_offsets(self) -> dict[int, int]:
-        return resume_offsets(self.entries)
+    def resume_offsets(self, topic_id: str | None = None) -> dict[int, int]:
+        return resume_offsets(self.entries, topic_id)
 
-    def write_batch(self, table: pa.Table, offsets: dict[int, tuple[int, int]]) -> BatchEntry:
-        """Write one batch (sorted by Timestamp) and record it; returns its manifest entry.
-
-        `offsets` are the first and last Kafka offsets per partition that the batch's rows came from.
-        Once this returns, the rows are durable and listed: only then may the caller commit offsets.
-        """
-        if self._lock is None:
-            raise ValueError("the store is closed")
+    def write_batch(
+        self,
+        table: pa.Table,
+        offsets: dict[int, tuple[int, int]],
+        rejected: Sequence[dict[str, object]] = (),
+        topic_id: str | None = None,
+    ) -> BatchEntry:
+        """Commit one batch (sorted by Timestamp here) with the messages among its offsets that were
+        rejected; returns its manifest entry. Once this returns, the rows are durable and listed: only
+        then may the caller commit offsets. StaleBatch when another writer got to these offsets first;
+        StorageFull (nothing left behind, the dataset as it was) when the disk is full."""
         if table.num_rows == 0:
             raise ValueError("a batch holds at least one row")
         table = table.select(list(COLUMNS)).cast(SCHEMA)
         if not _is_sorted(table.column("Timestamp")):  # one partition in file order already is
             table = table.take(pc.sort_indices(table, [("Timestamp", "ascending")]))
-        number = self.next_batch
-        final = self.directory / f"batch_{number}.{self.fmt}"
-        tmp = final.with_name(final.name + ".tmp")
-        if self.fmt == "parquet":
-            # no dictionary pages: prices are nearly unique floats, and building them copies the batch
-            pq.write_table(table, tmp, compression="zstd", row_group_size=CHUNK_ROWS, use_dictionary=False)
-        else:
-            _write_csv(table, tmp)
-        _replace_durably(tmp, final)
-        ts = table.column("Timestamp")
-        entry = BatchEntry(
-            batch=number,
-            file=final.name,
-            rows=table.num_rows,
-            min_ts=pc.min(ts).as_py(),
-            max_ts=pc.max(ts).as_py(),
-            offsets={str(p): [first, last] for p, (first, last) in sorted(offsets.items())},
-            sha256=_sha256(final),
-            closed_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        )
-        self._save_manifest([*self.entries, entry])
-        self.entries.append(entry)
-        return entry
+        tmp = self.directory / f".incoming-{uuid.uuid4().hex}.{self.fmt}.tmp"
+        final: Path | None = None
+        try:
+            with _claim(tmp):
+                _write_table(table, tmp, self.fmt)
+                digest = sha256_of(tmp)
+                with self._locked():
+                    entries = self.entries
+                    self._check_continues(entries, offsets, topic_id)
+                    number = len(entries) + 1
+                    final = self.directory / batch_file(number, self.fmt)
+                    tmp.replace(final)
+                    _fsync_dir(self.directory)
+                    self._append_rejected(number, rejected)
+                    ts = table.column("Timestamp")
+                    entry = BatchEntry(
+                        batch=number,
+                        file=final.name,
+                        rows=table.num_rows,
+                        min_ts=pc.min(ts).as_py(),
+                        max_ts=pc.max(ts).as_py(),
+                        offsets={str(p): [first, last] for p, (first, last) in sorted(offsets.items())},
+                        sha256=digest,
+                        closed_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                        topic_id=topic_id,
+                    )
+                    self._replace_manifest([*entries, entry])
+                    final = None  # listed: no longer ours to clean up
+            return entry
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            free = shutil.disk_usage(self.directory).free
+            raise StorageFull(
+                f"no space left in {self.directory.resolve()} ({free / 2**20:,.1f} MiB free): batch not "
+                "written, the dataset is as it was; free some space and rerun to read its rows again"
+            ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+            if final is not None:
+                final.unlink(missing_ok=True)
 
-    def _save_manifest(self, entries: list[BatchEntry]) -> None:
+    @staticmethod
+    def _check_continues(
+        entries: list[BatchEntry], offsets: dict[int, tuple[int, int]], topic_id: str | None
+    ) -> None:
+        """Every partition of the batch must start at or after where the dataset leaves it: the
+        member that wrote there first wins, a late one (its partitions moved on) drops its batch."""
+        resume = resume_offsets(entries, topic_id)
+        for partition, (first, _) in offsets.items():
+            if partition in resume and first < resume[partition]:
+                raise StaleBatch(
+                    f"partition {partition}: offsets from {first} are in the dataset already "
+                    f"(it continues at {resume[partition]})"
+                )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The commit lock: held for a rename and two small writes, released by the kernel if the
+        holder dies (a crash never leaves a stale lock)."""
+        with (self.directory / LOCK).open("ab") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            yield
+
+    def _replace_manifest(self, entries: list[BatchEntry]) -> None:
         final = self.directory / MANIFEST
         tmp = final.with_name(final.name + ".tmp")
-        tmp.write_text(json.dumps({"batches": [asdict(e) for e in entries]}, indent=2) + "\n")
-        _replace_durably(tmp, final)
+        try:
+            tmp.write_text(manifest_text(entries))
+            _fsync(tmp)
+            tmp.replace(final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(self.directory)
+
+    def _append_rejected(self, number: int, rejected: Sequence[dict[str, object]]) -> None:
+        """`DIR/rejected.jsonl`: one line per message that was not a row, tagged with its batch.
+
+        Lines of a batch the manifest never listed (its writer died before the manifest) sit at the
+        end of the file, since every commit runs this under the lock: they are cut off first.
+        """
+        path = self.directory / REJECTED
+        _trim_unlisted(path, number - 1)
+        if not rejected:
+            return
+        with path.open("ab") as f:
+            f.write(b"".join(orjson.dumps({"batch": number, **r}) + b"\n" for r in rejected))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _remove_dead_leftovers(self) -> None:
+        """Hidden temporary files whose writer died (nobody holds their lock)."""
+        for tmp in self.directory.glob(".incoming-*.tmp"):
+            with contextlib.suppress(OSError), tmp.open("rb") as f:
+                try:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer's
+                tmp.unlink(missing_ok=True)
+
+
+def _trim_unlisted(path: Path, listed: int) -> None:
+    """Cut the lines of batches above `listed` (and a line torn by a crash) off the end of `path`."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return
+    with path.open("rb") as f:
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+    if tail.endswith(b"\n") and _batch_of(tail.splitlines()[-1]) <= listed:
+        return  # the usual case: nothing to cut, and the file was not read whole
+    lines = path.read_bytes().splitlines(keepends=True)
+    keep = [line for line in lines if line.endswith(b"\n") and _batch_of(line) <= listed]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(b"".join(keep))
+    _fsync(tmp)
+    tmp.replace(path)
+
+
+def _batch_of(line: bytes) -> int:
+    try:
+        return int(orjson.loads(line)["batch"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return 1 << 62  # torn or foreign: never listed

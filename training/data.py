@@ -1,7 +1,8 @@
 """What training reads: the manifest, the batch selection, and the batch files through Spark.
 
-Training reads `manifest.json` itself (it never imports `pipeline`): the manifest is the truth of
-which batches are closed, so a file it does not list is never read.
+Training reads `manifest.json` through `btcflow.dataset`, the format the consumer writes with (it never
+imports `pipeline`): the manifest is the truth of which batches are closed, so a file it does not list
+is never read.
 """
 
 from __future__ import annotations
@@ -9,50 +10,35 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from btcflow import dataset
+from btcflow.dataset import COLUMNS, BatchEntry
 from training.errors import BadInput
-from training.specs import COLUMNS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger("training")
 Scheme = Literal["segment", "cumulative"]
-MANIFEST = "manifest.json"
 LABEL_HORIZON = 60.0  # seconds: the trend label is read off the next minute's Close
 LOG4J = Path(__file__).with_name("log4j2.properties").resolve().as_uri()
 
 
-@dataclass(frozen=True)
-class Batch:
-    """One closed batch as the manifest records it; `offsets` maps partition → [first, last]."""
-
-    batch: int
-    file: str
-    rows: int
-    min_ts: float
-    max_ts: float
-    offsets: dict[str, list[int]]
-    sha256: str
-    closed_at: str = ""
+Batch = BatchEntry  # one closed batch as the manifest records it
 
 
 def read_manifest(directory: Path, *, required: bool = True) -> list[Batch]:
     """The closed batches, in order. No manifest is bad input unless `required` is False (watching)."""
-    path = directory / MANIFEST
-    if not path.exists():
-        if not required:
-            return []
-        raise BadInput(f"no manifest at {path}: run `btcflow consume` first (or set BTCFLOW_DATA_DIR)")
     try:
-        entries = json.loads(path.read_text())["batches"]
-        fields = Batch.__dataclass_fields__
-        return [Batch(**{k: v for k, v in entry.items() if k in fields}) for entry in entries]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadInput(f"unreadable manifest {path}: {exc}") from None
+        entries = dataset.read_manifest(directory)
+    except dataset.ManifestError as exc:
+        raise BadInput(str(exc)) from None
+    if not entries and required and not (directory / dataset.MANIFEST).exists():
+        path = directory / dataset.MANIFEST
+        raise BadInput(f"no manifest at {path}: run `btcflow consume` first (or set BTCFLOW_DATA_DIR)")
+    return entries
 
 
 def parse_spec(spec: str, available: list[int]) -> list[int]:

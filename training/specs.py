@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from pyspark.ml import Pipeline
 
 Kind = Literal["regression", "high_low", "classification"]
-COLUMNS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
 EXPERIMENT = "btcflow"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import sys
+import threading
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipeline.consumer import consume as run_consume
 from pipeline.settings import PipelineSettings
 
 
@@ -33,8 +33,12 @@ def consume(
         ),
     ] = None,
     topic: Annotated[str | None, typer.Option(help="Topic to read (default: $BTCFLOW_TOPIC).")] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(help="Consumer group (default: $BTCFLOW_CONSUMER_GROUP, btcflow-batcher)."),
+    ] = None,
     max_batches: Annotated[
-        int | None, typer.Option(min=1, help="Stop after writing this many batches.")
+        int | None, typer.Option(min=1, help="Stop after writing this many batches (per member).")
     ] = None,
     fmt: Annotated[FileFormat, typer.Option("--format", help="Batch file format.")] = FileFormat.parquet,
     idle_timeout: Annotated[
@@ -42,6 +46,27 @@ def consume(
         typer.Option(
             min=0.001, help="When no message came for this many seconds, write the open batch and exit."
         ),
+    ] = None,
+    instances: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Start this many members of the group, all writing --out, and wait for them. Members "
+            "started by hand (the same --out and group) share the work the same way.",
+        ),
+    ] = 1,
+    from_beginning: Annotated[
+        bool,
+        typer.Option(
+            "--from-beginning",
+            help="Where the dataset's resume offset no longer fits the topic (offsets deleted by "
+            "retention, or the topic deleted and recreated), read that partition from its beginning "
+            "instead of stopping with exit 2.",
+        ),
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="Progress line on stderr (default: on a terminal)."),
     ] = None,
 ) -> None:
     """Read the topic as a consumer-group member and write batch files, exactly once across restarts.
@@ -52,17 +77,56 @@ def consume(
     settings = PipelineSettings()
     if topic:
         settings = settings.model_copy(update={"topic": topic})
+    if group:
+        settings = settings.model_copy(update={"consumer_group": group})
+    out_dir = out or settings.batch_dir
+    show = sys.stderr.isatty() if progress is None else progress
+    if instances > 1:
+        from pipeline.batching import BatchPolicy
+
+        BatchPolicy(batch_rows, window)  # a bad policy is one line now, not N members' lines later
+        member = ["--out", str(out_dir), "--topic", settings.topic, "--group", settings.consumer_group]
+        member += ["--format", fmt.value, "--no-progress"]
+        for flag, value in (
+            ("--batch-rows", batch_rows),
+            ("--window", window),
+            ("--max-batches", max_batches),
+            ("--idle-timeout", idle_timeout),
+        ):
+            if value is not None:
+                member += [flag, str(value)]
+        if from_beginning:
+            member.append("--from-beginning")
+        _run_instances(instances, member)
+        return
+    from pipeline.consumer import consume as run_consume
+
     summary = run_consume(
         settings,
-        out or settings.batch_dir,
+        out_dir,
         batch_rows=batch_rows,
         window_s=window,
         max_batches=max_batches,
         idle_timeout_s=idle_timeout,
         fmt=fmt.value,
-        progress=sys.stderr.isatty(),
+        progress=show,
+        from_beginning=from_beginning,
     )
     typer.echo(summary.line())
+
+
+def _run_instances(count: int, member_args: list[str]) -> None:
+    """N members with the same options, one summary line each; the exit status is the worst of theirs."""
+    from pipeline.group import run_members
+    from pipeline.running import stop_on_signals
+
+    with stop_on_signals(threading.Event()) as stop:
+        results = run_members(count, member_args, stop)
+    for member, (status, line) in enumerate(results, start=1):
+        typer.echo(f"member {member}: {line or f'exit {status}'}")
+    worst = max(status for status, _ in results)
+    if worst:
+        raise typer.Exit(worst)
 
 
 def register(app: typer.Typer) -> None:

@@ -20,14 +20,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import FencedInstanceIdError, KafkaConnectionError
+from kafka.errors import KafkaConnectionError
 from kafka.structs import OffsetAndMetadata
 
 import pipeline.consumer as consumer_module
 from pipeline.batching import BatchPolicy
 from pipeline.broker import ensure_topic
-from pipeline.consumer import BatchingConsumer, RejectLog, consume, parse_values
+from pipeline.consumer import BatchingConsumer, consume
 from pipeline.errors import BrokerUnavailable
+from pipeline.messages import parse_values
 from pipeline.settings import PipelineSettings
 from pipeline.store import COLUMNS, BatchStore, read_manifest
 
@@ -283,16 +284,6 @@ def test_bad_messages_are_counted_and_kept_with_their_reason(settings: PipelineS
     assert kept[2]["value"] is None and "tombstone" in kept[2]["reason"]
 
 
-def test_rejected_lines_of_a_batch_the_manifest_lacks_are_dropped_at_start(tmp_path: Path) -> None:
-    lines = [{"batch": b, "partition": 0, "offset": b, "reason": "x"} for b in (1, 2, 3)]
-    (tmp_path / "rejected.jsonl").write_text(
-        "".join(json.dumps(x) + "\n" for x in lines) + '{"batch": 3, "par'
-    )
-    RejectLog(tmp_path, batches=2)  # batch 3 never reached the manifest: its messages will be read again
-    kept = [json.loads(x)["batch"] for x in (tmp_path / "rejected.jsonl").read_text().splitlines()]
-    assert kept == [1, 2]
-
-
 def _cli(env: dict[str, str], *args: str) -> list[str]:
     return [sys.executable, "-m", "btcflow.cli", "consume", *args]
 
@@ -306,7 +297,7 @@ def start_live(env: dict[str, str], args: list[str]) -> subprocess.Popen[str]:
     )
     assert proc.stderr is not None
     for line in proc.stderr:
-        if "pipeline: assigned [TopicPartition" in line:
+        if "pipeline: assigned [" in line:
             break
     return proc
 
@@ -404,19 +395,12 @@ def test_kaggle_sample_through_the_real_producer_lands_once_with_equal_values(
     assert_exactly(expected, got)
 
 
-@pytest.mark.parametrize(
-    ("error", "said"),
-    [
-        (KafkaConnectionError("connection reset"), "failed while consuming: KafkaConnectionError"),
-        (FencedInstanceIdError(), "took this one's place"),
-    ],
-)
 def test_a_kafka_error_inside_the_loop_is_broker_unavailable(
-    settings: PipelineSettings, monkeypatch: pytest.MonkeyPatch, error: Exception, said: str
+    settings: PipelineSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """kafka-python raises from poll (or offset lookups) once its own retries give up: exit 3, one line."""
     send(settings.bootstrap, settings.topic, make_rows(10))
-    real_open = consumer_module._open_consumer
+    real_open = consumer_module.open_consumer
 
     def failing_open(*args: object, **kwargs: object) -> KafkaConsumer:
         consumer = real_open(*args, **kwargs)  # type: ignore[arg-type]
@@ -425,14 +409,14 @@ def test_a_kafka_error_inside_the_loop_is_broker_unavailable(
         def poll(*a: object, **kw: object) -> object:
             calls.append(1)
             if len(calls) > 1:  # after the join and the first records: mid-run
-                raise error
+                raise KafkaConnectionError("connection reset")
             return real_poll(*a, **kw)
 
         consumer.poll = poll  # type: ignore[method-assign]
         return consumer
 
-    monkeypatch.setattr(consumer_module, "_open_consumer", failing_open)
-    with pytest.raises(BrokerUnavailable, match=said) as caught:
+    monkeypatch.setattr(consumer_module, "open_consumer", failing_open)
+    with pytest.raises(BrokerUnavailable, match="failed while consuming: KafkaConnectionError") as caught:
         consume(settings, settings.batch_dir, batch_rows=100, idle_timeout_s=60, progress=False)
     assert caught.value.exit_code == 3 and "\n" not in str(caught.value)
 
@@ -455,7 +439,7 @@ def test_messages_dropped_by_a_rebalance_are_not_counted_twice(settings: Pipelin
             batcher = BatchingConsumer(settings, store, BatchPolicy(batch_rows=1000), settings.topic)
             batcher._take(polled)
             assert (batcher.rows_read, batcher.rejected) == (50, 2)
-            assert batcher._resync(reader, {}) == {}  # a rebalance: the open batch is someone else's now
+            batcher._resync(reader)  # a rebalance: the open batch is someone else's now
             assert (batcher.rows_read, batcher.rejected, batcher.batch.rows) == (0, 0, 0)
             assert reader.position(tp) == 0  # sought back: they will be read, and counted, again
     finally:

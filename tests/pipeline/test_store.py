@@ -1,65 +1,165 @@
-"""The batch store's one-writer rule: a second store (or consumer) on the same folder is refused."""
+"""The batch store shared by many writers: numbers claimed in commit order without gaps, a batch that
+does not continue the dataset refused, crash leftovers cleaned, a full disk an expected failure."""
 
 from __future__ import annotations
 
+import json
+import multiprocessing as mp
+import os
+import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from pipeline.consumer import consume
-from pipeline.errors import BadInput
-from pipeline.settings import PipelineSettings
-from pipeline.store import COLUMNS, BatchStore, read_manifest
+from btcflow.dataset import BatchEntry, ManifestError, manifest_text, resume_offsets
+from pipeline.errors import StorageFull
+from pipeline.store import COLUMNS, BatchStore, StaleBatch, read_manifest
+
+REPO = Path(__file__).resolve().parents[2]
 
 
-def one_row() -> pa.Table:
-    return pa.table({name: [1325412060.0 if name == "Timestamp" else 1.0] for name in COLUMNS})
+def rows(first: int, n: int) -> pa.Table:
+    ts = 1325412060.0 + 60.0 * np.arange(first, first + n)
+    return pa.table({name: ts if name == "Timestamp" else np.full(n, 1.5) for name in COLUMNS})
 
 
-def test_a_second_writer_is_refused_until_the_first_closes(tmp_path: Path) -> None:
-    first = BatchStore(tmp_path)
-    with pytest.raises(BadInput, match=f"another consumer writes {tmp_path}"):
-        BatchStore(tmp_path)
-    first.write_batch(one_row(), {0: (0, 0)})
-    first.close()
-    first.close()  # idempotent
-    with pytest.raises(ValueError):
-        first.write_batch(one_row(), {0: (1, 1)})  # a closed store no longer writes
-    with BatchStore(tmp_path) as second:
-        assert second.write_batch(one_row(), {0: (1, 1)}).batch == 2
-    with BatchStore(tmp_path):  # the with block released it
-        pass
-    assert [e.batch for e in read_manifest(tmp_path)] == [1, 2]
+def test_batches_are_numbered_in_commit_order_and_a_late_one_is_refused(tmp_path: Path) -> None:
+    first, second = BatchStore(tmp_path), BatchStore(tmp_path)  # two members, no lock held between commits
+    assert first.write_batch(rows(0, 10), {0: (0, 9)}).batch == 1
+    assert second.write_batch(rows(10, 10), {1: (0, 9)}).batch == 2
+    assert first.write_batch(rows(20, 10), {0: (10, 19)}).batch == 3
+    # a member that lost partition 0 and still holds offsets 10-25 of it: another member wrote 10-19
+    with pytest.raises(StaleBatch, match="partition 0: offsets from 10"):
+        second.write_batch(rows(20, 16), {0: (10, 25)})
+    assert [e.batch for e in read_manifest(tmp_path)] == [1, 2, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".lock",
+        "batch_1.parquet",
+        "batch_2.parquet",
+        "batch_3.parquet",
+        "manifest.json",
+    ]
+    assert resume_offsets(read_manifest(tmp_path)) == {0: 20, 1: 10}
 
 
-def test_another_process_holding_the_folder_is_refused_and_its_death_frees_it(tmp_path: Path) -> None:
+def _writer(directory: str, partition: int, batches: int, size: int) -> None:
+    store = BatchStore(Path(directory))
+    for k in range(batches):
+        first = k * size
+        store.write_batch(rows(partition * 100_000 + first, size), {partition: (first, first + size - 1)})
+
+
+def test_concurrent_writers_never_collide(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), p, 8, 500 + p)) for p in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=300)
+        assert proc.exitcode == 0
+    entries = read_manifest(tmp_path)
+    assert [e.batch for e in entries] == list(range(1, 33))  # 1..32, no gap, no number twice
+    per_partition: dict[str, list[list[int]]] = {}
+    for entry in entries:
+        table = pq.read_table(tmp_path / entry.file)
+        assert table.num_rows == entry.rows
+        ((partition, span),) = entry.offsets.items()
+        assert entry.rows == span[1] - span[0] + 1
+        assert table.column("Timestamp")[0].as_py() == entry.min_ts
+        per_partition.setdefault(partition, []).append(span)
+    for p, spans in per_partition.items():  # each writer's batches in its own order, contiguous
+        size = 500 + int(p)
+        assert spans == [[k * size, k * size + size - 1] for k in range(8)]
+
+
+def test_a_dead_writers_leftover_goes_and_a_live_writers_stays(tmp_path: Path) -> None:
+    BatchStore(tmp_path)
+    dead = tmp_path / f".incoming-{uuid.uuid4().hex}.parquet.tmp"
+    dead.write_bytes(b"half a batch")
+    live = tmp_path / f".incoming-{uuid.uuid4().hex}.parquet.tmp"
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys; from pathlib import Path; from pipeline.store import BatchStore; "
-            "s = BatchStore(Path(sys.argv[1])); print('held', flush=True); sys.stdin.read()",
-            str(tmp_path),
+            "import fcntl, sys; f = open(sys.argv[1], 'xb'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); sys.stdin.read()",
+            str(live),
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        with pytest.raises(BadInput):
-            BatchStore(tmp_path)
+        BatchStore(tmp_path)
+        assert not dead.exists() and live.exists()
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    BatchStore(tmp_path).close()  # the kernel dropped the dead process's lock
+    BatchStore(tmp_path)
+    assert not live.exists()  # the kernel dropped the dead holder's lock
 
 
-def test_consume_refuses_a_folder_another_consumer_writes(tmp_path: Path) -> None:
-    settings = PipelineSettings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path)
-    with BatchStore(tmp_path / "out"), pytest.raises(BadInput, match="another consumer"):
-        consume(settings, tmp_path / "out", batch_rows=10, idle_timeout_s=1, progress=False)
+def test_rejected_lines_of_a_batch_the_manifest_never_listed_are_cut_at_the_next_commit(
+    tmp_path: Path,
+) -> None:
+    store = BatchStore(tmp_path)
+    store.write_batch(rows(0, 5), {0: (0, 6)}, [{"partition": 0, "offset": 5, "reason": "x"}])
+    with (tmp_path / "rejected.jsonl").open("a") as f:  # a writer died after its rejects, before its manifest
+        f.write(json.dumps({"batch": 2, "partition": 1, "offset": 0, "reason": "lost"}) + "\n")
+        f.write('{"batch": 2, "par')
+    store.write_batch(rows(5, 5), {0: (7, 11)}, [{"partition": 0, "offset": 9, "reason": "y"}])
+    kept = [json.loads(x) for x in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["batch"], r["offset"], r["reason"]) for r in kept] == [(1, 5, "x"), (2, 9, "y")]
+
+
+def test_one_rule_for_manifest_keys(tmp_path: Path) -> None:
+    entry = BatchEntry(1, "batch_1.parquet", 3, 1.0, 3.0, {"0": [0, 2]}, "ab", "t", topic_id="id-a")
+    record = json.loads(manifest_text([entry]))
+    record["batches"][0]["written_by"] = "a newer version"  # unknown keys are ignored
+    (tmp_path / "manifest.json").write_text(json.dumps(record))
+    assert read_manifest(tmp_path) == [entry]
+    del record["batches"][0]["sha256"]  # a missing contract key is not
+    (tmp_path / "manifest.json").write_text(json.dumps(record))
+    with pytest.raises(ManifestError, match="sha256"):
+        read_manifest(tmp_path)
+    # batches from a topic of the same name that was deleted since do not say where the new one resumes
+    old = BatchEntry(1, "batch_1.parquet", 3, 1.0, 3.0, {"0": [0, 99]}, "ab", topic_id="id-a")
+    new = BatchEntry(2, "batch_2.parquet", 3, 4.0, 6.0, {"0": [0, 9]}, "cd", topic_id="id-b")
+    assert resume_offsets([old]) == {0: 100}
+    assert resume_offsets([old, new], "id-b") == {0: 10}
+    assert resume_offsets([old], "id-b") == {}
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Path:
+    """A 2 MiB tmpfs, where this machine lets the test mount one."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if done.returncode != 0 or not shutil.disk_usage(mount).total <= 4 << 20:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip() or 'not permitted'}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_stops_with_one_line_and_leaves_the_dataset_intact(small_disk: Path) -> None:
+    store = BatchStore(small_disk, "csv")
+    store.write_batch(rows(0, 1000), {0: (0, 999)})
+    before = (small_disk / "manifest.json").read_bytes()
+    with pytest.raises(StorageFull) as caught:
+        store.write_batch(rows(1000, 200_000), {0: (1000, 200_999)})  # ~14 MB of CSV
+    message = str(caught.value)
+    assert caught.value.exit_code == 3 and "\n" not in message
+    assert str(small_disk) in message and "MiB free" in message
+    assert (small_disk / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in small_disk.iterdir()) == [".lock", "batch_1.csv", "manifest.json"]
+    assert os.path.getsize(small_disk / "batch_1.csv") > 0

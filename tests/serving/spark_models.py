@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.specs import COLUMNS, PRODUCTION_ALIAS, PRODUCTION_STAGE, SPECS
+from btcflow.dataset import COLUMNS
+from training.specs import PRODUCTION_ALIAS, PRODUCTION_STAGE, SPECS
 
 REGISTERED = {kind: spec.registered_name for kind, spec in SPECS.items()}
 FEATURES = {kind: list(spec.features) for kind, spec in SPECS.items()}
