@@ -119,7 +119,11 @@ def start_offsets(
         first, last, at = begin[tp], end[tp], resume.get(tp.partition)
         problem = None
         if recreated and not from_beginning and tp.partition in old:
-            at, problem = old[tp.partition], "the topic was deleted and recreated since"
+            held = f"offsets {first}-{last - 1}" if last > first else "no message"
+            at, problem = (
+                old[tp.partition],
+                f"the topic was deleted and recreated since (it holds {held} now)",
+            )
         elif at is not None and at < first:
             problem = f"the topic now begins at offset {first} (retention deleted offsets {at}-{first - 1})"
         elif at is not None and at > last:  # the same topic lost messages: no way to continue this dataset

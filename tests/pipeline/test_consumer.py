@@ -3,13 +3,11 @@ bad messages, restarts (clean, SIGKILL, group offsets that disagree with the man
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaConnectionError
@@ -31,83 +28,19 @@ from pipeline.errors import BrokerUnavailable
 from pipeline.messages import parse_values
 from pipeline.settings import PipelineSettings
 from pipeline.store import COLUMNS, BatchStore, read_manifest
+from tests.pipeline.ingest import (
+    assert_contiguous,
+    assert_exactly,
+    consume_cli,
+    make_rows,
+    read_batches,
+    send,
+    start_live,
+    wait_for_batches,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 IDLE_S = 8.0  # only ends runs whose rows are all on the topic already; short ones misfire on a busy machine
-
-
-def make_rows(n: int, start: int = 0) -> np.ndarray:
-    """Kaggle-like rows with distinct timestamps and prices that are not round in binary."""
-    rng = np.random.default_rng(start)
-    ts = 1325412060.0 + 60.0 * np.arange(start, start + n)
-    open_ = np.round(4.0 + rng.random(n) * 1000, 2)
-    close = np.round(open_ * (1 + rng.normal(0, 0.01, n)), 2)
-    high = np.maximum(open_, close) + 0.01
-    low = np.minimum(open_, close) - 0.01
-    volume = np.round(rng.exponential(3.0, n), 8)
-    return np.column_stack([ts, open_, high, low, close, volume])
-
-
-def send(
-    bootstrap: str,
-    topic: str,
-    rows: np.ndarray,
-    partitions: int = 1,
-    extra: list[bytes | None] = (),  # type: ignore[assignment]
-) -> None:
-    """Put rows on the topic in the contract's message format (key: Timestamp text, value: JSON),
-    spread round-robin over `partitions`; `extra` values go to partition 0 after the rows."""
-    ensure_topic(bootstrap, topic, partitions)  # the broker creates no topic by itself
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=512 * 1024, acks="all")
-    try:
-        for i, row in enumerate(rows.tolist()):
-            value = orjson.dumps(dict(zip(COLUMNS, row, strict=True)))
-            producer.send(topic, key=repr(row[0]).encode(), value=value, partition=i % partitions)
-        for value in extra:
-            producer.send(topic, key=b"bad", value=value, partition=0)
-        producer.flush(timeout=120)
-    finally:
-        producer.close(timeout=10)
-
-
-def read_batches(out: Path) -> tuple[list, np.ndarray]:
-    """The manifest entries and all rows of all batch files, checking what must hold for any batch."""
-    entries = read_manifest(out)
-    frames = []
-    for number, entry in enumerate(entries, start=1):
-        path = out / entry.file
-        assert entry.batch == number and entry.file.startswith(f"batch_{number}.")
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256
-        frame = (
-            pq.read_table(path).to_pandas()
-            if path.suffix == ".parquet"
-            else pd.read_csv(path, float_precision="round_trip")
-        )
-        assert list(frame.columns) == list(COLUMNS)
-        assert all(str(t) == "float64" for t in frame.dtypes)
-        assert len(frame) == entry.rows
-        assert frame["Timestamp"].is_monotonic_increasing
-        assert (frame["Timestamp"].min(), frame["Timestamp"].max()) == (entry.min_ts, entry.max_ts)
-        frames.append(frame.to_numpy())
-    assert not list(out.glob("*.tmp"))
-    return entries, np.concatenate(frames) if frames else np.empty((0, len(COLUMNS)))
-
-
-def assert_contiguous(entries: list) -> None:
-    """Per partition, each batch starts right after the previous one ended, from offset 0."""
-    nxt: dict[str, int] = {}
-    for entry in entries:
-        for partition, (first, last) in entry.offsets.items():
-            assert first == nxt.get(partition, 0), (entry.batch, partition, first)
-            assert last >= first
-            nxt[partition] = last + 1
-
-
-def assert_exactly(rows: np.ndarray, got: np.ndarray) -> None:
-    expected = rows[np.argsort(rows[:, 0], kind="stable")]
-    got = got[np.argsort(got[:, 0], kind="stable")]
-    assert len(np.unique(got[:, 0])) == len(got), "a row landed twice"
-    np.testing.assert_array_equal(got, expected)
 
 
 def test_parse_values_keeps_good_rows_and_says_why_the_others_are_not() -> None:
@@ -183,16 +116,6 @@ def test_a_fresh_folder_gets_every_row_whatever_the_group_committed(settings: Pi
     entries, got = read_batches(settings.batch_dir)
     assert_contiguous(entries)  # from offset 0, not from the group's 2000
     assert_exactly(rows, got)
-
-
-def wait_for_batches(out: Path, count: int, timeout_s: float = 90) -> int:
-    """Poll the manifest until it lists `count` batches (or the time is up); returns how many it lists."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        listed = len(read_manifest(out)) if (out / "manifest.json").exists() else 0
-        if listed >= count or time.monotonic() > deadline:
-            return listed
-        time.sleep(0.1)
 
 
 def test_window_policy_closes_a_batch_per_burst(settings: PipelineSettings) -> None:
@@ -284,24 +207,6 @@ def test_bad_messages_are_counted_and_kept_with_their_reason(settings: PipelineS
     assert kept[2]["value"] is None and "tombstone" in kept[2]["reason"]
 
 
-def _cli(env: dict[str, str], *args: str) -> list[str]:
-    return [sys.executable, "-m", "btcflow.cli", "consume", *args]
-
-
-def start_live(env: dict[str, str], args: list[str]) -> subprocess.Popen[str]:
-    """`btcflow -v consume ...` as a subprocess, returned once its loop runs (it has its partitions):
-    signals sent earlier would only hit Python's start-up, under load several seconds long."""
-    cli = _cli(env, *args)
-    proc = subprocess.Popen(
-        [*cli[:3], "-v", *cli[3:]], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "pipeline: assigned [" in line:
-            break
-    return proc
-
-
 def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
     settings: PipelineSettings, tmp_path: Path
 ) -> None:
@@ -335,7 +240,7 @@ def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
     assert proc.returncode == 0 and stdout.startswith("consumed ")
     producer.join(timeout=120)
     final = subprocess.run(
-        _cli(env, *args, "--idle-timeout", str(IDLE_S)),
+        consume_cli(*args, "--idle-timeout", str(IDLE_S)),
         env=env,
         capture_output=True,
         text=True,
@@ -356,7 +261,7 @@ def test_closed_port_exits_3_with_one_line_within_seconds(tmp_path: Path) -> Non
     env = {**os.environ, "BTCFLOW_KAFKA_BOOTSTRAP": "127.0.0.1:9", "BTCFLOW_DATA_DIR": str(tmp_path)}
     started = time.monotonic()
     done = subprocess.run(
-        _cli(env, "--batch-rows", "10", "--idle-timeout", "1"),
+        consume_cli("--batch-rows", "10", "--idle-timeout", "1"),
         env=env,
         capture_output=True,
         text=True,
@@ -372,7 +277,9 @@ def test_closed_port_exits_3_with_one_line_within_seconds(tmp_path: Path) -> Non
 @pytest.mark.parametrize("args", [[], ["--batch-rows", "5", "--window", "2"]])
 def test_exactly_one_policy_is_required(args: list[str], tmp_path: Path) -> None:
     env = {**os.environ, "BTCFLOW_DATA_DIR": str(tmp_path)}
-    done = subprocess.run(_cli(env, *args), env=env, capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        consume_cli(*args), env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "--batch-rows" in done.stderr
 
