@@ -19,7 +19,9 @@ import pytest
 
 from btcflow.dataset import BatchEntry, ManifestError, manifest_text, resume_offsets
 from pipeline.errors import StorageFull
+from pipeline.settings import PipelineSettings
 from pipeline.store import COLUMNS, BatchStore, StaleBatch, read_manifest
+from tests.pipeline.ingest import consume_cli, make_rows, read_batches, send
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -163,3 +165,16 @@ def test_a_full_disk_stops_with_one_line_and_leaves_the_dataset_intact(small_dis
     assert (small_disk / "manifest.json").read_bytes() == before
     assert sorted(p.name for p in small_disk.iterdir()) == [".lock", "batch_1.csv", "manifest.json"]
     assert os.path.getsize(small_disk / "batch_1.csv") > 0
+
+
+def test_consume_onto_a_full_disk_exits_3_with_one_line(settings: PipelineSettings, small_disk: Path) -> None:
+    send(settings.bootstrap, settings.topic, make_rows(60_000))  # ~4 MB as CSV: more than the disk holds
+    env = {**os.environ, "BTCFLOW_KAFKA_BOOTSTRAP": settings.bootstrap, "BTCFLOW_TOPIC": settings.topic}
+    args = ["--out", str(small_disk), "--batch-rows", "20000", "--format", "csv", "--idle-timeout", "8"]
+    done = subprocess.run(consume_cli(*args), env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 3
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"btcflow: error: no space left in {small_disk}") and "MiB free" in line
+    entries, _ = read_batches(small_disk)  # what was listed is whole, and no temporary file is left
+    assert 0 < len(entries) < 3
+    assert sorted(p.name for p in small_disk.iterdir() if p.name.startswith(".incoming")) == []
