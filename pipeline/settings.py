@@ -13,7 +13,7 @@ class PipelineSettings(BaseSettings):
 
     kafka_bootstrap: str | None = Field(
         None,
-        description="Kafka bootstrap servers. Unset: the embedded broker on 127.0.0.1:<broker_port>. "
+        description="Kafka bootstrap servers. Unset: the embedded cluster's nodes on 127.0.0.1. "
         "Set: btcflow uses that cluster and starts nothing.",
     )
     topic: str = Field("bitcoin-topic", description="Topic the producer writes and the consumer reads.")
@@ -27,15 +27,28 @@ class PipelineSettings(BaseSettings):
         "it does not list starts at the beginning.",
     )
     data_dir: Path = Field(Path("data"), description="Input CSV and batch/ output live here.")
-    broker_port: int = Field(9092, description="Client port of the embedded broker (controller: +1).")
+    broker_nodes: int = Field(
+        1,
+        ge=1,
+        description="Nodes of the embedded cluster (each a broker and a KRaft controller voter); "
+        "`btcflow broker start --nodes N` overrides it. With 3 or more, topics btcflow creates get "
+        "3 replicas and min.insync.replicas=2, so losing one node loses no acknowledged row.",
+    )
+    broker_port: int = Field(
+        9092,
+        description="Client port of the embedded cluster's node 1; node i uses port + 2(i-1), "
+        "its controller the port after its own.",
+    )
     broker_dir: Path | None = Field(
-        None, description="Embedded broker's storage, log and pid file. Unset: <data_dir>/kafka."
+        None,
+        description="Embedded cluster's home: cluster.json and one node-<i>/ folder per node (storage, "
+        "server.properties, broker.log, broker.pid). Unset: <data_dir>/kafka.",
     )
     kafka_jars: Path = Field(
         REPO_ROOT / ".cache" / "kafka",
         description="Where `btcflow broker setup` puts the Kafka jars resolved by Maven.",
     )
-    broker_heap: str = Field("1g", description="JVM heap of the embedded broker (-Xmx).")
+    broker_heap: str = Field("512m", description="JVM heap (-Xmx) of each node of the embedded cluster.")
 
     @property
     def embedded(self) -> bool:
@@ -43,7 +56,10 @@ class PipelineSettings(BaseSettings):
 
     @property
     def bootstrap(self) -> str:
-        return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
+        """The external cluster, else every node of the embedded one (clients need only one to answer)."""
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        return ",".join(f"127.0.0.1:{self.broker_port + 2 * i}" for i in range(self.broker_nodes))
 
     @property
     def batch_dir(self) -> Path:

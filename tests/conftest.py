@@ -1,4 +1,4 @@
-"""Fixtures shared by every test package: one real Kafka broker per test session, fresh names per test."""
+"""Fixtures shared by every test package: real Kafka once per session (broker, 3-node cluster), new names."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker, free_port_pair
+from pipeline.broker import EmbeddedBroker, EmbeddedCluster, free_port_block, free_port_pair
 from pipeline.settings import PipelineSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +23,24 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     address = broker.start(timeout_s=120)
     yield address
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """A real 3-node KRaft cluster (512m heap each) on a free port block, started once per session.
+
+    Tests use `.bootstrap`, kill a node with `.node(i).kill()` and bring it back with `.start()`;
+    a test that kills a node restarts it before it ends, so the next one finds three.
+    """
+    home = tmp_path_factory.mktemp("kafka-cluster")
+    cluster = EmbeddedCluster(
+        home, PipelineSettings().kafka_jars, nodes=3, port=free_port_block(6), heap="512m"
+    )
+    try:
+        cluster.start(timeout_s=180)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The embedded broker: real JVM, real ports."""
+"""The embedded single-node broker (a one-node cluster): real JVM, real ports."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ def test_start_is_idempotent_and_stop_is_clean(tmp_path: Path) -> None:
         address = broker.start(timeout_s=120)
         assert broker.status().running
         assert broker.start(timeout_s=30) == address  # second start: same broker
-        assert (tmp_path / "k" / "broker.log").stat().st_size > 0
+        assert broker.log_file == tmp_path / "k" / "node-1" / "broker.log"
+        assert broker.log_file.stat().st_size > 0
     finally:
         assert broker.stop()
     assert not broker.status().running

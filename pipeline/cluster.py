@@ -1,0 +1,560 @@
+"""The embedded Kafka cluster: N KRaft nodes on 127.0.0.1, each a broker and a controller voter.
+
+Apache Kafka's own jars, resolved from Maven Central by `pipeline/kafka/pom.xml`, run as detached
+JVMs. A node owns `<home>/node-<i>/` (storage, `server.properties`, `broker.log`, `broker.pid`);
+`<home>/cluster.json` records the node count and cluster id the storage was formatted with, so a
+restart brings back the same cluster and a different count is refused rather than half-joined.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.broker import admin_client, quorum_leader
+from pipeline.errors import BadInput, BrokerUnavailable
+from pipeline.settings import PipelineSettings
+
+log = logging.getLogger("pipeline")
+
+KAFKA_DIR = Path(__file__).parent / "kafka"
+POM = KAFKA_DIR / "pom.xml"
+LOG4J_CONFIG = KAFKA_DIR / "log4j2.properties"
+
+SERVER_PROPERTIES = """\
+# Written by btcflow at every start of this node; edit pipeline/cluster.py instead.
+process.roles=broker,controller
+node.id={node_id}
+controller.quorum.voters={voters}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data_dir}
+num.partitions=1
+auto.create.topics.enable=false
+default.replication.factor={rf}
+offsets.topic.replication.factor={rf}
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor={rf}
+transaction.state.log.min.isr={min_isr}
+share.coordinator.state.topic.replication.factor={rf}
+share.coordinator.state.topic.min.isr={min_isr}
+# A node that stops heartbeating is fenced after 6 s (default 9 s) and its partitions get a new
+# leader from the in-sync replicas; never from outside them.
+broker.heartbeat.interval.ms=1000
+broker.session.timeout.ms=6000
+unclean.leader.election.enable=false
+group.initial.rebalance.delay.ms=0
+message.max.bytes=8388608
+log.retention.hours=168
+"""
+
+
+def setup_jars(jars_dir: Path) -> Path:
+    """Resolve the Kafka jars with Maven into `jars_dir/libs`, once per version of the pom."""
+    libs, stamp = jars_dir / "libs", jars_dir / "pom.sha256"
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    if stamp.is_file() and stamp.read_text() == digest and any(libs.glob("kafka_2.13-*.jar")):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise BrokerUnavailable("Maven (mvn) not found on PATH: it is needed once to resolve the Kafka jars")
+    staging = jars_dir / "libs.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("resolving Kafka jars with Maven into %s", libs)
+    done = subprocess.run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        lines = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
+        raise BrokerUnavailable(f"Maven could not resolve the Kafka jars: {lines[-1]}")
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    stamp.write_text(digest)
+    return libs
+
+
+def find_java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise BrokerUnavailable("Java not found (set JAVA_HOME or put java 17+ on PATH)")
+    return java
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port_block(n: int) -> int:
+    """A port p such that p..p+n-1 are all free on 127.0.0.1 (a cluster of k nodes needs 2k)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        if base + n - 1 <= 65535 and all(_bindable(p) for p in range(base + 1, base + n)):
+            return base
+    raise BrokerUnavailable(f"no block of {n} free ports on 127.0.0.1")
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p+1 (a single node's controller) are both free on 127.0.0.1."""
+    return free_port_block(2)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _cluster_id() -> str:
+    """A Kafka cluster id: a random UUID, base64 URL-safe without padding, as Kafka's Uuid prints it.
+
+    One that starts with '-' would read as an option to the storage tool, so draw again.
+    """
+    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")).startswith("-"):
+        pass
+    return cid
+
+
+@dataclass(frozen=True)
+class NodeState:
+    node_id: int
+    address: str
+    pid: int | None
+    running: bool  # the process lives and its client port answers
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    home: Path
+    nodes: tuple[NodeState, ...]
+    controller: int | None  # node id of the active controller (the KRaft quorum leader), if known
+
+    @property
+    def running(self) -> bool:
+        """Every node runs."""
+        return all(n.running for n in self.nodes)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.address for n in self.nodes)
+
+    def describe(self) -> str:
+        up = sum(n.running for n in self.nodes)
+        controller = (
+            f"active controller: node {self.controller}" if self.controller else "no active controller"
+        )
+        lines = [f"{len(self.nodes)}-node Kafka cluster in {self.home}: {up} running, {controller}"]
+        for n in self.nodes:
+            state = "running" if n.running else "starting" if n.pid else "not running"
+            pid = f"pid {n.pid}" if n.pid else "-"
+            mark = "  (active controller)" if n.node_id == self.controller else ""
+            lines.append(f"  node {n.node_id}  {n.address:<21} {pid:<11} {state}{mark}")
+        return "\n".join(lines)
+
+
+class EmbeddedNode:
+    """One KRaft node (broker + controller voter) of an `EmbeddedCluster`, managed by its pid file."""
+
+    def __init__(self, cluster: EmbeddedCluster, node_id: int) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        self.port = cluster.port + 2 * (node_id - 1)
+        self.controller_port = self.port + 1
+        self.dir = cluster.home / f"node-{node_id}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "broker.log"
+
+    @property
+    def config_file(self) -> Path:
+        return self.dir / "server.properties"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "broker.pid"
+
+    @property
+    def pid(self) -> int | None:
+        """The JVM's pid while it lives (a stale pid file, or one naming another process, gives None)."""
+        return _live_pid(self.pid_file)
+
+    def state(self) -> NodeState:
+        pid = self.pid
+        return NodeState(
+            self.node_id, self.address, pid, pid is not None and port_open("127.0.0.1", self.port)
+        )
+
+    def start(self, timeout_s: float = 90.0) -> str:
+        """Start this node unless it runs; return its address once it answers (it needs a quorum)."""
+        self.cluster.check_layout()
+        self.cluster._start([self], timeout_s)
+        return self.address
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """SIGTERM, then SIGKILL after `timeout_s`; False if it was not running."""
+        return _stop_pids([self.pid_file], timeout_s)
+
+    def kill(self) -> bool:
+        """SIGKILL, as a crash would; returns once the process is gone. False if it was not running."""
+        pid = self.pid
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid)
+        self.pid_file.unlink(missing_ok=True)
+        return pid is not None
+
+    def _write_config(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        rf = self.cluster.replication_factor
+        self.config_file.write_text(
+            SERVER_PROPERTIES.format(
+                node_id=self.node_id,
+                voters=self.cluster.voters,
+                port=self.port,
+                controller_port=self.controller_port,
+                data_dir=self.dir / "data",
+                rf=rf,
+                min_isr=min(2, rf),
+            )
+        )
+
+    def _format(self, java: str, classpath: str, cluster_id: str) -> subprocess.Popen[str] | None:
+        if (self.dir / "data" / "meta.properties").exists():
+            return None
+        return subprocess.Popen(
+            [
+                java,
+                "-cp",
+                classpath,
+                f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.config_file),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def _launch(self, java: str, classpath: str) -> subprocess.Popen[bytes]:
+        with self.log_file.open("ab") as out:
+            proc = subprocess.Popen(
+                [
+                    java,
+                    f"-Xmx{self.cluster.heap}",
+                    "-XX:+UseG1GC",
+                    "-XX:MaxGCPauseMillis=20",
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                    "-cp",
+                    classpath,
+                    "kafka.Kafka",
+                    str(self.config_file),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in the caller's terminal must not reach the broker
+            )
+        self.pid_file.write_text(str(proc.pid))
+        return proc
+
+    def _answers(self) -> bool:
+        """The node takes requests: a KRaft broker opens its port to clients only once unfenced."""
+        if not port_open("127.0.0.1", self.port):
+            return False
+        try:
+            admin_client(self.address, timeout_s=2.0).close()
+        except BrokerUnavailable:
+            return False
+        return True
+
+    def _last_error(self) -> str:
+        try:
+            lines = self.log_file.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "no log"
+        errors = [ln for ln in lines if "ERROR" in ln or "Exception" in ln]
+        return (errors or lines or ["no log"])[-1].strip()[:300]
+
+
+class EmbeddedCluster:
+    """N KRaft nodes on 127.0.0.1 from one set of jars; node i listens on port + 2(i-1), controller +1."""
+
+    def __init__(
+        self, home: Path, jars_dir: Path, nodes: int = 1, port: int = 9092, heap: str = "512m"
+    ) -> None:
+        if nodes < 1:
+            raise BadInput(f"a cluster needs 1 node or more, not {nodes}")
+        self.home = home.resolve()
+        self.jars_dir = jars_dir
+        self.nodes = nodes
+        self.port = port
+        self.heap = heap
+        self.members = tuple(EmbeddedNode(self, i) for i in range(1, nodes + 1))
+
+    @classmethod
+    def from_settings(cls, settings: PipelineSettings) -> EmbeddedCluster:
+        return EmbeddedCluster(
+            settings.broker_home,
+            settings.kafka_jars,
+            settings.broker_nodes,
+            settings.broker_port,
+            settings.broker_heap,
+        )
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.address for n in self.members)
+
+    @property
+    def replication_factor(self) -> int:
+        """Of the internal topics (offsets, transactions, share state), as of those btcflow creates."""
+        return min(3, self.nodes)
+
+    @property
+    def voters(self) -> str:
+        return ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.members)
+
+    def node(self, node_id: int) -> EmbeddedNode:
+        """Node `node_id`, counting from 1 as Kafka's node.id does."""
+        if not 1 <= node_id <= self.nodes:
+            raise BadInput(f"the cluster has nodes 1..{self.nodes}, not {node_id}")
+        return self.members[node_id - 1]
+
+    @property
+    def _record(self) -> Path:
+        return self.home / "cluster.json"
+
+    def formatted_nodes(self) -> int | None:
+        """How many nodes the storage in `home` was formatted for; None before the first start."""
+        try:
+            return int(json.loads(self._record.read_text())["nodes"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadInput(f"{self._record} is damaged ({exc}): remove {self.home} to start afresh") from exc
+
+    def check_layout(self) -> None:
+        """Refuse a home formatted for another node count (or by the single-broker btcflow before it)."""
+        fix = "stop it (btcflow broker stop) and remove that folder, or set BTCFLOW_BROKER_DIR elsewhere"
+        if (self.home / "data" / "meta.properties").exists() or (self.home / "broker.pid").exists():
+            raise BadInput(f"{self.home} holds a broker from an older btcflow (no node-1/ folder): {fix}")
+        formatted = self.formatted_nodes()
+        if formatted is not None and formatted != self.nodes:
+            raise BadInput(f"{self.home} holds a {formatted}-node Kafka cluster, not {self.nodes}: {fix}")
+
+    def start(self, timeout_s: float = 90.0) -> str:
+        """Start every node that does not run (idempotent); return the bootstrap list once all answer."""
+        self.check_layout()
+        self._start(list(self.members), timeout_s)
+        return self.bootstrap
+
+    def _start(self, nodes: list[EmbeddedNode], timeout_s: float) -> None:
+        idle = [n for n in nodes if n.pid is None]
+        started: dict[EmbeddedNode, subprocess.Popen[bytes]] = {}
+        if idle:
+            for n in idle:
+                for port in (n.port, n.controller_port):
+                    if port_open("127.0.0.1", port):
+                        raise BrokerUnavailable(f"port {port} on 127.0.0.1 is taken by another process")
+            java = find_java()
+            classpath = f"{setup_jars(self.jars_dir)}/*"
+            cluster_id = self._cluster_id()
+            for n in idle:
+                n._write_config()
+            formats = {n: p for n in idle if (p := n._format(java, classpath, cluster_id)) is not None}
+            for n, proc in formats.items():
+                _, err = proc.communicate()
+                if proc.returncode != 0:
+                    raise BrokerUnavailable(
+                        f"formatting node {n.node_id}'s storage failed: {err.strip()[-300:]}"
+                    )
+            started = {n: n._launch(java, classpath) for n in idle}
+        try:
+            self._wait_ready(nodes, started, timeout_s)
+        except BrokerUnavailable:
+            _stop_pids([n.pid_file for n in started], 30.0)
+            raise
+
+    def _cluster_id(self) -> str:
+        """The id every node is formatted with, chosen once per home (before any node is formatted)."""
+        with contextlib.suppress(FileNotFoundError):
+            return str(json.loads(self._record.read_text())["cluster_id"])
+        self.home.mkdir(parents=True, exist_ok=True)
+        cid = _cluster_id()
+        self._record.write_text(json.dumps({"nodes": self.nodes, "cluster_id": cid}) + "\n")
+        return cid
+
+    def _wait_ready(
+        self,
+        nodes: list[EmbeddedNode],
+        started: dict[EmbeddedNode, subprocess.Popen[bytes]],
+        timeout_s: float,
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        waiting = list(nodes)
+        while waiting:
+            for n, proc in started.items():
+                if proc.poll() is not None:
+                    raise BrokerUnavailable(
+                        f"node {n.node_id} died at start: {n._last_error()} (log: {n.log_file})"
+                    )
+            waiting = [n for n in waiting if not n._answers()]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                names = ", ".join(str(n.node_id) for n in waiting)
+                raise BrokerUnavailable(
+                    f"node(s) {names} did not answer within {timeout_s:.0f}s (log: {waiting[0].log_file})"
+                )
+            time.sleep(0.3)
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop every node the home holds, all at once (SIGTERM, SIGKILL after `timeout_s`).
+
+        False if none was running. A pid file of the single-broker btcflow before clusters counts too.
+        """
+        pid_files = sorted(self.home.glob("node-*/broker.pid")) + [self.home / "broker.pid"]
+        return _stop_pids(pid_files, timeout_s)
+
+    def status(self) -> ClusterStatus:
+        """Every node of the home's cluster (as formatted, else as configured) and the active controller."""
+        formatted = self.formatted_nodes() or self.nodes
+        members = (
+            self.members
+            if formatted == self.nodes
+            else tuple(EmbeddedNode(self, i) for i in range(1, formatted + 1))
+        )
+        states = tuple(n.state() for n in members)
+        running = ",".join(s.address for s in states if s.running)
+        return ClusterStatus(self.home, states, quorum_leader(running) if running else None)
+
+
+class EmbeddedBroker(EmbeddedCluster):
+    """A one-node cluster, as btcflow ran before clusters: `address` and `log_file` are its node's."""
+
+    def __init__(self, home: Path, jars_dir: Path, port: int = 9092, heap: str = "512m") -> None:
+        super().__init__(home, jars_dir, nodes=1, port=port, heap=heap)
+
+    @classmethod
+    def from_settings(cls, settings: PipelineSettings) -> EmbeddedBroker:
+        return EmbeddedBroker(
+            settings.broker_home, settings.kafka_jars, settings.broker_port, settings.broker_heap
+        )
+
+    @property
+    def address(self) -> str:
+        return self.members[0].address
+
+    @property
+    def log_file(self) -> Path:
+        return self.members[0].log_file
+
+
+def _live_pid(pid_file: Path) -> int | None:
+    try:
+        pid = int(pid_file.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        if not _alive(pid):
+            return None
+    except PermissionError:  # alive, but another user's: not our JVM
+        return None
+    with contextlib.suppress(OSError):  # Linux: make sure the pid was not reused by another program
+        if b"kafka.Kafka" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None
+    return pid
+
+
+def _stop_pids(pid_files: list[Path], timeout_s: float) -> bool:
+    """SIGTERM every live pid at once, SIGKILL what is left after `timeout_s`; remove the pid files."""
+    pids = [pid for f in pid_files if (pid := _live_pid(f)) is not None]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in alive if _alive(pid)]
+    for pid in alive:
+        log.warning("Kafka pid %d ignored SIGTERM for %.0f s: SIGKILL", pid, timeout_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        _wait_gone(pid)
+    for f in pid_files:
+        f.unlink(missing_ok=True)
+    return bool(pids)
+
+
+def _alive(pid: int) -> bool:
+    """The process runs: a zombie (dead, waiting for a parent that is not us to reap it) does not."""
+    _reap(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with contextlib.suppress(OSError):  # Linux: the state follows the last ')' of /proc/<pid>/stat
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    return True
+
+
+def _wait_gone(pid: int) -> None:
+    """Block until `pid` is gone (reaped when it is our child, so no zombie is left behind)."""
+    try:
+        os.waitpid(pid, 0)
+        return
+    except ChildProcessError:  # started by another process (the CLI): poll
+        pass
+    while _alive(pid):
+        time.sleep(0.05)
+
+
+def _reap(pid: int) -> None:
+    """Collect the JVM's exit status when this process started it (no zombie left behind)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
