@@ -1,21 +1,20 @@
-"""`btcflow broker setup|start|stop|status`: the embedded single-node KRaft broker."""
+"""`btcflow broker setup|start|stop|status`: the embedded KRaft cluster (one node by default)."""
 
 from __future__ import annotations
 
 import typer
 
-from pipeline.broker import EmbeddedBroker, admin_client, setup_jars
+from pipeline.broker import EmbeddedCluster, admin_client, setup_jars
 from pipeline.settings import PipelineSettings
 
+_FIELDS = PipelineSettings.model_fields
+DEFAULT_NODES = _FIELDS["broker_nodes"].default
+DEFAULT_HEAP = _FIELDS["broker_heap"].default
+
 broker_app = typer.Typer(
-    help="The embedded Apache Kafka broker (KRaft, one node) on 127.0.0.1.", no_args_is_help=True
+    help="The embedded Apache Kafka cluster (KRaft, each node a broker and a controller) on 127.0.0.1.",
+    no_args_is_help=True,
 )
-
-
-def embedded_broker(settings: PipelineSettings) -> EmbeddedBroker:
-    return EmbeddedBroker(
-        settings.broker_home, settings.kafka_jars, settings.broker_port, settings.broker_heap
-    )
 
 
 def _external(settings: PipelineSettings) -> str:
@@ -32,42 +31,55 @@ def setup() -> None:
     typer.echo(f"Kafka jars ready in {libs}")
 
 
-@broker_app.command("start")
+@broker_app.command(
+    "start",
+    help="Start the embedded cluster (idempotent) and print its bootstrap list once every node answers.\n\n"
+    "Nodes already running are left alone; the others (a stopped or killed one) are started. "
+    f"Each node is one JVM with a heap of BTCFLOW_BROKER_HEAP ({DEFAULT_HEAP} per node by default); "
+    "node i listens on BTCFLOW_BROKER_PORT + 2(i-1), its controller on the next port, and keeps its "
+    "files in <BTCFLOW_DATA_DIR>/kafka/node-<i>/.\n\n"
+    "With BTCFLOW_KAFKA_BOOTSTRAP set, starts nothing and prints that address.",
+)
 def start(
-    timeout: float = typer.Option(90.0, help="Seconds to wait for the broker to answer."),
+    nodes: int | None = typer.Option(
+        None,
+        "--nodes",
+        min=1,
+        help=f"Nodes of the cluster. Default: BTCFLOW_BROKER_NODES, else {DEFAULT_NODES}.",
+        show_default=False,
+    ),
+    timeout: float = typer.Option(90.0, help="Seconds to wait for every node to answer."),
 ) -> None:
-    """Start the broker (idempotent) and print its bootstrap address once it answers.
-
-    With BTCFLOW_KAFKA_BOOTSTRAP set, starts nothing and prints that address.
-    """
     settings = PipelineSettings()
     if not settings.embedded:
         typer.echo(_external(settings), err=True)
         typer.echo(settings.bootstrap)
         return
-    typer.echo(EmbeddedBroker.from_settings(settings).start(timeout))
+    if nodes is not None:
+        settings = settings.model_copy(update={"broker_nodes": nodes})
+    typer.echo(EmbeddedCluster.from_settings(settings).start(timeout))
 
 
 @broker_app.command("stop")
 def stop() -> None:
-    """Stop the broker cleanly (SIGTERM, SIGKILL after 30 s)."""
+    """Stop every node of the embedded cluster cleanly (SIGTERM, SIGKILL after 30 s)."""
     settings = PipelineSettings()
     if not settings.embedded:
         typer.echo(_external(settings))
         return
-    stopped = EmbeddedBroker.from_settings(settings).stop()
-    typer.echo("broker stopped" if stopped else "broker was not running")
+    stopped = EmbeddedCluster.from_settings(settings).stop()
+    typer.echo("cluster stopped" if stopped else "cluster was not running")
 
 
 @broker_app.command("status")
 def status() -> None:
-    """Say whether the broker runs, where, and where its files are; exit 3 when it does not answer."""
+    """List every node (id, address, pid, running or not) and the active controller; exit 3 unless all run."""
     settings = PipelineSettings()
     if not settings.embedded:
         admin_client(settings.bootstrap).close()  # BrokerUnavailable (exit 3) when it does not answer
         typer.echo(f"external cluster at {settings.bootstrap}: answering")
         return
-    state = EmbeddedBroker.from_settings(settings).status()
+    state = EmbeddedCluster.from_settings(settings).status()
     typer.echo(state.describe())
     if not state.running:
         raise typer.Exit(3)

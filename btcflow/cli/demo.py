@@ -32,7 +32,7 @@ def _step(title: str) -> None:
 
 
 def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: int) -> Path:
-    from pipeline.broker import EmbeddedBroker, delete_topic
+    from pipeline.broker import EmbeddedCluster, delete_topic
     from pipeline.producer import produce
     from pipeline.settings import PipelineSettings
     from pipeline.store import read_manifest
@@ -52,8 +52,8 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
 
     _step("2. Kafka broker")
     if settings.embedded:
-        broker = EmbeddedBroker.from_settings(settings)
-        console.print(f"broker at {broker.start()} (log {broker.log_file})")
+        cluster = EmbeddedCluster.from_settings(settings)
+        console.print(f"Kafka at {cluster.start()} ({cluster.nodes} node(s), logs in {cluster.home}/node-*/)")
     else:
         console.print(f"using the cluster at {settings.bootstrap}")
     # The demo starts from nothing: an empty topic and no batches, so a rerun never doubles rows.
