@@ -1,11 +1,13 @@
 """The Kafka admin calls btcflow needs: topics with the replication the cluster allows, leaders, the quorum.
 
-The embedded cluster itself (the JVMs) lives in `pipeline.cluster`; its names stay importable from
-here (`from pipeline.broker import EmbeddedBroker, setup_jars, ...`) for the code written before it.
+The embedded cluster itself lives in `pipeline.cluster` (nodes) and `pipeline.launcher` (jars, Java,
+ports, pid files); their names stay importable from here (`from pipeline.broker import EmbeddedBroker,
+setup_jars, ...`) for the code written before them.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -17,15 +19,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pipeline.errors import BrokerUnavailable
 
 if TYPE_CHECKING:
-    from pipeline.cluster import (
-        EmbeddedBroker,
-        EmbeddedCluster,
-        find_java,
-        free_port_block,
-        free_port_pair,
-        port_open,
-        setup_jars,
-    )
+    from pipeline.cluster import EmbeddedBroker, EmbeddedCluster
+    from pipeline.launcher import find_java, free_port_block, free_port_pair, port_open, setup_jars
 
 __all__ = [
     "EmbeddedBroker",
@@ -46,16 +41,23 @@ __all__ = [
 
 log = logging.getLogger("pipeline")
 
-_FROM_CLUSTER = {"EmbeddedBroker", "EmbeddedCluster", "find_java", "free_port_block", "free_port_pair"}
-_FROM_CLUSTER |= {"port_open", "setup_jars", "_cluster_id"}
+_MOVED = {
+    "EmbeddedBroker": "cluster",
+    "EmbeddedCluster": "cluster",
+    "_cluster_id": "cluster",
+    "find_java": "launcher",
+    "free_port_block": "launcher",
+    "free_port_pair": "launcher",
+    "port_open": "launcher",
+    "setup_jars": "launcher",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """The launcher's names, imported on first use: `pipeline.cluster` itself imports this module."""
-    if name in _FROM_CLUSTER:
-        from pipeline import cluster
-
-        return getattr(cluster, name)
+    """The launcher's names, imported on first use (`pipeline.cluster` itself imports this module)."""
+    if name in _MOVED:
+        module = importlib.import_module(f"pipeline.{_MOVED[name]}")
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -17,8 +17,9 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from pipeline.broker import admin_client, ensure_topic, partition_leader
-from pipeline.cluster import EmbeddedCluster, free_port_block
+from pipeline.cluster import EmbeddedCluster
 from pipeline.errors import BadInput
+from pipeline.launcher import free_port_block
 from pipeline.producer import ProduceSummary, produce
 from pipeline.settings import PipelineSettings
 from pipeline.synth import synth
