@@ -103,6 +103,7 @@ def _bindable(port: int) -> bool:
 
 
 def live_pid(pid_file: Path) -> int | None:
+    """The pid a pid file names while that process is a running Kafka JVM; None otherwise."""
     try:
         pid = int(pid_file.read_text())
     except (FileNotFoundError, ValueError):
