@@ -105,9 +105,13 @@ class BatchingConsumer:
             from_beginning=self.from_beginning,
             where=self.store.directory,
         )
-        for tp, offset in starts.items():
-            consumer.seek(tp, offset)
-        consumer.resume(*assigned)
+        try:
+            for tp, offset in starts.items():
+                consumer.seek(tp, offset)
+            consumer.resume(*assigned)
+        except (ValueError, KeyError):  # the lookups above let a new rebalance in: the loop resyncs again
+            log.info("the assignment changed while resyncing")
+            return
         log.info("assigned %s; starting at %s", sorted(tp.partition for tp in assigned), starts)
 
     def _take(self, records_by_tp: dict[TopicPartition, list[Any]]) -> int:
