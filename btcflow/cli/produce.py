@@ -51,13 +51,34 @@ def produce(
             help="Producer processes, each sending a contiguous slice of the file to its own partition.",
         ),
     ] = 1,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Skip the rows the topic already holds (each partition's last Timestamp) and the bad "
+            "rows already in <topic>.dlq, so a rerun after a crash, kill or exit 3 sends each row "
+            "once. Use the --workers of the interrupted run.",
+        ),
+    ] = False,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show the progress bar on stderr.")
     ] = True,
+    delivery_timeout: Annotated[
+        float,
+        typer.Option(
+            "--delivery-timeout",
+            min=1.0,
+            hidden=True,  # Kafka's default is the right one; tests shorten it
+            help="Seconds a row may wait for Kafka, retries included, before the run stops (exit 3).",
+        ),
+    ] = 120.0,
 ) -> None:
     """Replay a minute file into Kafka, one message per row; bad rows go to <topic>.dlq with their reason.
 
-    Prints one summary line at the end (also after Ctrl-C or SIGTERM): sent, rejected, seconds, rows/s.
+    Rows are durable (acks=all, idempotent) and ride out a broker restart or a leader failover of up to
+    two minutes (Kafka's delivery timeout); past it the run stops with exit 3, and a rerun with --resume
+    sends the rest. Prints one summary line at the end (also after Ctrl-C or SIGTERM): skipped (with
+    --resume), sent, rejected, seconds, rows/s.
     """
     from pipeline.producer import Pacing, parse_jitter
     from pipeline.producer import produce as replay
@@ -66,7 +87,15 @@ def produce(
     if topic:
         settings = settings.model_copy(update={"topic": topic})
     pacing = Pacing(rate, parse_jitter(jitter) if jitter else None, limit)
-    summary = replay(settings, input, pacing=pacing, workers=workers, progress=progress)
+    summary = replay(
+        settings,
+        input,
+        pacing=pacing,
+        workers=workers,
+        progress=progress,
+        resume=resume,
+        deadline_s=delivery_timeout,
+    )
     typer.echo(summary.line())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -11,9 +12,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
 
+import pipeline.records as records
 from pipeline.broker import free_port_pair
+from pipeline.errors import BrokerUnavailable
 from pipeline.producer import Pacing, produce
 from pipeline.settings import PipelineSettings
 from pipeline.synth import synth
@@ -242,3 +246,58 @@ def test_bad_jitter_and_missing_file_exit_2(tmp_path: Path) -> None:
         env=cli_env(),
     )
     assert done.returncode == 2 and "input file not found" in done.stderr
+
+
+def test_without_the_bulk_path_every_row_goes_through_send_once(
+    settings: PipelineSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another kafka-python version: `supported()` says no and the real producer uses `send`."""
+    monkeypatch.setattr(records, "KAFKA_PYTHON", "0.0.0")
+
+    def never(*args: object) -> None:
+        raise AssertionError("the bulk path ran on an unsupported kafka-python")
+
+    monkeypatch.setattr(records.BulkAppender, "append", never)
+    path = tmp_path / "btc.csv"
+    synth(6_000, path, seed=7)
+    summary = produce(settings, path, progress=False)
+    assert (summary.sent, summary.rejected) == (6_000, 0)
+    records_read = read_topic(settings.bootstrap, settings.topic, 6_000)
+    assert [(r.key, orjson.loads(r.value)) for r in records_read] == expected_messages(path)
+
+
+def create_topic(bootstrap: str, topic: str, max_message_bytes: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics(
+            [NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": str(max_message_bytes)})]
+        )
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk-appender", "send-per-row"])
+def test_batches_split_by_kafka_python_deliver_every_row_once(
+    settings: PipelineSettings, tmp_path: Path, caplog: pytest.LogCaptureFixture, bulk: bool
+) -> None:
+    """A topic taking 4 KB per batch: kafka-python splits our 256 KB batches again and again."""
+    create_topic(settings.bootstrap, settings.topic, 4_096)
+    path = tmp_path / "btc.csv"
+    synth(8_000, path, seed=8)
+    with caplog.at_level(logging.WARNING, logger="kafka.producer.sender"):
+        summary = produce(settings, path, progress=False, bulk=bulk)
+    assert any("splitting batch" in r.getMessage() for r in caplog.records)  # it really happened
+    assert (summary.sent, summary.rejected) == (8_000, 0)
+    got = read_topic(settings.bootstrap, settings.topic, 8_000)
+    assert [(r.key, orjson.loads(r.value)) for r in got] == expected_messages(path)
+
+
+def test_a_record_too_large_even_alone_fails_the_run_loudly(
+    settings: PipelineSettings, tmp_path: Path
+) -> None:
+    """Split down to one record and still refused: the run stops with one line, never a silent loss."""
+    create_topic(settings.bootstrap, settings.topic, 64)
+    path = tmp_path / "btc.csv"
+    synth(3_000, path, seed=8)
+    with pytest.raises(BrokerUnavailable, match="MessageSizeTooLarge.*rerun with --resume"):
+        produce(settings, path, progress=False)
