@@ -1,12 +1,17 @@
-"""Ingest benchmark: R generated rows through a real broker, producer and consumer side by side.
+"""Ingest benchmark: R generated rows end to end (first send to every row in a closed batch) through
+real embedded Kafka clusters, producer and consumer-group members side by side, for several shapes
+NODES x PARTITIONS x CONSUMERS (default 1x1x1, 1x2x2 and 3x2x2, replication min(3, nodes)).
 
-Prints the producer's rows/s, the consumer's rows/s (side by side, and draining a full topic alone),
-end-to-end rows/s (first send to last batch closed), the consumer's peak RSS, and, as the reference
-in the same run on the same machine, Kafka's own ProducerPerformance tool for R records of our average
-value size, with our end-to-end rate as a fraction of it.
+For each shape it prints, in one run on one machine: end-to-end rows/s; as the reference, Kafka's own
+ProducerPerformance (R records of our average value size, acks=all) on a topic with the same
+partitions, replication and min.insync.replicas, and our rate as a fraction of it; the peak RSS and
+CPU seconds of each consumer member and of the producer (what limits the run). On shapes with three
+or more nodes it also SIGKILLs the leader of partition 0 mid-run and prints the stall (the longest
+time that partition's end offset did not move after the kill) and checks that every row landed once.
 
-Starts its own broker in a temporary folder on free ports (no running broker needed) and stops it.
-    .venv/bin/python bench/ingest.py [--rows 1000000] [--workers 1] [--batch-rows 250000]
+Clusters run in a temporary folder on free ports and are stopped at the end.
+    .venv/bin/python bench/ingest.py [--rows 1000000] [--shapes 1x1x1,1x2x2,3x2x2] [--batch-rows R/4]
+    .venv/bin/python bench/ingest.py --nodes 3 --partitions 4 --consumers 3
 """
 
 from __future__ import annotations
@@ -19,13 +24,18 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 import psutil
+import pyarrow.parquet as pq
+from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.broker import EmbeddedBroker, ensure_topic, find_java, free_port_pair
-from pipeline.producer import ProduceSummary, produce
+from pipeline.broker import ensure_topic, partition_leader
+from pipeline.cluster import EmbeddedCluster, find_java, free_port_block
+from pipeline.producer import produce
 from pipeline.rows import FIELDS, RowChecker
 from pipeline.settings import PipelineSettings
 from pipeline.store import read_manifest
@@ -33,7 +43,35 @@ from pipeline.synth import synth
 
 REPO = Path(__file__).resolve().parents[1]
 BTCFLOW = str(Path(sys.executable).with_name("btcflow"))
-DEADLINE_S = 1800  # no phase of the bench runs longer than this
+DEADLINE_S = 900  # no shape runs longer than this
+
+
+@dataclass(frozen=True)
+class Shape:
+    nodes: int
+    partitions: int
+    consumers: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shape:
+        nodes, partitions, consumers = (int(x) for x in text.lower().split("x"))
+        return cls(nodes, partitions, consumers)
+
+    def __str__(self) -> str:
+        return f"{self.nodes}x{self.partitions}x{self.consumers}"
+
+
+@dataclass
+class Result:
+    shape: Shape
+    end_to_end: float = 0.0
+    reference: float = 0.0
+    producer_line: str = ""
+    member_rss: list[int] = field(default_factory=list)
+    member_cpu: list[float] = field(default_factory=list)
+    producer_cpu: float = 0.0
+    stall_s: float | None = None
+    exactly_once: bool | None = None
 
 
 def average_value_size(path: Path, sample: int = 10_000) -> int:
@@ -48,74 +86,75 @@ def average_value_size(path: Path, sample: int = 10_000) -> int:
     return round(sum(sizes) / len(sizes))
 
 
-class Watch:
-    """Polls a consumer process: peak RSS (with its children) and when the manifest reached each row count."""
+class Members:
+    """C `btcflow consume` processes of one group on one folder; peak RSS and CPU of each."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], out_dir: Path, rows: int) -> None:
-        self.proc, self.out_dir, self.rows = proc, out_dir, rows
-        self.peak_rss = 0
-        self.first_batch: tuple[float, int] | None = None  # (time, rows) when the first batch closed
-        self.done_at: float | None = None
+    def __init__(
+        self, count: int, env: dict[str, str], topic: str, out_dir: Path, batch_rows: int, idle_s: float
+    ) -> None:
+        args = ["--out", str(out_dir), "--topic", topic, "--group", f"bench-{topic}"]
+        args += ["--batch-rows", str(batch_rows), "--idle-timeout", str(idle_s), "--no-progress"]
+        self.procs = [
+            subprocess.Popen(
+                [BTCFLOW, "-v", "consume", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            for _ in range(count)
+        ]
+        self.out_dir = out_dir
+        self.rss = [0] * count
+        self.cpu = [0.0] * count
+        self._joined = [threading.Event() for _ in range(count)]
+        self.last_line = ""
+        for proc, joined in zip(self.procs, self._joined, strict=True):
+            threading.Thread(target=self._drain, args=(proc, joined), daemon=True).start()
 
-    def run(self, deadline: float) -> None:
-        ps = psutil.Process(self.proc.pid)
-        while time.monotonic() < deadline and self.done_at is None:
+    def _drain(self, proc: subprocess.Popen[bytes], joined: threading.Event) -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # keep the pipe empty; note when the member holds partitions
+            self.last_line = line.decode(errors="replace").strip()
+            if b"pipeline: assigned [" in line:
+                joined.set()
+
+    def wait_joined(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        for joined in self._joined:
+            joined.wait(max(0.0, deadline - time.monotonic()))
+
+    def sample(self) -> None:
+        for i, proc in enumerate(self.procs):
             try:
-                procs = [ps, *ps.children(recursive=True)]
-                self.peak_rss = max(self.peak_rss, sum(p.memory_info().rss for p in procs))
+                ps = psutil.Process(proc.pid)
+                self.rss[i] = max(self.rss[i], ps.memory_info().rss)
+                times = ps.cpu_times()
+                self.cpu[i] = times.user + times.system
             except psutil.Error:
                 pass
-            if self.done_at is None and (self.out_dir / "manifest.json").exists():
-                batches = read_manifest(self.out_dir)
-                total = sum(b.rows for b in batches)
-                if batches and self.first_batch is None:
-                    self.first_batch = (time.monotonic(), total)
-                if total >= self.rows:
-                    self.done_at = time.monotonic()
-            if self.proc.poll() is not None and self.done_at is None:
-                return  # it exited early; consumer_line reports why
-            time.sleep(0.1)
 
-    def steady_rate(self) -> float | None:
-        """Rows/s between the first batch closing and the last one: start-up and idle wait left out."""
-        if self.first_batch is None or self.done_at is None or self.done_at <= self.first_batch[0]:
-            return None
-        return (self.rows - self.first_batch[1]) / (self.done_at - self.first_batch[0])
+    def rows_landed(self) -> int:
+        if not (self.out_dir / "manifest.json").exists():
+            return 0
+        return sum(e.rows for e in read_manifest(self.out_dir))
 
+    def alive(self) -> bool:
+        return any(proc.poll() is None for proc in self.procs)
 
-def start_consumer(env: dict[str, str], topic: str, out_dir: Path, batch_rows: int) -> subprocess.Popen:
-    """`btcflow consume` as users run it; stopped by SIGTERM once the manifest holds every row.
+    def rows_per_partition(self) -> dict[str, int]:
+        """Messages per partition, from the manifest's offsets (no rejects in generated data)."""
+        counts: dict[str, int] = {}
+        for entry in read_manifest(self.out_dir):
+            for partition, (first, last) in entry.offsets.items():
+                counts[partition] = counts.get(partition, 0) + last - first + 1
+        return counts
 
-    The idle timeout is long because a second consumer of the same group (the CLI's default) waits for
-    the previous static member's session to expire before it gets the partitions.
-    """
-    cmd = [
-        BTCFLOW,
-        "consume",
-        "--out",
-        str(out_dir),
-        "--batch-rows",
-        str(batch_rows),
-        "--idle-timeout",
-        "120",
-    ]
-    return subprocess.Popen(
-        cmd, env={**env, "BTCFLOW_TOPIC": topic}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait(timeout=60)
 
 
-def consumer_line(proc: subprocess.Popen, watch: Watch) -> str:
-    if proc.poll() is None:
-        proc.terminate()  # every row is in the manifest: a clean stop, with its summary line
-    out, err = proc.communicate(timeout=60)
-    if watch.done_at is None:
-        raise RuntimeError(f"the consumer did not get every row: {(out + err).decode()[-800:]}")
-    return out.decode().strip()
-
-
-def producer_performance(libs: Path, bootstrap: str, rows: int, size: int) -> tuple[float, str]:
-    """Kafka's own Java producer benchmark: (records/s, its summary line)."""
-    ensure_topic(bootstrap, "perf-reference", 1)
+def producer_performance(libs: Path, bootstrap: str, topic: str, rows: int, size: int) -> float:
+    """Kafka's own Java producer benchmark on `topic` (created by the caller): records/s."""
     done = subprocess.run(
         [
             find_java(),
@@ -125,7 +164,7 @@ def producer_performance(libs: Path, bootstrap: str, rows: int, size: int) -> tu
             f"-Dlog4j2.configurationFile={REPO / 'pipeline' / 'kafka' / 'log4j2.properties'}",
             "org.apache.kafka.tools.ProducerPerformance",
             "--topic",
-            "perf-reference",
+            topic,
             "--num-records",
             str(rows),
             "--record-size",
@@ -145,7 +184,116 @@ def producer_performance(libs: Path, bootstrap: str, rows: int, size: int) -> tu
     match = re.search(r"([\d.]+) records/sec", last[-1]) if last else None
     if not match:
         raise RuntimeError(f"ProducerPerformance failed: {(done.stdout + done.stderr)[-500:]}")
-    return float(match.group(1)), last[-1].strip()
+    return float(match.group(1))
+
+
+class Failover:
+    """SIGKILLs the leader of partition 0 once rows flow, then times how long its end offset stood still."""
+
+    def __init__(self, cluster: EmbeddedCluster, topic: str, after_rows: int) -> None:
+        self.cluster, self.topic, self.after_rows = cluster, topic, after_rows
+        self.killed: int | None = None
+        self.stall_s: float | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        tp = TopicPartition(self.topic, 0)
+        watcher = KafkaConsumer(bootstrap_servers=self.cluster.bootstrap, request_timeout_ms=5000)
+        try:
+            deadline = time.monotonic() + DEADLINE_S
+            while watcher.end_offsets([tp])[tp] < self.after_rows and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self.killed = partition_leader(self.cluster.bootstrap, self.topic, 0)
+            before = watcher.end_offsets([tp])[tp]
+            killed_at = time.monotonic()
+            self.cluster.node(self.killed).kill()
+            while time.monotonic() < deadline:  # until the partition grows again, via a new leader
+                try:
+                    if watcher.end_offsets([tp])[tp] > before:
+                        self.stall_s = time.monotonic() - killed_at
+                        return
+                except Exception:  # noqa: BLE001 - metadata of a dead leader: ask again
+                    pass
+                time.sleep(0.05)
+        finally:
+            watcher.close()
+
+
+def check_exactly_once(out_dir: Path, path: Path) -> bool:
+    """Every row of the file in the batches once, with equal values."""
+    import pandas as pd
+
+    expected = pd.read_csv(path, float_precision="round_trip").to_numpy()
+    got = np.concatenate(
+        [pq.read_table(out_dir / e.file).to_pandas().to_numpy() for e in read_manifest(out_dir)]
+    )
+    got = got[np.argsort(got[:, 0], kind="stable")]
+    return got.shape == expected.shape and bool(np.array_equal(got, expected))
+
+
+IDLE_S = 20.0  # members close their last, partial batch this long after their last message (subtracted)
+
+
+def ingest(
+    shape: Shape, cluster: EmbeddedCluster, path: Path, out_dir: Path, rows: int, batch_rows: int, topic: str
+) -> tuple[Members, float, str, float, Failover | None]:
+    """Producer and members side by side until every row is in a closed batch: (members, seconds from
+    the first send until the last row was read, the producer's line, its CPU seconds, the failover)."""
+    env = {**os.environ, "BTCFLOW_KAFKA_BOOTSTRAP": cluster.bootstrap}
+    env.pop("BTCFLOW_DATA_DIR", None)
+    settings = PipelineSettings(kafka_bootstrap=cluster.bootstrap, topic=topic, partitions=shape.partitions)
+    ensure_topic(cluster.bootstrap, topic, shape.partitions)
+    failing = topic.startswith("failover")
+    members = Members(shape.consumers, env, topic, out_dir, batch_rows, 60 if failing else IDLE_S)
+    try:
+        members.wait_joined()
+        failover = Failover(cluster, topic, rows // (4 * shape.partitions)) if failing else None
+        me = psutil.Process()  # the producer: this process and its workers, reaped (children_*) when done
+        cpu_before = sum(me.cpu_times()[:4])
+        sent_at = time.monotonic()
+        summary = produce(settings, path, workers=shape.partitions, progress=False)
+        producer_cpu = sum(me.cpu_times()[:4]) - cpu_before  # members are reaped later
+        while members.rows_landed() < rows:
+            members.sample()
+            if time.monotonic() > sent_at + DEADLINE_S or not members.alive():
+                raise RuntimeError(
+                    f"{shape}: {members.rows_landed():,} of {rows:,} rows landed; last: {members.last_line}"
+                )
+            time.sleep(0.1)
+        done_at = time.monotonic()
+        if not failing and any(n % batch_rows for n in members.rows_per_partition().values()):
+            done_at -= IDLE_S  # a partial last batch waited out the idle timeout after its last row
+    finally:
+        members.stop()
+    return members, done_at - sent_at, summary.line(), producer_cpu, failover
+
+
+def run_shape(
+    shape: Shape, cluster: EmbeddedCluster, path: Path, tmp: Path, size: int, rows: int, batch_rows: int
+) -> Result:
+    label = str(shape).replace("x", "-")
+    result = Result(shape)
+    members, seconds, result.producer_line, result.producer_cpu, _ = ingest(
+        shape, cluster, path, tmp / f"batch-{label}", rows, batch_rows, f"live-{label}"
+    )
+    result.end_to_end = rows / seconds
+    result.member_rss, result.member_cpu = members.rss, members.cpu
+    reference_topic = f"perf-{label}"
+    ensure_topic(cluster.bootstrap, reference_topic, shape.partitions)
+    result.reference = producer_performance(
+        cluster.jars_dir / "libs", cluster.bootstrap, reference_topic, rows, size
+    )
+    if shape.nodes >= 3:
+        members, _, _, _, failover = ingest(
+            shape, cluster, path, tmp / f"failover-{label}", rows, batch_rows, f"failover-{label}"
+        )
+        assert failover is not None
+        failover.thread.join(timeout=60)
+        result.stall_s = failover.stall_s
+        result.exactly_once = check_exactly_once(members.out_dir, path)
+        cluster.start()  # the killed node comes back
+    return result
 
 
 def main() -> None:
@@ -153,79 +301,78 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of generated data (R)")
-    parser.add_argument("--workers", type=int, default=1, help="producer processes (one partition each)")
+    parser.add_argument(
+        "--shapes", default="1x1x1,1x2x2,3x2x2", help="NODESxPARTITIONSxCONSUMERS, comma-separated"
+    )
+    parser.add_argument("--nodes", type=int, help="with --partitions and --consumers: one shape only")
+    parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument("--consumers", type=int, default=1)
     parser.add_argument("--batch-rows", type=int, default=None, help="consumer batch size (default R/4)")
     args = parser.parse_args()
+    shapes = (
+        [Shape(args.nodes, args.partitions, args.consumers)]
+        if args.nodes
+        else [Shape.parse(s) for s in args.shapes.split(",")]
+    )
     rows, batch_rows = args.rows, args.batch_rows or max(1, args.rows // 4)
-    base = PipelineSettings()
+    results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="btcflow-bench-") as tmp_name:
         tmp = Path(tmp_name)
         path = tmp / "btc.csv"
-        started = time.monotonic()
         synth(rows, path, seed=42)
-        synth_s = time.monotonic() - started
-        value_size = average_value_size(path)
-        print(
-            f"data: {rows:,} rows generated in {synth_s:.1f} s ({rows / synth_s:,.0f} rows/s), "
-            f"average value {value_size} bytes"
-        )
-
-        broker = EmbeddedBroker(tmp / "kafka", base.kafka_jars, port=free_port_pair(), heap="1g")
-        bootstrap = broker.start(timeout_s=120)
+        size = average_value_size(path)
+        print(f"data: {rows:,} rows, average value {size} bytes; batches of {batch_rows:,} rows")
+        clusters: dict[int, EmbeddedCluster] = {}
         try:
-            env = {**os.environ, "BTCFLOW_KAFKA_BOOTSTRAP": bootstrap}
-            env.pop("BTCFLOW_DATA_DIR", None)
-
-            # 1. side by side on topic "live", first while the default consumer group is fresh
-            live = PipelineSettings(kafka_bootstrap=bootstrap, topic="live", partitions=args.workers)
-            ensure_topic(bootstrap, live.topic, args.workers)
-            consumer = start_consumer(env, live.topic, tmp / "batch", batch_rows)
-            time.sleep(3)  # let it join the group before the first row
-            watch = Watch(consumer, tmp / "batch", rows)
-            result: list[ProduceSummary] = []
-            sent_at = time.monotonic()
-            producer = threading.Thread(
-                target=lambda: result.append(produce(live, path, workers=args.workers, progress=False))
-            )
-            producer.start()
-            watch.run(sent_at + DEADLINE_S)
-            producer.join(timeout=DEADLINE_S)
-            live_line = consumer_line(consumer, watch)
-            if not result:
-                raise RuntimeError("the producer did not finish")
-            assert watch.done_at is not None
-            end_to_end = rows / (watch.done_at - sent_at)
-
-            # 2. the producer alone, into topic "alone"
-            alone = PipelineSettings(kafka_bootstrap=bootstrap, topic="alone", partitions=args.workers)
-            produced_alone = produce(alone, path, workers=args.workers, progress=False)
-
-            # 3. the consumer alone, draining the full topic "alone"
-            drain = start_consumer(env, "alone", tmp / "drain", batch_rows)
-            drain_watch = Watch(drain, tmp / "drain", rows)
-            drain_watch.run(time.monotonic() + DEADLINE_S)
-            drain_line = consumer_line(drain, drain_watch)
-
-            reference, reference_line = producer_performance(
-                base.kafka_jars / "libs", bootstrap, rows, value_size
-            )
+            for shape in shapes:
+                if shape.nodes not in clusters:
+                    port = free_port_block(2 * shape.nodes)
+                    home = tmp / f"kafka-{shape.nodes}"
+                    cluster = EmbeddedCluster(home, PipelineSettings().kafka_jars, shape.nodes, port, "512m")
+                    started = time.monotonic()
+                    cluster.start(timeout_s=180)
+                    print(
+                        f"{shape.nodes}-node cluster at {cluster.bootstrap} "
+                        f"in {time.monotonic() - started:.0f} s"
+                    )
+                    clusters[shape.nodes] = cluster
+                results.append(run_shape(shape, clusters[shape.nodes], path, tmp, size, rows, batch_rows))
+                print(describe(results[-1]), flush=True)
         finally:
-            broker.stop()
+            for cluster in clusters.values():
+                cluster.stop()
+    print()
+    print("shape (nodes x partitions x consumers) | end to end rows/s | ProducerPerformance rec/s | ratio")
+    for r in results:
+        print(
+            f"{r.shape!s:>39} | {r.end_to_end:17,.0f} | {r.reference:25,.0f} | "
+            f"{r.end_to_end / r.reference:.2f}"
+        )
+    one_node = [r for r in results if r.shape.nodes == 1]
+    if one_node:
+        best = max(r.end_to_end / r.reference for r in one_node)
+        print(
+            f"goal 0.6 of ProducerPerformance on one node: {'met' if best >= 0.6 else 'not met'} ({best:.2f})"
+        )
+    stalls = [r for r in results if r.stall_s is not None]
+    for r in stalls:
+        verdict = "met" if r.stall_s is not None and r.stall_s < 15 and r.exactly_once else "not met"
+        print(f"goal failover stall under 15 s with nothing lost ({r.shape}): {verdict}")
 
-    print(f"producer alone ({args.workers} worker(s)): {produced_alone.line()}")
-    print(f"consumer alone (draining a full topic): {drain_line}")
-    print(f"  steady rows/s, first to last batch closed: {drain_watch.steady_rate() or float('nan'):,.0f}")
-    print(f"side by side, producer: {result[0].line()}")
-    print(f"side by side, consumer: {live_line}")
-    print(f"  steady rows/s, first to last batch closed: {watch.steady_rate() or float('nan'):,.0f}")
-    print(f"end to end rows/s (first send to last batch closed): {end_to_end:,.0f}")
-    print(
-        f"consumer peak RSS: {watch.peak_rss / 2**20:,.0f} MiB side by side, "
-        f"{drain_watch.peak_rss / 2**20:,.0f} MiB draining ({batch_rows:,}-row batches)"
-    )
-    print(f"reference, Kafka ProducerPerformance ({rows:,} x {value_size} B, acks=all): {reference_line}")
-    print(f"end to end as a fraction of ProducerPerformance: {end_to_end / reference:.3f}")
-    print(f"goal 50,000 rows/s end to end: {'met' if end_to_end >= 50_000 else 'not met'}")
+
+def describe(r: Result) -> str:
+    rss = ", ".join(f"{b / 2**20:,.0f}" for b in r.member_rss)
+    cpu = ", ".join(f"{c:.1f}" for c in r.member_cpu)
+    lines = [
+        f"== {r.shape}: end to end {r.end_to_end:,.0f} rows/s; ProducerPerformance {r.reference:,.0f} rec/s; "
+        f"ratio {r.end_to_end / r.reference:.2f}",
+        f"   producer: {r.producer_line} (CPU {r.producer_cpu:.1f} s)",
+        f"   members: peak RSS MiB [{rss}], CPU s [{cpu}]",
+    ]
+    if r.stall_s is not None or r.exactly_once is not None:
+        stall = f"{r.stall_s:.1f} s" if r.stall_s is not None else "never recovered"
+        lines.append(f"   leader of partition 0 SIGKILLed: stall {stall}; every row once: {r.exactly_once}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
