@@ -22,7 +22,7 @@ class PipelineSettings(BaseSettings):
     )
     consumer_group: str = Field(
         "btcflow-batcher",
-        description="Consumer group of `btcflow consume`: one process per group (static membership). "
+        description="Consumer group of `btcflow consume`: its members on one --out write one dataset. "
         "Its committed offsets are informational: the manifest says where to resume, and a partition "
         "it does not list starts at the beginning.",
     )
