@@ -80,7 +80,7 @@ def produce(
         workers = 1
     partitions = ensure_topic(settings.bootstrap, settings.topic, max(settings.partitions, workers))
     ensure_topic(settings.bootstrap, f"{settings.topic}.dlq", 1)
-    if partitions < workers:
+    if partitions < workers and not resume:  # --resume refuses it below, in one line
         log.warning("topic %s has %d partition(s) for %d workers", settings.topic, partitions, workers)
     header, parts = slices(path, workers, partitions)
     if resume:
