@@ -41,7 +41,10 @@ def produce(
         typer.Option("--jitter", help="MIN_MS:MAX_MS: sleep a random time between rows, like a live feed."),
     ] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="Stop after N rows of the file (sent + rejected).")
+        int | None,
+        typer.Option(
+            "--limit", min=1, help="Stop after the first N rows of the file (sent, rejected or skipped)."
+        ),
     ] = None,
     workers: Annotated[
         int,
