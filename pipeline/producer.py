@@ -15,7 +15,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,32 +24,13 @@ from pipeline.delivery import DELIVERY_TIMEOUT_S, backstop
 from pipeline.errors import BadInput, PipelineError
 from pipeline.replay import Pacing, ProduceSummary, Replay, parse_jitter, send_slice
 from pipeline.resume import Resume, resume_points
+from pipeline.running import Show, progress_bar, stop_on_signals
 from pipeline.settings import PipelineSettings
 from pipeline.slices import Slice, slices
 
 __all__ = ["Pacing", "ProduceSummary", "parse_jitter", "produce"]  # what the CLI, demo and bench use
 
 log = logging.getLogger("pipeline")
-
-Show = Callable[[int, int, bool], None]  # (rows read, bar position, skipping)
-
-
-class _Stop:
-    """SIGINT/SIGTERM set the flag; the loop finishes its row, flushes and reports."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self._saved: dict[int, Any] = {}
-
-    def __enter__(self) -> _Stop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._saved[sig] = signal.signal(sig, lambda *_: self.event.set())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
 
 
 def produce(
@@ -90,16 +70,16 @@ def produce(
     job = Replay(settings.bootstrap, settings.topic, path, header, pacing, bulk, deadline_s)
     by_rows = pacing.limit is not None  # the bar counts rows under --limit, else bytes
     total = pacing.limit if pacing.limit is not None else path.stat().st_size
-    with _Stop() as stop, progress_bar(progress, total) as show:
+    with stop_on_signals(threading.Event()) as stop, progress_bar(progress, total) as show:
         if workers == 1:
 
             def report(sent: int, rejected: int, skipped: int, read_bytes: int) -> None:
                 rows = sent + rejected + skipped
                 show(rows, rows if by_rows else read_bytes, skipped > 0 and not sent + rejected)
 
-            summary = send_slice(job, parts[0], stop.event, report, resumes[0])
+            summary = send_slice(job, parts[0], stop, report, resumes[0])
         else:
-            summary = _run_workers(job, parts, resumes, stop.event, show, by_rows)
+            summary = _run_workers(job, parts, resumes, stop, show, by_rows)
     return replace(summary, resumed=resume)
 
 
@@ -175,36 +155,3 @@ def _worker(index: int, job: Replay, part: Slice, resume: Resume, counters: Any,
         results.put(send_slice(job, part, stop, report, resume))
     except PipelineError as exc:
         results.put(type(exc)(str(exc)))  # the type carries the exit status
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool, total: int) -> Iterator[Show]:
-    """A rich bar on stderr: rows read, rows/s and the ETA from the bytes read (or rows, under --limit).
-
-    While a resumed run reads past the rows the topic already holds, it says `skipping`.
-    """
-    if not enabled:
-        yield lambda rows, completed, skipping: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    started = time.monotonic()
-    with Progress(
-        TextColumn("{task.description:<9}"),
-        BarColumn(),
-        TextColumn("{task.fields[rows]:>12,} rows  {task.fields[speed]:>8,.0f} rows/s"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as bar:
-        task = bar.add_task("producing", total=total, rows=0, speed=0.0)
-
-        def show(rows: int, completed: int, skipping: bool) -> None:
-            speed = rows / max(time.monotonic() - started, 1e-6)
-            description = "skipping" if skipping else "producing"
-            bar.update(task, completed=completed, rows=rows, speed=speed, description=description)
-
-        yield show

@@ -1,12 +1,15 @@
 """What every long-running ingest command shares: a stop flag set by SIGINT/SIGTERM, and a live
-progress line on stderr."""
+progress display on stderr (the producer's bar with its ETA, the consumer's open-ended line)."""
 
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+
+Show = Callable[[int, int, bool], None]  # the producer's bar: (rows read, bar position, skipping)
 
 
 @contextlib.contextmanager
@@ -64,3 +67,36 @@ class ConsumeProgress:
         if self._progress is not None:
             rate = rows / seconds if seconds > 0 else 0.0
             self._progress.update(self._task, completed=rows, rate=rate, batches=batches, rejected=rejected)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, total: int) -> Iterator[Show]:
+    """A rich bar on stderr: rows read, rows/s and the ETA from the bytes read (or rows, under --limit).
+
+    While a resumed run reads past the rows the topic already holds, it says `skipping`.
+    """
+    if not enabled:
+        yield lambda rows, completed, skipping: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    started = time.monotonic()
+    with Progress(
+        TextColumn("{task.description:<9}"),
+        BarColumn(),
+        TextColumn("{task.fields[rows]:>12,} rows  {task.fields[speed]:>8,.0f} rows/s"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("producing", total=total, rows=0, speed=0.0)
+
+        def show(rows: int, completed: int, skipping: bool) -> None:
+            speed = rows / max(time.monotonic() - started, 1e-6)
+            description = "skipping" if skipping else "producing"
+            bar.update(task, completed=completed, rows=rows, speed=speed, description=description)
+
+        yield show
