@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,8 +147,11 @@ def start_offsets(
     return starts
 
 
-def run_members(count: int, member_args: list[str], stop: threading.Event) -> list[tuple[int, str]]:
-    """Start `count` `btcflow consume` processes with `member_args` and wait for all of them.
+def run_members(
+    count: int, member_args: list[str], stop: threading.Event, tick: Callable[[], None] = lambda: None
+) -> list[tuple[int, str]]:
+    """Start `count` `btcflow consume` processes with `member_args` and wait for all of them, calling
+    `tick` about once a second meanwhile (the progress line).
 
     A stop (SIGINT/SIGTERM to this process) is passed on as SIGTERM, so each member ends cleanly.
     Returns each member's exit status and last line of output.
@@ -168,7 +172,8 @@ def run_members(count: int, member_args: list[str], stop: threading.Event) -> li
             for proc in procs:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
+        tick()
+        time.sleep(1.0)
     for reader in readers:
         reader.join(timeout=10)
     # a member killed by signal N reports -N; say it as a shell would (128 + N), never as success

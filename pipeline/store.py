@@ -139,6 +139,14 @@ class BatchStore:
     def next_batch(self) -> int:
         return len(self.entries) + 1
 
+    def rejected_count(self) -> int:
+        """Messages kept in `rejected.jsonl` (lines of unlisted batches included until the next commit)."""
+        try:
+            with (self.directory / REJECTED).open("rb") as f:
+                return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+        except FileNotFoundError:
+            return 0
+
     def resume_offsets(self, topic_id: str | None = None) -> dict[int, int]:
         return resume_offsets(self.entries, topic_id)
 

@@ -97,7 +97,7 @@ def consume(
                 member += [flag, str(value)]
         if from_beginning:
             member.append("--from-beginning")
-        _run_instances(instances, member)
+        _run_instances(instances, member, out_dir, show)
         return
     from pipeline.consumer import consume as run_consume
 
@@ -115,13 +115,26 @@ def consume(
     typer.echo(summary.line())
 
 
-def _run_instances(count: int, member_args: list[str]) -> None:
-    """N members with the same options, one summary line each; the exit status is the worst of theirs."""
-    from pipeline.group import run_members
-    from pipeline.running import stop_on_signals
+def _run_instances(count: int, member_args: list[str], out_dir: Path, show: bool) -> None:
+    """N members with the same options, one summary line each; the exit status is the worst of theirs.
+    The progress line follows the dataset: rows and batches the manifest lists, rejects kept."""
+    import time
 
-    with stop_on_signals(threading.Event()) as stop:
-        results = run_members(count, member_args, stop)
+    from pipeline.group import run_members
+    from pipeline.running import ConsumeProgress, stop_on_signals
+    from pipeline.store import BatchStore
+
+    store, started = BatchStore(out_dir), time.monotonic()
+    listed, rejected = len(store.entries), store.rejected_count()  # what this run found
+
+    with stop_on_signals(threading.Event()) as stop, ConsumeProgress(show, f"{count} members") as bar:
+
+        def tick() -> None:
+            new = store.entries[listed:]
+            seconds = time.monotonic() - started
+            bar.update(sum(e.rows for e in new), seconds, len(new), store.rejected_count() - rejected)
+
+        results = run_members(count, member_args, stop, tick)
     for member, (status, line) in enumerate(results, start=1):
         typer.echo(f"member {member}: {line or f'exit {status}'}")
     worst = max(status for status, _ in results)
