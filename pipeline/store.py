@@ -117,16 +117,6 @@ class BatchStore:
             raise BadInput(f"cannot create the batch folder {directory}: {exc.strerror}") from None
         self._remove_dead_leftovers()
 
-    # kept so that `with BatchStore(...)` reads naturally; a store holds nothing open between commits
-    def __enter__(self) -> BatchStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
     @property
     def entries(self) -> list[BatchEntry]:
         """The manifest as it is on disk now (other members append to it)."""
@@ -135,10 +125,6 @@ class BatchStore:
         except ManifestError as exc:
             raise BadInput(str(exc)) from None
 
-    @property
-    def next_batch(self) -> int:
-        return len(self.entries) + 1
-
     def rejected_count(self) -> int:
         """Messages kept in `rejected.jsonl` (lines of unlisted batches included until the next commit)."""
         try:
@@ -146,9 +132,6 @@ class BatchStore:
                 return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
         except FileNotFoundError:
             return 0
-
-    def resume_offsets(self, topic_id: str | None = None) -> dict[int, int]:
-        return resume_offsets(self.entries, topic_id)
 
     def write_batch(
         self,

@@ -342,12 +342,12 @@ def test_messages_dropped_by_a_rebalance_are_not_counted_twice(settings: Pipelin
         while sum(map(len, polled.values())) < 52 and time.monotonic() < deadline:
             for key, records in reader.poll(timeout_ms=500).items():
                 polled.setdefault(key, []).extend(records)
-        with BatchStore(settings.batch_dir) as store:
-            batcher = BatchingConsumer(settings, store, BatchPolicy(batch_rows=1000), settings.topic)
-            batcher._take(polled)
-            assert (batcher.rows_read, batcher.rejected) == (50, 2)
-            batcher._resync(reader)  # a rebalance: the open batch is someone else's now
-            assert (batcher.rows_read, batcher.rejected, batcher.batch.rows) == (0, 0, 0)
-            assert reader.position(tp) == 0  # sought back: they will be read, and counted, again
+        store = BatchStore(settings.batch_dir)
+        batcher = BatchingConsumer(settings, store, BatchPolicy(batch_rows=1000), settings.topic)
+        batcher._take(polled)
+        assert (batcher.rows_read, batcher.rejected) == (50, 2)
+        batcher._resync(reader)  # a rebalance: the open batch is someone else's now
+        assert (batcher.rows_read, batcher.rejected, batcher.batch.rows) == (0, 0, 0)
+        assert reader.position(tp) == 0  # sought back: they will be read, and counted, again
     finally:
         reader.close()
