@@ -240,7 +240,11 @@ class BatchStore:
             os.fsync(f.fileno())
 
     def _remove_dead_leftovers(self) -> None:
-        """Hidden temporary files whose writer died (nobody holds their lock)."""
+        """Temporary files whose writer died: a batch file nobody holds the lock of, and the manifest's
+        or the rejects' replacement (they exist only inside a commit, so under the lock they are dead)."""
+        with self._locked():
+            for name in (MANIFEST, REJECTED):
+                (self.directory / f"{name}.tmp").unlink(missing_ok=True)
         for tmp in self.directory.glob(".incoming-*.tmp"):
             with contextlib.suppress(OSError), tmp.open("rb") as f:
                 try:

@@ -18,6 +18,7 @@ from kafka.admin import NewPartitions
 
 from pipeline.broker import delete_topic, ensure_topic
 from pipeline.settings import PipelineSettings
+from pipeline.store import read_manifest
 from tests.pipeline.ingest import (
     assert_contiguous,
     assert_exactly,
@@ -66,7 +67,7 @@ def test_members_killed_and_added_still_write_every_row_once(
         producer.start()
         wait_for_batches(out, 2)
         members[0].send_signal(signal.SIGKILL)  # its open batch dies with it; its partitions move on
-        wait_for_batches(out, len(read_batches(out)[0]) + 2)
+        wait_for_batches(out, len(read_manifest(out)) + 2)  # mid-run: live members' files are half-written
         members.append(start_live(env, args))  # a member joins mid-run: another rebalance
         producer.join(timeout=300)
         summaries = finish(members)

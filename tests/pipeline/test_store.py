@@ -84,6 +84,7 @@ def test_a_dead_writers_leftover_goes_and_a_live_writers_stays(tmp_path: Path) -
     BatchStore(tmp_path)
     dead = tmp_path / f".incoming-{uuid.uuid4().hex}.parquet.tmp"
     dead.write_bytes(b"half a batch")
+    (tmp_path / "manifest.json.tmp").write_text('{"batches": [')  # a writer died inside its commit
     live = tmp_path / f".incoming-{uuid.uuid4().hex}.parquet.tmp"
     holder = subprocess.Popen(
         [
@@ -101,6 +102,7 @@ def test_a_dead_writers_leftover_goes_and_a_live_writers_stays(tmp_path: Path) -
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         BatchStore(tmp_path)
         assert not dead.exists() and live.exists()
+        assert not (tmp_path / "manifest.json.tmp").exists()
     finally:
         holder.kill()
         holder.wait(timeout=30)
