@@ -34,7 +34,8 @@ import pyarrow.parquet as pq
 from kafka import KafkaConsumer, TopicPartition
 
 from pipeline.broker import ensure_topic, partition_leader
-from pipeline.cluster import EmbeddedCluster, find_java, free_port_block
+from pipeline.cluster import EmbeddedCluster
+from pipeline.launcher import find_java, free_port_block
 from pipeline.producer import produce
 from pipeline.rows import FIELDS, RowChecker
 from pipeline.settings import PipelineSettings

@@ -19,29 +19,9 @@ from pathlib import Path
 
 from pipeline.broker import quorum_leader
 from pipeline.errors import BadInput, BrokerUnavailable
-from pipeline.launcher import (
-    find_java,
-    free_port_block,
-    free_port_pair,
-    port_open,
-    setup_jars,
-    stop_pids,
-)
+from pipeline.launcher import find_java, port_open, setup_jars, stop_pids
 from pipeline.node import EmbeddedNode, NodeState
 from pipeline.settings import PipelineSettings
-
-__all__ = [  # with what callers of the cluster need from the launcher
-    "ClusterStatus",
-    "EmbeddedBroker",
-    "EmbeddedCluster",
-    "EmbeddedNode",
-    "NodeState",
-    "find_java",
-    "free_port_block",
-    "free_port_pair",
-    "port_open",
-    "setup_jars",
-]
 
 
 def _cluster_id() -> str:
