@@ -113,8 +113,8 @@ def start_offsets(
     begin, end = consumer.beginning_offsets(list(assigned)), consumer.end_offsets(list(assigned))
     written_from = next((e.topic_id for e in reversed(entries) if e.topic_id), None)
     recreated = live_topic_id is not None and written_from not in (None, live_topic_id)
-    old = resume_offsets(entries)
-    resume = resume_offsets(entries, live_topic_id) if from_beginning else old
+    old = resume_offsets(entries)  # what the dataset last read, whatever topic it came from
+    resume = resume_offsets(entries, live_topic_id)  # what it read from the topic there is now
     starts: dict[TopicPartition, int] = {}
     for tp in sorted(assigned):
         first, last, at = begin[tp], end[tp], resume.get(tp.partition)
