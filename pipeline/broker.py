@@ -20,7 +20,7 @@ from pipeline.errors import BrokerUnavailable
 
 if TYPE_CHECKING:
     from pipeline.cluster import EmbeddedBroker, EmbeddedCluster
-    from pipeline.launcher import find_java, free_port_block, free_port_pair, port_open, setup_jars
+    from pipeline.launcher import find_java, free_port_block, free_port_pair, setup_jars
 
 __all__ = [
     "EmbeddedBroker",
@@ -33,7 +33,6 @@ __all__ = [
     "free_port_pair",
     "live_brokers",
     "partition_leader",
-    "port_open",
     "quorum_leader",
     "setup_jars",
     "topic_config",
@@ -48,7 +47,6 @@ _MOVED = {
     "find_java": "launcher",
     "free_port_block": "launcher",
     "free_port_pair": "launcher",
-    "port_open": "launcher",
     "setup_jars": "launcher",
 }
 

@@ -17,9 +17,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from btcflow.processes import port_open
 from pipeline.broker import quorum_leader
 from pipeline.errors import BadInput, BrokerUnavailable
-from pipeline.launcher import find_java, port_open, setup_jars, stop_pids
+from pipeline.launcher import find_java, setup_jars, stop_pids
 from pipeline.node import EmbeddedNode, NodeState
 from pipeline.settings import PipelineSettings
 

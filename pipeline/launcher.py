@@ -7,17 +7,15 @@ process (the CLI, a test) can find, stop or kill it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
+from btcflow import processes
 from pipeline.errors import BrokerUnavailable
 
 log = logging.getLogger("pipeline")
@@ -71,12 +69,6 @@ def find_java() -> str:
     return java
 
 
-def port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
 def free_port_block(n: int) -> int:
     """A port p such that p..p+n-1 are all free on 127.0.0.1 (a cluster of k nodes needs 2k)."""
     for _ in range(100):
@@ -102,68 +94,14 @@ def _bindable(port: int) -> bool:
     return True
 
 
+KAFKA_MARKER = b"kafka.Kafka"
+
+
 def live_pid(pid_file: Path) -> int | None:
     """The pid a pid file names while that process is a running Kafka JVM; None otherwise."""
-    try:
-        pid = int(pid_file.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        if not _alive(pid):
-            return None
-    except PermissionError:  # alive, but another user's: not our JVM
-        return None
-    with contextlib.suppress(OSError):  # Linux: make sure the pid was not reused by another program
-        if b"kafka.Kafka" not in Path(f"/proc/{pid}/cmdline").read_bytes():
-            return None
-    return pid
+    return processes.live_pid(pid_file, KAFKA_MARKER)
 
 
 def stop_pids(pid_files: list[Path], timeout_s: float) -> bool:
-    """SIGTERM every live pid at once, SIGKILL what is left after `timeout_s`; remove the pid files."""
-    pids = [pid for f in pid_files if (pid := live_pid(f)) is not None]
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.2)
-        alive = [pid for pid in alive if _alive(pid)]
-    for pid in alive:
-        log.warning("Kafka pid %d ignored SIGTERM for %.0f s: SIGKILL", pid, timeout_s)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        wait_gone(pid)
-    for f in pid_files:
-        f.unlink(missing_ok=True)
-    return bool(pids)
-
-
-def _alive(pid: int) -> bool:
-    """The process runs: a zombie (dead, waiting for a parent that is not us to reap it) does not."""
-    _reap(pid)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with contextlib.suppress(OSError):  # Linux: the state follows the last ')' of /proc/<pid>/stat
-        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
-    return True
-
-
-def wait_gone(pid: int) -> None:
-    """Block until `pid` is gone (reaped when it is our child, so no zombie is left behind)."""
-    try:
-        os.waitpid(pid, 0)
-        return
-    except ChildProcessError:  # started by another process (the CLI): poll
-        pass
-    while _alive(pid):
-        time.sleep(0.05)
-
-
-def _reap(pid: int) -> None:
-    """Collect the JVM's exit status when this process started it (no zombie left behind)."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    """SIGTERM every live Kafka pid at once, SIGKILL what is left after `timeout_s`; remove the pid files."""
+    return processes.stop_pids(pid_files, timeout_s, KAFKA_MARKER, "Kafka")

@@ -10,15 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from btcflow.processes import port_open, wait_gone
 from pipeline.broker import admin_client
 from pipeline.errors import BrokerUnavailable
-from pipeline.launcher import (
-    LOG4J_CONFIG,
-    live_pid,
-    port_open,
-    stop_pids,
-    wait_gone,
-)
+from pipeline.launcher import LOG4J_CONFIG, live_pid, stop_pids
 
 if TYPE_CHECKING:
     from pipeline.cluster import EmbeddedCluster

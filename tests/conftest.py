@@ -14,6 +14,9 @@ from pipeline.settings import PipelineSettings
 REPO = Path(__file__).resolve().parents[1]
 KAGGLE_SAMPLE = REPO.parent / "shared" / "data" / "kaggle_head_10k.csv"
 
+# session services of their own: the Spark standalone cluster and the MLflow tracking server
+pytest_plugins = ["tests.spark_cluster", "tests.tracking_server"]
+
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
