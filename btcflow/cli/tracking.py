@@ -1,0 +1,9 @@
+"""`btcflow tracking ...`: filled in by issue 8."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the root app."""
