@@ -17,3 +17,9 @@ class TrackingUnavailable(TrainingError):
     """The MLflow tracking store cannot be reached; nothing was trained or changed."""
 
     exit_code = 3
+
+
+class SparkUnavailable(TrainingError):
+    """A Spark daemon (master, worker, history server) did not start or does not answer."""
+
+    exit_code = 3

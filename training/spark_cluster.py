@@ -1,0 +1,351 @@
+"""A Spark standalone cluster on 127.0.0.1 from pyspark's own distribution: a master, N workers and
+the history server, each one JVM started by `<pyspark>/bin/spark-class` and known by its pid file.
+
+Nothing is downloaded and nothing is written into the pyspark install: `<home>` (by default
+`<BTCFLOW_DATA_DIR>/spark`) holds `conf/spark-defaults.conf` (written at every start), `logs/<daemon>.log`,
+`pids/<daemon>.pid`, `work/worker-<i>/` (the executors' folders), `local/` (shuffle and spill files)
+and `cluster.json` (how many workers the last start ran, so `status` and `stop` know them).
+Training writes its event logs to the folder the history server reads (`event_dir`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from btcflow.processes import last_line, launch, live_pid, port_open, stop_pids
+from training.errors import BadInput, SparkUnavailable
+from training.settings import TrainingSettings
+
+HOST = "127.0.0.1"
+MASTER = "org.apache.spark.deploy.master.Master"
+WORKER = "org.apache.spark.deploy.worker.Worker"
+HISTORY = "org.apache.spark.deploy.history.HistoryServer"
+
+SPARK_DEFAULTS = """\
+# Written by btcflow at every `btcflow spark start`; edit training/spark_cluster.py instead.
+spark.history.fs.logDirectory {event_uri}
+spark.history.ui.port {history_port}
+# the history server looks for new event logs this often: a run shows up seconds after it ends
+spark.history.fs.update.interval 2s
+# no REST submission server (fixed port 6066): training connects as a client through spark://
+spark.master.rest.enabled false
+# finished applications' folders (jars, executor stdout/stderr) in work/ are removed after 7 days
+spark.worker.cleanup.enabled true
+spark.worker.cleanup.appDataTtl 604800
+"""
+
+
+def spark_home() -> Path:
+    """pyspark's own distribution: bin/spark-class and jars/ come with the pip package."""
+    import pyspark
+
+    return Path(pyspark.__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class DaemonState:
+    name: str  # master, worker-<i> or history
+    address: str
+    pid: int | None
+    running: bool  # the process lives and its port answers
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    home: Path
+    daemons: tuple[DaemonState, ...]
+
+    @property
+    def running(self) -> bool:
+        """Every daemon runs."""
+        return all(d.running for d in self.daemons)
+
+    def describe(self) -> str:
+        up = sum(d.running for d in self.daemons)
+        lines = [f"Spark standalone cluster in {self.home}: {up} of {len(self.daemons)} daemons running"]
+        for d in self.daemons:
+            state = "running" if d.running else "starting" if d.pid else "not running"
+            pid = f"pid {d.pid}" if d.pid else "-"
+            lines.append(f"  {d.name:<10} {d.address:<40} {pid:<11} {state}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """One JVM of the cluster: its main class (the pid file's marker), arguments and probed port."""
+
+    name: str
+    main_class: str
+    args: tuple[str, ...]
+    port: int  # answers once the daemon serves (RPC for the master, web UI for the others)
+    address: str
+    home: Path
+
+    @property
+    def marker(self) -> bytes:
+        return self.main_class.encode()
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / f"{self.name}.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "pids" / f"{self.name}.pid"
+
+    @property
+    def pid(self) -> int | None:
+        return live_pid(self.pid_file, self.marker)
+
+    def state(self) -> DaemonState:
+        pid = self.pid
+        return DaemonState(self.name, self.address, pid, pid is not None and port_open(HOST, self.port))
+
+    def failure(self, what: str) -> SparkUnavailable:
+        return SparkUnavailable(
+            f"Spark {self.name} {what}: {last_line(self.log_file)} (log: {self.log_file})"
+        )
+
+
+class SparkCluster:
+    """A standalone master, `workers` workers (`cores` and `memory` each) and the history server."""
+
+    def __init__(
+        self,
+        home: Path,
+        event_dir: Path,
+        *,
+        workers: int = 1,
+        cores: int = 2,
+        memory: str = "2g",
+        port: int = 7077,
+        ui_port: int = 8080,
+        worker_ui_port: int = 8081,
+        history_port: int = 18080,
+        daemon_memory: str = "512m",
+    ) -> None:
+        if workers < 1:
+            raise BadInput(f"a Spark cluster needs 1 worker or more, not {workers}")
+        self.home = home.resolve()
+        self.event_dir = event_dir.resolve()
+        self.workers = workers
+        self.cores = cores
+        self.memory = memory
+        self.port = port
+        self.ui_port = ui_port
+        self.worker_ui_port = worker_ui_port
+        self.history_port = history_port
+        self.daemon_memory = daemon_memory
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: TrainingSettings | None = None,
+        *,
+        workers: int | None = None,
+        cores: int | None = None,
+        memory: str | None = None,
+    ) -> SparkCluster:
+        """The cluster the settings describe; `workers`, `cores`, `memory` (the CLI options) override."""
+        s = settings or TrainingSettings()
+        return cls(
+            s.spark_home,
+            s.event_dir,
+            workers=workers or s.spark_workers,
+            cores=cores or s.spark_worker_cores,
+            memory=memory or s.spark_worker_memory,
+            port=s.spark_port,
+            ui_port=s.spark_ui_port,
+            worker_ui_port=s.spark_worker_ui_port,
+            history_port=s.spark_history_port,
+            daemon_memory=s.spark_daemon_memory,
+        )
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://{HOST}:{self.port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{HOST}:{self.ui_port}"
+
+    @property
+    def history_url(self) -> str:
+        return f"http://{HOST}:{self.history_port}"
+
+    @property
+    def conf_file(self) -> Path:
+        return self.home / "conf" / "spark-defaults.conf"
+
+    @property
+    def _record(self) -> Path:
+        return self.home / "cluster.json"
+
+    def master(self) -> Daemon:
+        args = ("--host", HOST, "--port", str(self.port), "--webui-port", str(self.ui_port))
+        address = f"{self.master_url} (web UI {self.ui_url})"
+        return Daemon("master", MASTER, args, self.port, address, self.home)
+
+    def worker(self, i: int) -> Daemon:
+        ui_port = self.worker_ui_port + i - 1
+        args = (
+            self.master_url,
+            "--host",
+            HOST,
+            "--cores",
+            str(self.cores),
+            "--memory",
+            self.memory,
+            "--webui-port",
+            str(ui_port),
+            "--work-dir",
+            str(self.home / "work" / f"worker-{i}"),
+        )
+        return Daemon(f"worker-{i}", WORKER, args, ui_port, f"http://{HOST}:{ui_port}", self.home)
+
+    def history(self) -> Daemon:
+        return Daemon("history", HISTORY, (), self.history_port, self.history_url, self.home)
+
+    def daemons(self, workers: int | None = None) -> list[Daemon]:
+        n = self.workers if workers is None else workers
+        return [self.master(), *(self.worker(i) for i in range(1, n + 1)), self.history()]
+
+    def recorded_workers(self) -> int | None:
+        """How many workers the last start ran; None before the first start."""
+        try:
+            return int(json.loads(self._record.read_text())["workers"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def start(self, timeout_s: float = 120.0) -> str:
+        """Start every daemon that does not run (idempotent); the master URL once all workers are ALIVE.
+
+        Daemons already running are left alone (a running worker keeps its cores and memory); workers
+        beyond `workers` left by an earlier, bigger start are stopped.
+        """
+        self._prepare()
+        extra = [self.worker(i).pid_file for i in range(self.workers + 1, (self.recorded_workers() or 0) + 1)]
+        if extra:
+            stop_pids(extra, 30.0, WORKER.encode(), "Spark worker")
+        self._record.write_text(json.dumps({"workers": self.workers}) + "\n")
+        started: dict[Daemon, subprocess.Popen[bytes]] = {}
+        deadline = time.monotonic() + timeout_s
+        try:
+            master, history = self.master(), self.history()
+            for daemon in (master, history):
+                if daemon.pid is None:
+                    started[daemon] = self._launch(daemon)
+            # a worker that finds no master retries only after 5-15 s: start workers once it listens
+            self._wait(
+                lambda: [] if port_open(HOST, self.port) else [master], started, deadline, "did not listen"
+            )
+            for i in range(1, self.workers + 1):
+                worker = self.worker(i)
+                if worker.pid is None:
+                    started[worker] = self._launch(worker)
+            self._wait(self._unregistered_workers, started, deadline, "did not register with the master")
+            self._wait(
+                lambda: [] if self._history_answers() else [history], started, deadline, "did not answer"
+            )
+        except SparkUnavailable:
+            stop_pids([d.pid_file for d in started], 30.0, b"org.apache.spark.deploy", "Spark daemon")
+            raise
+        return self.master_url
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop every daemon of the home at once (SIGTERM, SIGKILL after `timeout_s`); False if none ran."""
+        pid_files = sorted((self.home / "pids").glob("*.pid"))
+        return stop_pids(pid_files, timeout_s, b"org.apache.spark.deploy", "Spark daemon")
+
+    def status(self) -> ClusterStatus:
+        """Every daemon of the last start (else of the settings), running or not."""
+        return ClusterStatus(self.home, tuple(d.state() for d in self.daemons(self.recorded_workers())))
+
+    def master_json(self) -> dict:
+        """The master web UI's /json/: its workers with their state (ALIVE, DEAD), cores and memory."""
+        import httpx
+
+        response = httpx.get(f"{self.ui_url}/json/", timeout=2.0)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def _unregistered_workers(self) -> list[Daemon]:
+        """Our workers the master does not list (by web UI address) as ALIVE."""
+        import httpx
+
+        workers = [self.worker(i) for i in range(1, self.workers + 1)]
+        try:
+            listed = self.master_json().get("workers", [])
+        except (httpx.HTTPError, ValueError):
+            return workers
+        alive = {w.get("webuiaddress") for w in listed if w.get("state") == "ALIVE"}
+        return [w for w in workers if w.address not in alive]
+
+    def _history_answers(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.history_url}/api/v1/applications", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _prepare(self) -> None:
+        for folder in ("conf", "logs", "pids", "work", "local"):
+            (self.home / folder).mkdir(parents=True, exist_ok=True)
+        self.event_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_file.write_text(
+            SPARK_DEFAULTS.format(event_uri=self.event_dir.as_uri(), history_port=self.history_port)
+        )
+
+    def _env(self) -> dict[str, str]:
+        """Bind 127.0.0.1 only, keep every file under `home`, small daemon heaps; executors use our Python."""
+        env = {k: v for k, v in os.environ.items() if k != "SPARK_ENV_LOADED"}
+        env.update(
+            SPARK_HOME=str(spark_home()),
+            SPARK_CONF_DIR=str(self.home / "conf"),  # not <pyspark>/conf: no spark-env.sh from the install
+            SPARK_LOCAL_IP=HOST,  # RPC and web UIs bind here
+            SPARK_MASTER_HOST=HOST,
+            SPARK_PUBLIC_DNS=HOST,  # the addresses the UIs link to
+            SPARK_LOG_DIR=str(self.home / "logs"),
+            SPARK_PID_DIR=str(self.home / "pids"),
+            SPARK_WORKER_DIR=str(self.home / "work"),
+            SPARK_LOCAL_DIRS=str(self.home / "local"),
+            SPARK_DAEMON_MEMORY=self.daemon_memory,
+            PYSPARK_PYTHON=sys.executable,
+        )
+        return env
+
+    def _launch(self, daemon: Daemon) -> subprocess.Popen[bytes]:
+        for port in {daemon.port, self.ui_port} if daemon.main_class == MASTER else {daemon.port}:
+            if port_open(HOST, port):
+                raise SparkUnavailable(
+                    f"cannot start the Spark {daemon.name}: port {port} on {HOST} is taken by another process"
+                )
+        cmd = [str(spark_home() / "bin" / "spark-class"), daemon.main_class, *daemon.args]
+        cmd += ["--properties-file", str(self.conf_file)]
+        return launch(cmd, daemon.log_file, daemon.pid_file, env=self._env(), cwd=self.home)
+
+    def _wait(
+        self,
+        waiting: Callable[[], list[Daemon]],
+        started: dict[Daemon, subprocess.Popen[bytes]],
+        deadline: float,
+        what: str,
+    ) -> None:
+        """Poll until `waiting` names no daemon; one we started dying, or the deadline, raises."""
+        while left := waiting():
+            for daemon, proc in started.items():
+                if proc.poll() is not None:
+                    raise daemon.failure(f"exited at start with status {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise left[0].failure(f"{what} in time")
+            time.sleep(0.3)
