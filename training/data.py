@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -19,6 +20,8 @@ from training.errors import BadInput
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from training.settings import TrainingSettings
 
 log = logging.getLogger("training")
 Scheme = Literal["segment", "cumulative"]
@@ -74,13 +77,32 @@ def selections(numbers: list[int], scheme: Scheme) -> list[list[int]]:
     raise BadInput(f"unknown scheme {scheme!r}; choose segment or cumulative")
 
 
-def spark_session(master: str, driver_memory: str = "4g", partitions: int = 4) -> SparkSession:
-    """The process's one SparkSession, tuned for local mode and quiet (no UI, WARN logs)."""
+def spark_session(
+    master: str,
+    driver_memory: str = "4g",
+    partitions: int = 4,
+    *,
+    event_dir: Path | None = None,
+    executor_memory: str = "1g",
+    executor_cores: int | None = None,
+) -> SparkSession:
+    """The process's one SparkSession, quiet (no UI, WARN logs), local mode or a standalone cluster.
+
+    `event_dir` turns Spark's event log on (the history server replays it). On a cluster the executors
+    run this very interpreter (same packages), and a driver talking to a master on 127.0.0.1 binds
+    127.0.0.1 too; a remote master needs the driver on an address its executors reach, Spark's default.
+    """
     from pyspark.sql import SparkSession
 
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # local mode: no lookup of the host's address
+    local = master.startswith("local")
+    loopback = local or all(
+        hostport.split(":")[0] in ("127.0.0.1", "localhost")
+        for hostport in master.removeprefix("spark://").split(",")
+    )
+    if loopback:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no lookup of the host's address
     java_options = f"-Dlog4j2.configurationFile={LOG4J}"
-    spark = (
+    builder = (
         SparkSession.builder.master(master)
         .appName("btcflow-train")
         .config("spark.driver.memory", driver_memory)
@@ -91,10 +113,42 @@ def spark_session(master: str, driver_memory: str = "4g", partitions: int = 4) -
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
     )
+    if event_dir is not None:
+        event_dir = event_dir.resolve()
+        event_dir.mkdir(parents=True, exist_ok=True)
+        builder = builder.config("spark.eventLog.enabled", "true").config(
+            "spark.eventLog.dir", event_dir.as_uri()
+        )
+    if not local:
+        # PySpark sends the driver's PYSPARK_PYTHON to the executors as the Python to start
+        os.environ["PYSPARK_PYTHON"] = sys.executable
+        builder = (
+            builder.config("spark.pyspark.python", sys.executable)
+            .config("spark.executor.memory", executor_memory)
+            .config("spark.executor.extraJavaOptions", java_options)
+        )
+        if executor_cores is not None:
+            builder = builder.config("spark.executor.cores", str(executor_cores))
+        if loopback:
+            builder = builder.config("spark.driver.host", "127.0.0.1").config(
+                "spark.driver.bindAddress", "127.0.0.1"
+            )
+    spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def session(settings: TrainingSettings) -> SparkSession:
+    """The SparkSession the settings describe, with the event log on: what every training run uses."""
+    return spark_session(
+        settings.spark_master,
+        settings.spark_driver_memory,
+        settings.spark_partitions,
+        event_dir=settings.event_dir,
+        executor_memory=settings.spark_executor_memory,
+        executor_cores=settings.spark_executor_cores,
+    )
 
 
 def spark_schema():  # noqa: ANN201 - pyspark type, imported lazily

@@ -196,6 +196,8 @@ def train_one(
             "btcflow.last_batch": str(numbers[-1]),
             "btcflow.train_max_ts": repr(train_max_ts),
             "btcflow.test_min_ts": repr(cutoff),
+            "btcflow.spark_app_id": str(spark.sparkContext.applicationId),
+            "btcflow.spark_master": str(spark.sparkContext.master),
             **data.lineage(batches),
         }
         with nested_run(run_name, tags) as run:
@@ -294,9 +296,7 @@ def train_models(
         raise BadInput(f"batch {missing[0]} is not in the manifest")
     plan = data.selections(numbers, scheme)
     connect(settings)
-    spark = spark or data.spark_session(
-        settings.spark_master, settings.spark_driver_memory, settings.spark_partitions
-    )
+    spark = spark or data.session(settings)
     results: list[TrainResult] = []
     for selection in plan:
         chosen = [by_number[n] for n in selection]
