@@ -23,3 +23,9 @@ class SparkUnavailable(TrainingError):
     """A Spark daemon (master, worker, history server) did not start or does not answer."""
 
     exit_code = 3
+
+
+class ServiceDidNotStart(TrainingError):
+    """A service btcflow launches for training (PostgreSQL, the MLflow tracking server) did not come up."""
+
+    exit_code = 3

@@ -1,0 +1,302 @@
+"""btcflow's own PostgreSQL cluster, the tracking server's backend store: never the system's cluster.
+
+The cluster lives in one folder (`<data dir>/postgres`, its own log `postgres.log` inside) and listens
+on 127.0.0.1 only, on its own port. It holds one role, `btcflow`, whose password is generated at the
+first start and kept 0600 beside the other tracking files, and one database, `mlflow`. Password
+authentication (scram-sha-256) rather than trust: with trust any local user could rewrite the
+registry; the password never appears on a command line (MLflow gets it through its environment).
+
+PostgreSQL refuses to run as root: when btcflow runs as root, `initdb`, `pg_ctl` and so the server run
+as the `postgres` system user the Debian package creates (`runuser -u postgres --`), who owns the
+cluster folder and must be able to enter every folder above it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import secrets
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from btcflow.processes import alive, port_open
+from training.errors import ServiceDidNotStart
+
+log = logging.getLogger("training")
+
+ROLE = "btcflow"
+DATABASE = "mlflow"
+SYSTEM_USER = "postgres"  # the Debian package's user, who runs the cluster when btcflow is root
+_SOCKET_PATH_MAX = 100  # a unix socket path longer than ~107 bytes cannot be bound: then TCP only
+
+
+def find_bin_dir() -> Path:
+    """The newest installed PostgreSQL's bin folder (Debian keeps each major version apart)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if not found:
+        raise ServiceDidNotStart(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): run make setup "
+            "(apt-get install postgresql), or start with --backend-store-uri on a database of your own"
+        )
+    return found[-1].parent
+
+
+@dataclass(frozen=True)
+class PostgresState:
+    address: str
+    home: Path
+    pid: int | None
+    running: bool  # the postmaster lives and its port answers
+
+
+class PostgresCluster:
+    """One PostgreSQL cluster in `home` on 127.0.0.1:`port`, started and stopped with `pg_ctl -w`."""
+
+    def __init__(self, home: Path, port: int, secret_dir: Path, bin_dir: Path | None = None) -> None:
+        self.home = home.absolute()
+        self.port = port
+        self.secret_dir = secret_dir.absolute()
+        self._bin_dir = bin_dir
+
+    @property
+    def bin_dir(self) -> Path:
+        if self._bin_dir is None:
+            self._bin_dir = find_bin_dir()
+        return self._bin_dir
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "postgres.log"
+
+    @property
+    def password_file(self) -> Path:
+        return self.secret_dir / "postgres.password"
+
+    @property
+    def uri(self) -> str:
+        """The SQLAlchemy URI MLflow's store uses (it carries the password: keep it off command lines)."""
+        return f"postgresql+psycopg2://{ROLE}:{self.password()}@127.0.0.1:{self.port}/{DATABASE}"
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's pid while it runs from this folder (its pid file's first line)."""
+        try:
+            pid = int((self.home / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (FileNotFoundError, PermissionError, ValueError):
+            return None
+        if not alive(pid):
+            return None
+        with contextlib.suppress(OSError):  # a pid reused by another program is not ours
+            if str(self.home).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return None
+        return pid
+
+    def state(self) -> PostgresState:
+        pid = self.pid
+        return PostgresState(
+            self.address, self.home, pid, pid is not None and port_open("127.0.0.1", self.port)
+        )
+
+    def password(self) -> str:
+        """The role's password, generated once (0600) and kept, so a restart finds the same one."""
+        with contextlib.suppress(FileNotFoundError):
+            return self.password_file.read_text().strip()
+        self.secret_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(24)
+        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        return value
+
+    def start(self, timeout_s: float = 60.0) -> str:
+        """Create the cluster at the first start, start it unless it runs, make sure the database exists.
+
+        Idempotent; returns the SQLAlchemy URI of the `mlflow` database.
+        """
+        if self.pid is None:
+            if port_open("127.0.0.1", self.port):
+                raise ServiceDidNotStart(
+                    f"PostgreSQL port {self.port} on 127.0.0.1 is taken by another process "
+                    "(set BTCFLOW_POSTGRES_PORT to another one)"
+                )
+            if not (self.home / "PG_VERSION").exists():
+                self._init()
+            self._pg_ctl_start(timeout_s)
+        self._create_database(timeout_s)
+        return self.uri
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """`pg_ctl stop -m fast` (disconnect clients, checkpoint, exit); False if it was not running."""
+        if self.pid is None:
+            return False
+        proc = self._run(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "stop",
+                "-D",
+                str(self.home),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                str(int(timeout_s)),
+            ]
+        )
+        if proc.returncode != 0 and self.pid is not None:
+            raise ServiceDidNotStart(f"PostgreSQL in {self.home} did not stop: {_tail(proc.stdout)}")
+        return True
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _user(self) -> pwd.struct_passwd | None:
+        """The system user who runs the cluster when btcflow is root; None: btcflow's own user."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            return pwd.getpwnam(SYSTEM_USER)
+        except KeyError:
+            raise ServiceDidNotStart(
+                f"PostgreSQL refuses to run as root and there is no '{SYSTEM_USER}' user "
+                "(apt-get install postgresql creates it)"
+            ) from None
+
+    def _run(self, cmd: list[str]) -> subprocess.CompletedProcess[str]:
+        user = self._user()
+        prefix = ["runuser", "-u", user.pw_name, "--"] if user else []
+        return subprocess.run(
+            prefix + cmd,
+            cwd=self.home if self.home.is_dir() else None,  # a cwd the postgres user may not enter warns
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # the postmaster pg_ctl leaves behind never gets the caller's Ctrl-C
+            check=False,
+        )
+
+    def _check_traversable(self, user: pwd.struct_passwd) -> None:
+        """Every folder above the cluster must let the postgres user through: say which one does not."""
+        groups = {user.pw_gid, *(g for g in os.getgrouplist(user.pw_name, user.pw_gid))}
+        for parent in reversed(self.home.parents):
+            st = parent.stat()
+            bit = (
+                stat.S_IXUSR
+                if st.st_uid == user.pw_uid
+                else stat.S_IXGRP
+                if st.st_gid in groups
+                else stat.S_IXOTH
+            )
+            if not st.st_mode & bit:
+                raise ServiceDidNotStart(
+                    f"PostgreSQL runs as user {user.pw_name}, who cannot enter {parent} "
+                    f"(mode {stat.S_IMODE(st.st_mode):04o}): chmod o+x {parent}, or set BTCFLOW_DATA_DIR "
+                    "to a folder outside it"
+                )
+
+    def _init(self) -> None:
+        user = self._user()
+        if user:
+            self._check_traversable(user)
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if any(self.home.iterdir()):
+            raise ServiceDidNotStart(
+                f"{self.home} is not empty and holds no PostgreSQL cluster: remove it to start afresh"
+            )
+        password = self.password()
+        fd, pwfile = tempfile.mkstemp(prefix=".pwfile-", dir=self.home.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(password + "\n")
+            if user:
+                os.chown(self.home, user.pw_uid, user.pw_gid)
+                os.chown(pwfile, user.pw_uid, user.pw_gid)
+            self.home.chmod(0o700)
+            proc = self._run(
+                [
+                    str(self.bin_dir / "initdb"),
+                    "-D",
+                    str(self.home),
+                    "-U",
+                    ROLE,
+                    f"--pwfile={pwfile}",
+                    "-E",
+                    "UTF8",
+                    "--no-locale",
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=scram-sha-256",
+                ]
+            )
+        finally:
+            os.unlink(pwfile)
+        if proc.returncode != 0:
+            raise ServiceDidNotStart(f"initdb of {self.home} failed: {_tail(proc.stdout)}")
+        log.info("PostgreSQL cluster created in %s", self.home)
+
+    def _pg_ctl_start(self, timeout_s: float) -> None:
+        socket_dir = str(self.home) if len(f"{self.home}/.s.PGSQL.{self.port}") < _SOCKET_PATH_MAX else ""
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{socket_dir}'"
+        proc = self._run(
+            [
+                str(self.bin_dir / "pg_ctl"),
+                "start",
+                "-D",
+                str(self.home),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                str(int(max(timeout_s, 1))),
+                "-o",
+                options,
+            ]
+        )
+        if proc.returncode != 0 or self.pid is None:
+            from btcflow.processes import last_line
+
+            error = last_line(self.log_file, ("ERROR", "FATAL", "PANIC")) if self.log_file.exists() else ""
+            raise ServiceDidNotStart(
+                f"PostgreSQL did not start on {self.address}: {error or _tail(proc.stdout)} "
+                f"(log: {self.log_file})"
+            )
+
+    def _create_database(self, timeout_s: float) -> None:
+        import psycopg2
+
+        try:
+            conn = psycopg2.connect(
+                host="127.0.0.1",
+                port=self.port,
+                user=ROLE,
+                password=self.password(),
+                dbname="postgres",
+                connect_timeout=max(1, int(timeout_s)),
+            )
+        except psycopg2.Error as exc:
+            raise ServiceDidNotStart(
+                f"PostgreSQL on {self.address} refuses btcflow: {str(exc).strip()} (log: {self.log_file})"
+            ) from None
+        try:
+            conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
+                if cur.fetchone() is None:
+                    cur.execute(f"CREATE DATABASE {DATABASE} OWNER {ROLE}")
+        finally:
+            conn.close()
+
+
+def _tail(output: str | None) -> str:
+    lines = [ln.strip() for ln in (output or "").splitlines() if ln.strip()]
+    return (lines or ["no output"])[-1][:300]

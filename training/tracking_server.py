@@ -1,0 +1,287 @@
+"""The MLflow tracking server btcflow runs: `mlflow server` on 127.0.0.1, PostgreSQL behind it, artifacts
+proxied, so a client (training, promotion, the gateway) needs only its http address and no file of it.
+
+Files, all under the data dir: `tracking/` (the server's pid file and log, the webhook secret key and
+the PostgreSQL password, both 0600), `postgres/` (the cluster, with its own `postgres.log`) and
+`mlflow-artifacts/` (every run's artifacts, written by the server only).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from btcflow.processes import alive, last_line, launch, live_pid, port_open, stop_pids
+from training.errors import ServiceDidNotStart
+from training.postgres import PostgresCluster, PostgresState
+
+log = logging.getLogger("training")
+
+HOST = "127.0.0.1"
+
+
+class TrackingServerSettings(BaseSettings):
+    """What `btcflow tracking` and the tests read (environment, prefix BTCFLOW_)."""
+
+    model_config = SettingsConfigDict(env_prefix="BTCFLOW_", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(
+        Path("data"), description="Home of tracking/, postgres/ and mlflow-artifacts/ (the server's files)."
+    )
+    tracking_port: int = Field(5000, ge=1, le=65535, description="Port of the MLflow server on 127.0.0.1.")
+    postgres_port: int = Field(
+        5433,
+        ge=1,
+        le=65535,
+        description="Port of btcflow's own PostgreSQL on 127.0.0.1 (5432 is the system's).",
+    )
+    tracking_workers: int = Field(
+        2, ge=1, description="uvicorn worker processes of the server (each one loads MLflow: ~250 MB)."
+    )
+    tracking_backend_store_uri: str | None = Field(
+        None,
+        description="A database of your own (SQLAlchemy URI) for the server: btcflow runs no PostgreSQL.",
+    )
+
+    @property
+    def uri(self) -> str:
+        """The server's http address: what MLFLOW_TRACKING_URI points clients at."""
+        return f"http://{HOST}:{self.tracking_port}"
+
+
+@dataclass(frozen=True)
+class TrackingStatus:
+    uri: str
+    pid: int | None
+    running: bool  # the server lives and /health answers
+    postgres: PostgresState | None  # None: the server uses a database btcflow does not run
+    artifacts: Path
+
+    @property
+    def all_running(self) -> bool:
+        return self.running and (self.postgres is None or self.postgres.running)
+
+    def describe(self) -> str:
+        def line(name: str, address: str, pid: int | None, running: bool) -> str:
+            state = "running" if running else "starting" if pid else "not running"
+            return f"  {name:<10} {address:<23} {f'pid {pid}' if pid else '-':<11} {state}"
+
+        lines = [f"MLflow tracking server, artifacts in {self.artifacts}"]
+        if self.postgres is None:
+            lines.append("  postgres   not used (--backend-store-uri: a database of your own)")
+        else:
+            pg = self.postgres
+            lines.append(line("postgres", pg.address, pg.pid, pg.running))
+        lines.append(line("mlflow", self.uri, self.pid, self.running))
+        return "\n".join(lines)
+
+
+class TrackingServer:
+    """`mlflow server` with proxied artifacts on HOST:`port`, on btcflow's PostgreSQL unless given a
+    `backend_store_uri`; known by its pid file, so any process can start, stop or inspect it."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 5000,
+        postgres_port: int = 5433,
+        workers: int = 2,
+        backend_store_uri: str | None = None,
+    ) -> None:
+        self.data_dir = data_dir.absolute()
+        self.port = port
+        self.workers = workers
+        self.backend_store_uri = backend_store_uri
+        self.home = self.data_dir / "tracking"
+        self.artifacts = self.data_dir / "mlflow-artifacts"
+        self.postgres = (
+            None
+            if backend_store_uri
+            else PostgresCluster(self.data_dir / "postgres", postgres_port, self.home)
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: TrackingServerSettings, backend_store_uri: str | None = None
+    ) -> TrackingServer:
+        return cls(
+            settings.data_dir,
+            settings.tracking_port,
+            settings.postgres_port,
+            settings.tracking_workers,
+            backend_store_uri or settings.tracking_backend_store_uri,
+        )
+
+    @property
+    def uri(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "server.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "server.log"
+
+    @property
+    def key_file(self) -> Path:
+        return self.home / "webhook-secret.key"
+
+    @property
+    def _external_marker(self) -> Path:
+        return self.home / "external-store"
+
+    @property
+    def _marker(self) -> bytes:
+        """In the server's command line: its artifact folder, one per data dir."""
+        return str(self.artifacts).encode()
+
+    @property
+    def pid(self) -> int | None:
+        return live_pid(self.pid_file, self._marker)
+
+    def start(self, timeout_s: float = 120.0) -> str:
+        """Start PostgreSQL and the server, each unless it runs (idempotent); the http uri once /health
+        answers. ServiceDidNotStart (exit 3) names the log and its last error line otherwise."""
+        deadline = time.monotonic() + timeout_s
+        store_uri = self.postgres.start(timeout_s) if self.postgres else self.backend_store_uri
+        assert store_uri is not None
+        self.home.mkdir(parents=True, exist_ok=True)
+        if self.postgres is None:  # so a later `status` does not count btcflow's PostgreSQL
+            self._external_marker.write_text("the server uses a database of the user's own\n")
+        else:
+            self._external_marker.unlink(missing_ok=True)
+        pid = self.pid
+        if pid is None:
+            if port_open(HOST, self.port):
+                raise ServiceDidNotStart(
+                    f"port {self.port} on {HOST} is taken by another process (set BTCFLOW_TRACKING_PORT)"
+                )
+            self.artifacts.mkdir(parents=True, exist_ok=True)
+            proc = launch(self._command(), self.log_file, self.pid_file, env=self._environment(store_uri))
+            pid = proc.pid
+        self._wait_healthy(pid, deadline)
+        return self.uri
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop the server (SIGTERM, which it passes on to uvicorn), then PostgreSQL; False if neither ran."""
+        stopped = self._stop_server(timeout_s)
+        if self.postgres is not None:
+            stopped = self.postgres.stop(timeout_s) or stopped
+        return stopped
+
+    def status(self) -> TrackingStatus:
+        pid = self.pid
+        external = self.postgres is None or (pid is not None and self._external_marker.exists())
+        return TrackingStatus(
+            self.uri,
+            pid,
+            pid is not None and self._healthy(),
+            None if external or self.postgres is None else self.postgres.state(),
+            self.artifacts,
+        )
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(self.artifacts),
+        ]
+
+    def _environment(self, store_uri: str) -> dict[str, str]:
+        env = dict(os.environ)
+        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # a server is a store, not a client
+            env.pop(name, None)
+        env.update(
+            {
+                # the store URI carries a password: in the environment (mlflow server reads it there), never
+                # on the command line everyone's `ps` shows
+                "MLFLOW_BACKEND_STORE_URI": store_uri,
+                # registry webhooks go to the gateway on 127.0.0.1 over http, and a new one is seen at once
+                "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+                "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+                "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+                # webhook secrets are stored encrypted with this key: the same one after every restart
+                "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": self._webhook_key(),
+                # the job runner (GenAI judges, scorers) is a separate huey consumer btcflow has no use for
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+            }
+        )
+        return env
+
+    def _webhook_key(self) -> str:
+        """A Fernet key (32 random bytes, url-safe base64) generated once, kept 0600."""
+        with contextlib.suppress(FileNotFoundError):
+            return self.key_file.read_text().strip()
+        self.home.mkdir(parents=True, exist_ok=True)
+        key = base64.urlsafe_b64encode(os.urandom(32)).decode()
+        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        return key
+
+    def _healthy(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.uri}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _wait_healthy(self, pid: int, deadline: float) -> None:
+        while not self._healthy():
+            if not alive(pid):
+                self.pid_file.unlink(missing_ok=True)
+                raise ServiceDidNotStart(
+                    f"MLflow server exited at start: {self._last_error()} (log: {self.log_file})"
+                )
+            if time.monotonic() > deadline:
+                raise ServiceDidNotStart(
+                    f"MLflow server at {self.uri} did not answer /health in time: {self._last_error()} "
+                    f"(log: {self.log_file})"
+                )
+            time.sleep(0.3)
+
+    def _last_error(self) -> str:
+        return last_line(self.log_file, ("ERROR", "Error", "Exception", "FATAL"))
+
+    def _stop_server(self, timeout_s: float) -> bool:
+        """SIGTERM the `mlflow server` process; whatever it leaves behind (uvicorn and its workers, if it
+        was SIGKILLed) is killed too, so no orphan keeps the port."""
+        import psutil
+
+        pid = self.pid
+        children: list[psutil.Process] = []
+        if pid is not None:
+            with contextlib.suppress(psutil.Error):
+                children = psutil.Process(pid).children(recursive=True)
+        stopped = stop_pids([self.pid_file], timeout_s, self._marker, "MLflow server")
+        _, left = psutil.wait_procs(children, timeout=timeout_s)
+        for child in left:
+            log.warning("MLflow server process %d outlived the server: SIGKILL", child.pid)
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(left, timeout=5)
+        return stopped
