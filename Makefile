@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml requirements.lock
 
 setup: $(STAMP) ## idempotent bootstrap: .venv with pinned packages, Kafka jars resolved by Maven
 	@$(BIN)/btcflow broker setup
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then \
+		echo "installing PostgreSQL (btcflow tracking start runs its own cluster)"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }; \
+		else echo "PostgreSQL not installed: sudo apt-get install postgresql (for btcflow tracking start)"; fi; }
 
 demo: setup ## the main job on embedded defaults (ROWS=7000000 for the seed's scale)
 	$(BIN)/btcflow demo --rows $(ROWS)
