@@ -2,8 +2,8 @@
 
 Production is recorded twice on purpose: the stage (deprecated in MLflow 3, still what `mlflow
 models serve models:/name/Production` and the UI show) and the alias `production` (the MLflow 3 way).
-Both move together here and nowhere else; reading, the stage wins and the alias is the fallback,
-as in the gateway.
+Both move together here and nowhere else; reading them is btcflow.registry's one rule (the stage
+wins, the alias is the fallback), which the gateway follows too.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from btcflow import registry
+from btcflow.registry import StoreUnavailable
 from training import data
 from training.errors import BadInput, TrackingUnavailable, TrainingError
 from training.settings import TrainingSettings
@@ -26,7 +28,6 @@ from training.tracking import connect
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
-    from mlflow.exceptions import MlflowException
     from pyspark.sql import SparkSession
 
 log = logging.getLogger("training")
@@ -60,48 +61,24 @@ def _client(settings: TrainingSettings) -> MlflowClient:
     return MlflowClient()
 
 
-def _absent(exc: MlflowException) -> bool:
-    """The registry answered cleanly that the model, version or alias does not exist.
-
-    Anything else (store down, a timeout, a database error) is not absence: read as "no
-    champion", it would let --best promote without a comparison.
-    """
-    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-        return True
-    return (
-        exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in exc.message and "not found" in exc.message
-    )
-
-
-def _unavailable(exc: MlflowException) -> TrackingUnavailable:
+def _unavailable(exc: StoreUnavailable) -> TrackingUnavailable:
     """Exit 3: the registry did not answer (MLflow's message names the store and the cause)."""
-    return TrackingUnavailable(f"MLflow registry unusable: {exc.message}")
+    return TrackingUnavailable(f"MLflow registry unusable: {exc.detail}")
 
 
 def production_version(client: MlflowClient, spec: ModelSpec) -> ModelVersion | None:
-    """The current Production version: the stage, else the alias (as the gateway resolves it).
+    """The current Production version, by btcflow.registry's rule (the gateway's too): stage, else alias.
 
     Both move together on promotion; they differ only in a registry edited by hand, and then
     training must compare against the version the gateway serves. None only when the registry
-    says there is none; TrackingUnavailable when it cannot say.
+    says there is none; TrackingUnavailable when it cannot say: read as "no champion", a store
+    hiccup would let --best promote without a comparison.
     """
-    from mlflow.exceptions import MlflowException
-
-    with _quiet_deprecations():
-        try:
-            staged = client.get_latest_versions(spec.registered_name, stages=[PRODUCTION_STAGE])
-        except MlflowException as exc:
-            if _absent(exc):
-                return None
-            raise _unavailable(exc) from exc
-    if staged:
-        return max(staged, key=lambda v: int(v.version))
     try:
-        return client.get_model_version_by_alias(spec.registered_name, PRODUCTION_ALIAS)
-    except MlflowException as exc:
-        if _absent(exc):
-            return None
+        found = registry.production(client, spec.registered_name)
+    except StoreUnavailable as exc:
         raise _unavailable(exc) from exc
+    return found.model_version if found else None
 
 
 def versions(client: MlflowClient, spec: ModelSpec) -> list[ModelVersion]:
@@ -120,16 +97,14 @@ def _set_production(client: MlflowClient, spec: ModelSpec, version: str) -> None
 
 def promote_version(settings: TrainingSettings, model: str, version: str | int) -> Promotion:
     """Make `version` Production: stage (archiving the previous one) and alias move together."""
-    from mlflow.exceptions import MlflowException
-
     spec = get_spec(model)
     client = _client(settings)
     try:
-        client.get_model_version(spec.registered_name, str(version))
-    except MlflowException as exc:
-        if _absent(exc):
-            raise BadInput(f"{spec.registered_name} has no version {version}") from None
+        found = registry.answer(lambda: client.get_model_version(spec.registered_name, str(version)))
+    except StoreUnavailable as exc:
         raise _unavailable(exc) from exc
+    if found is None:
+        raise BadInput(f"{spec.registered_name} has no version {version}")
     current = production_version(client, spec)
     previous = str(current.version) if current else None
     if previous == str(version):

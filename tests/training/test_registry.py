@@ -122,3 +122,101 @@ def test_a_registry_that_does_not_answer_is_not_no_champion(
     with pytest.raises(TrackingUnavailable, match="unusable") as error:
         production_version(down, SPECS["close"])
     assert error.value.exit_code == 3
+
+
+class Answers:
+    """A registry client whose stage and alias lookups raise (or return) what a store would."""
+
+    def __init__(self, staged: object, alias: object) -> None:
+        self.staged, self.alias = staged, alias
+
+    @staticmethod
+    def _give(what: object) -> object:
+        if isinstance(what, BaseException):
+            raise what
+        return what
+
+    def get_latest_versions(self, name: str, stages: list[str]) -> object:
+        return self._give(self.staged)
+
+    def get_model_version_by_alias(self, name: str, alias: str) -> object:
+        return self._give(self.alias)
+
+
+def _mlflow_error(code: str, message: str) -> Exception:
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import ErrorCode
+
+    if message.startswith("REST "):  # as the REST store raises it: the server's JSON, code prefixed
+        return RestException({"error_code": code, "message": message[5:]})
+    return MlflowException(message, error_code=ErrorCode.Value(code))
+
+
+NO_MODEL = ("RESOURCE_DOES_NOT_EXIST", "Registered Model with name=btc-close not found")
+NO_ALIAS_SQL = ("INVALID_PARAMETER_VALUE", "Registered model alias production not found.")
+NO_ALIAS_REST = ("INVALID_PARAMETER_VALUE", "REST Registered model alias production not found.")
+
+
+@pytest.mark.parametrize(
+    ("staged", "alias"),
+    [
+        (NO_MODEL, None),  # never registered: no alias lookup at all
+        ([], NO_ALIAS_SQL),  # registered, nothing staged, no alias: the SQL store's answer
+        ([], NO_ALIAS_REST),  # the same through `mlflow server` (measured on MLflow 3.17: same code)
+        ([], ("RESOURCE_DOES_NOT_EXIST", "REST alias production not found")),  # a registry that says 404
+    ],
+)
+def test_the_registry_answering_none_is_absent(staged: object, alias: object) -> None:
+    from btcflow import registry
+
+    def given(x: object) -> object:
+        return _mlflow_error(*x) if isinstance(x, tuple) else x
+
+    assert registry.production(Answers(given(staged), given(alias)), "btc-close") is None
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        (
+            "INVALID_PARAMETER_VALUE",
+            "Invalid name: 'btc close'",
+        ),  # INVALID_PARAMETER_VALUE is not always absence
+        ("ENDPOINT_NOT_FOUND", "API request to endpoint failed with error code 404 != 200"),  # a proxy's 404
+        ("INTERNAL_ERROR", "REST (psycopg2.OperationalError) server closed the connection unexpectedly"),
+        ("TEMPORARILY_UNAVAILABLE", "database is locked"),
+        "connection",
+        "sql",
+    ],
+)
+def test_anything_else_is_the_store_unavailable(error: object) -> None:
+    from btcflow import registry
+
+    if error == "connection":
+        exc: Exception = ConnectionError("Connection refused")
+    elif error == "sql":
+        from sqlalchemy.exc import OperationalError
+
+        exc = OperationalError("SELECT 1", {}, Exception("disk I/O error"))
+    else:
+        exc = _mlflow_error(*error)  # type: ignore[misc]
+    for client in (Answers(exc, None), Answers([], exc)):
+        with pytest.raises(registry.StoreUnavailable):
+            registry.production(client, "btc-close")
+
+
+def test_the_gateway_and_training_share_the_rule_and_map_its_errors() -> None:
+    from serving.errors import RegistryUnavailable
+    from serving.registry import Registry
+    from training.registry import production_version
+
+    down = Answers([], _mlflow_error("INTERNAL_ERROR", "REST boom"))
+    with pytest.raises(TrackingUnavailable, match="unusable"):
+        production_version(down, SPECS["close"])  # type: ignore[arg-type]
+    gateway_registry = Registry("http://127.0.0.1:9")
+    gateway_registry._client = down
+    with pytest.raises(RegistryUnavailable, match="127.0.0.1:9") as error:
+        gateway_registry.production("btc-close")
+    assert error.value.status_code == 503
+    gateway_registry._client = Answers([], _mlflow_error(*NO_ALIAS_REST))
+    assert gateway_registry.production("btc-close") is None

@@ -1,0 +1,93 @@
+"""Which registered version is Production: the one rule training's promotion and the gateway share.
+
+The contract records Production twice: the stage `Production` (deprecated in MLflow 3, still what the
+UI and `models:/name/Production` show) and the alias `production`. Reading, the stage wins and the
+alias is the fallback. Three outcomes, never confused:
+
+- a version: the registry named one;
+- None ("absent"): the registry answered that the model, the version or the alias does not exist;
+- `StoreUnavailable`: anything else (connection refused, a timeout, a 5xx, a proxy's 404, a SQL error).
+  Read as absence, a store hiccup would let `--best` promote blind or make the gateway stop serving.
+
+It lives outside `training` and `serving` so neither imports the other, and it imports nothing heavy:
+mlflow only inside the functions (the gateway process must stay free of pyspark, which it never imports).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from training.specs import PRODUCTION_ALIAS, PRODUCTION_STAGE  # plain data: names only
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities.model_registry import ModelVersion
+
+T = TypeVar("T")
+
+
+class StoreUnavailable(Exception):
+    """The registry did not answer (or answered with something other than "no such thing")."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Production:
+    """The Production version of one registered model, and how it was found."""
+
+    name: str
+    version: str
+    run_id: str
+    stage: str  # "Production", or "alias:production" when only the alias names it
+    model_version: ModelVersion  # MLflow's own record (tags, source...) for callers that need more
+
+
+def is_absent(exc: BaseException) -> bool:
+    """Whether an error is the registry answering that the model, version or alias does not exist.
+
+    A missing model or version is RESOURCE_DOES_NOT_EXIST from every store. A missing alias is
+    INVALID_PARAMETER_VALUE "Registered model alias <a> not found." from the SQL store, and the same
+    code over REST (the server re-raises the store's error, prefixed with its code). Any other
+    INVALID_PARAMETER_VALUE (a malformed name, say) is not absence; neither is ENDPOINT_NOT_FOUND (a
+    proxy or wrong URL answering 404 without MLflow's JSON).
+    """
+    code = getattr(exc, "error_code", None)
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    message = str(getattr(exc, "message", exc))
+    return code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message
+
+
+def answer(call: Callable[[], T]) -> T | None:
+    """`call()`; None when the registry says what it asked for does not exist; else StoreUnavailable."""
+    try:
+        with warnings.catch_warnings():  # stages are deprecated in MLflow 3, still the contract here
+            warnings.simplefilter("ignore")
+            return call()
+    except Exception as exc:  # MlflowException, and SQLAlchemy or connection errors that arrive untyped
+        if is_absent(exc):
+            return None
+        raise StoreUnavailable(str(getattr(exc, "message", None) or exc) or type(exc).__name__) from exc
+
+
+def production(client: MlflowClient | Any, name: str) -> Production | None:
+    """The version in stage Production (the highest if several), else the one with alias `production`.
+
+    None only when the registry answered that there is none; StoreUnavailable when it could not say.
+    """
+    staged = answer(lambda: client.get_latest_versions(name, stages=[PRODUCTION_STAGE]))
+    if staged:
+        mv = max(staged, key=lambda v: int(v.version))
+        return Production(name, str(mv.version), mv.run_id or "", PRODUCTION_STAGE, mv)
+    if staged is None:  # no such registered model: no alias either
+        return None
+    mv = answer(lambda: client.get_model_version_by_alias(name, PRODUCTION_ALIAS))
+    if mv is None:
+        return None
+    return Production(name, str(mv.version), mv.run_id or "", f"alias:{PRODUCTION_ALIAS}", mv)
