@@ -22,7 +22,7 @@ from training.tracking_server import TrackingServer
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 KINDS = ("close", "high_low", "trend")
-QUERIES = {
+QUERIES: dict[str, dict[str, float]] = {
     "close": {"timestamp": 1325500000},
     "high_low": {"open": 100.0, "volume": 3.0},
     "trend": {"open": 100.0, "close": 101.0, "volume": 3.0},
@@ -268,5 +268,6 @@ def test_mlflow_run_trains_through_the_server(tracking_server: TrackingServer, t
     new = {v.version for v in after} - {v.version for v in before}
     assert len(new) == 1
     version = next(v for v in after if v.version in new)
+    assert version.run_id is not None
     run = MlflowClient(tracking_server.uri).get_run(version.run_id)
     assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
