@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from btcflow.cli import broker, consume, demo, produce, serve, spark, tracking, train
+from btcflow.cli import broker, consume, demo, produce, serve, spark, stack, tracking, train
 
 app = typer.Typer(
     help="Replay a Bitcoin minute file through Kafka into batch files, train Spark ML models "
@@ -39,7 +39,7 @@ def _root(
         logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
-for module in (broker, produce, consume, spark, tracking, train, serve, demo):
+for module in (broker, produce, consume, spark, tracking, stack, train, serve, demo):
     module.register(app)
 
 

@@ -1,0 +1,133 @@
+"""`btcflow stack up|status|down`: the Kafka cluster, the Spark cluster and the MLflow server together.
+
+Each part is the same object its own command group drives (`broker`, `spark`, `tracking`); the stack
+only points the environment at its own data dir, starts the parts in the order the flow needs them,
+prints every address and the exports that point btcflow's commands at them, and stops them in the
+reverse order. It keeps its files apart from the embedded defaults (`data/stack/`, Kafka on 9192+), so
+`make demo` and `make demo-cluster` never meet.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_NODES = 3
+DEFAULT_SPARK_WORKERS = 2
+
+stack_app = typer.Typer(
+    help="The whole stack on 127.0.0.1: a Kafka cluster, a Spark standalone cluster (with its history "
+    "server) and an MLflow tracking server on PostgreSQL, with its files in data/stack/.",
+    no_args_is_help=True,
+)
+
+
+class StackSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BTCFLOW_STACK_", extra="ignore")
+
+    dir: Path = Field(
+        Path("data/stack"),
+        description="The stack's data dir (the BTCFLOW_DATA_DIR of every command pointed at it): Kafka, "
+        "Spark, PostgreSQL, MLflow artifacts and the batches, apart from the embedded defaults' data/.",
+    )
+    broker_port: int = Field(
+        9192, description="Client port of the stack's Kafka node 1 (node i: + 2(i-1)), clear of 9092."
+    )
+
+
+def point_at_stack(nodes: int | None = None) -> dict[str, str]:
+    """Set this process's environment to the stack's and return those variables.
+
+    The node count is `nodes`, else the one the stack's Kafka storage was formatted with, else 3.
+    The Spark and MLflow addresses are their own settings' (BTCFLOW_SPARK_PORT, BTCFLOW_TRACKING_PORT).
+    """
+    from pipeline.broker import EmbeddedCluster
+    from pipeline.settings import PipelineSettings
+
+    stack = StackSettings()
+    os.environ.update({"BTCFLOW_DATA_DIR": str(stack.dir), "BTCFLOW_BROKER_PORT": str(stack.broker_port)})
+    os.environ.pop("BTCFLOW_KAFKA_BOOTSTRAP", None)  # the stack's Kafka is its own embedded cluster
+    formatted = EmbeddedCluster.from_settings(PipelineSettings()).formatted_nodes()
+    os.environ["BTCFLOW_BROKER_NODES"] = str(nodes or formatted or DEFAULT_NODES)
+
+    from training.spark_cluster import SparkSettings
+    from training.tracking_server import TrackingServerSettings
+
+    os.environ["BTCFLOW_SPARK_MASTER"] = SparkSettings().master_url
+    os.environ["MLFLOW_TRACKING_URI"] = TrackingServerSettings().uri
+    names = ("BTCFLOW_DATA_DIR", "BTCFLOW_BROKER_NODES", "BTCFLOW_BROKER_PORT")
+    return {name: os.environ[name] for name in (*names, "BTCFLOW_SPARK_MASTER", "MLFLOW_TRACKING_URI")}
+
+
+def _parts(spark_workers: int | None = None) -> tuple[Any, Any, Any]:
+    """The Kafka cluster, the Spark cluster and the tracking server, as the environment points."""
+    from pipeline.broker import EmbeddedCluster
+    from pipeline.settings import PipelineSettings
+    from training.spark_cluster import SparkCluster, SparkSettings
+    from training.tracking_server import TrackingServer, TrackingServerSettings
+
+    return (
+        EmbeddedCluster.from_settings(PipelineSettings()),
+        SparkCluster.from_settings(SparkSettings(), workers=spark_workers),
+        TrackingServer.from_settings(TrackingServerSettings()),
+    )
+
+
+def up(nodes: int = DEFAULT_NODES, spark_workers: int = DEFAULT_SPARK_WORKERS) -> str:
+    """Start what does not run yet (each part is idempotent); every address and the exports, to print."""
+    env = point_at_stack(nodes)
+    kafka, spark, tracking = _parts(spark_workers)
+    typer.echo(f"starting Kafka ({nodes} node(s), files in {kafka.home})...", err=True)
+    bootstrap = kafka.start(180.0)
+    typer.echo(f"starting Spark (master, {spark_workers} worker(s), history server)...", err=True)
+    master = spark.start(180.0)
+    typer.echo("starting PostgreSQL and the MLflow tracking server...", err=True)
+    uri = tracking.start(180.0)
+    lines = [
+        f"Kafka          {bootstrap} ({nodes} node(s))",
+        f"Spark master   {master} (web UI {spark.ui_url})",
+        f"Spark history  {spark.history_url}",
+        f"MLflow         {uri} (PostgreSQL backend, artifacts proxied)",
+        "",
+        "point btcflow at it (`btcflow demo --stack` does this itself):",
+    ]
+    return "\n".join(lines + [f"  export {name}={value}" for name, value in env.items()])
+
+
+@stack_app.command("up")
+def up_command(
+    nodes: int = typer.Option(DEFAULT_NODES, "--nodes", min=1, help="Kafka nodes (brokers and controllers)."),
+    spark_workers: int = typer.Option(
+        DEFAULT_SPARK_WORKERS, "--spark-workers", min=1, help="Spark standalone workers."
+    ),
+) -> None:
+    """Start the Kafka cluster, the Spark cluster and the MLflow server (idempotent); print the exports."""
+    typer.echo(up(nodes, spark_workers))
+
+
+@stack_app.command("status")
+def status() -> None:
+    """Each part's status; exit 3 unless every part runs."""
+    point_at_stack()
+    kafka, spark, tracking = (part.status() for part in _parts())
+    typer.echo("\n\n".join(state.describe() for state in (kafka, spark, tracking)))
+    if not (kafka.running and spark.running and tracking.all_running):
+        raise typer.Exit(3)
+
+
+@stack_app.command("down")
+def down() -> None:
+    """Stop the MLflow server and PostgreSQL, the Spark cluster, then the Kafka cluster."""
+    point_at_stack()
+    kafka, spark, tracking = _parts()
+    for name, part in (("tracking server", tracking), ("Spark cluster", spark), ("Kafka cluster", kafka)):
+        typer.echo(f"{name} {'stopped' if part.stop() else 'was not running'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(stack_app, name="stack")
