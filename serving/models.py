@@ -1,32 +1,32 @@
 """The gateway's core, free of HTTP: which versions are Production, loading them, predicting by model.
 
 A `Gateway` holds one immutable `Loaded` per model kind in a dict it replaces whole, never mutates: a request
-reads the entry once and is answered wholly by that version, even while the poller swaps in a new one.
-The poller thread asks the registry every `poll_interval_s`, loads a new Production version beside the old
-one and only then swaps; a version that fails to load is recorded (shown by /models) and the old one keeps
-serving. When the registry answers that a model has no Production version any more, it is dropped (its
-routes answer 503). Only the poller (or a forced reload, under the same lock) talks to MLflow.
+reads the entry once and is answered wholly by that version, even while the follower swaps in a new one.
+The follower thread asks the registry every `poll_interval_s` (and at once on a webhook), loads a new
+Production version beside the old one and only then swaps; a version that fails to load, or does not
+match its model's spec (serving.specs), is recorded (shown by /models) and the old one keeps serving.
+A model is dropped (its routes answer 503) only when two registry answers in a row say it has no
+Production version: one odd answer never unloads it, and a registry that does not answer never does.
+Only the follower thread (serving.following) or a forced reload, under one lock, talks to MLflow.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
+import os
 import shutil
-import sys
 import tempfile
 import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from serving import sparkml
+from serving import specs
 from serving.errors import (
     BadInput,
     ModelUnavailable,
@@ -35,81 +35,17 @@ from serving.errors import (
     ServingError,
     UnsupportedModel,
 )
+from serving.evaluate import Evaluator, NumpyEvaluator, SparkEvaluator
+from serving.evaluate import forbid_jvm_imports as forbid_jvm_imports  # re-exported: the entry points use it
+from serving.following import Follower
+from serving.registry import Registry
 from serving.settings import ServingSettings
-from training.specs import PRODUCTION_ALIAS, PRODUCTION_STAGE
-from training.specs import SPECS as MODEL_SPECS
+from serving.specs import SPECS, Spec
 
 log = logging.getLogger("serving")
 
 MAX_SKIPPED_POLLS = 30  # a version that keeps failing to load is retried at least every 31 polls
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One served model: its registered name, the request fields and the Kaggle columns they feed."""
-
-    kind: str
-    name: str
-    inputs: dict[str, str]  # request field -> model input column
-
-
-# The gateway's own API: the request field that carries each model input column. Names and input columns
-# come from training.specs (plain data, imports neither pyspark nor any other training module).
-REQUEST_FIELDS = {
-    column: column.lower() for column in ("Timestamp", "Open", "High", "Low", "Close", "Volume")
-}
-
-SPECS: dict[str, Spec] = {
-    kind: Spec(kind, spec.registered_name, {REQUEST_FIELDS[column]: column for column in spec.features})
-    for kind, spec in MODEL_SPECS.items()
-}
-
-
-class Evaluator(Protocol):
-    def outputs(self, columns: dict[str, Sequence[float]]) -> dict[str, list[Any]]:
-        """`prediction` (and `probability` for a classifier) per row, for input columns of equal length."""
-        ...
-
-
-class NumpyEvaluator:
-    """The Spark pipeline read from its files, evaluated in-process: floats for one row, numpy for many."""
-
-    def __init__(self, model_dir: Path) -> None:
-        self.pipeline = sparkml.load(model_dir)
-
-    def outputs(self, columns: dict[str, Sequence[float]]) -> dict[str, list[Any]]:
-        wanted = ("prediction", "probability")
-        if all(len(v) == 1 for v in columns.values()):
-            row = self.pipeline.transform_row({k: float(v[0]) for k, v in columns.items()})
-            return {c: [row[c]] for c in wanted if c in row}
-        cols = self.pipeline.transform({k: np.asarray(v, dtype=np.float64) for k, v in columns.items()})
-        return {c: cols[c].tolist() for c in wanted if c in cols}
-
-
-class SparkEvaluator:
-    """MLflow's Spark flavour: the real PipelineModel in a local JVM (imports pyspark only here)."""
-
-    def __init__(self, model_uri: str, tracking_uri: str) -> None:
-        import mlflow.spark
-        from pyspark.sql import SparkSession
-
-        self.spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
-        self.model = mlflow.spark.load_model(model_uri)
-
-    def outputs(self, columns: dict[str, Sequence[float]]) -> dict[str, list[Any]]:
-        import pandas as pd
-
-        frame = self.spark.createDataFrame(
-            pd.DataFrame({k: [float(x) for x in v] for k, v in columns.items()})
-        )
-        result = self.model.transform(frame)
-        wanted = [c for c in ("prediction", "probability") if c in result.columns]
-        rows = result.select(*wanted).collect()
-        return {
-            c: [r[c].toArray().tolist() if hasattr(r[c], "toArray") else r[c] for r in rows] for c in wanted
-        }
+ABSENT_ANSWERS_TO_DROP = 2  # consecutive "no Production version" answers before a served model is dropped
 
 
 @dataclass(frozen=True)
@@ -125,15 +61,6 @@ class Loaded:
 
     def ref(self) -> dict[str, str]:
         return {"name": self.spec.name, "version": self.version, "run_id": self.run_id}
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """What the registry says is Production now."""
-
-    version: str
-    run_id: str
-    stage: str
 
 
 @dataclass
@@ -153,74 +80,6 @@ class Failure:
         else:
             retry = f"after {self.polls_to_skip} more registry check(s)"
         return {"version": self.version, "message": self.message, "at": self.at, "retry": retry}
-
-
-class Registry:
-    """MLflow's registry, asked for Production versions and their files (imports mlflow on first use)."""
-
-    def __init__(self, tracking_uri: str) -> None:
-        self.tracking_uri = tracking_uri
-        self._client: Any = None
-
-    def _mlflow(self) -> Any:
-        if self._client is None:
-            from mlflow import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-        return self._client
-
-    def production(self, name: str) -> Candidate | None:
-        """The version in stage Production, else the one with alias `production`, else None."""
-        from mlflow.exceptions import MlflowException
-
-        client = self._mlflow()
-        try:
-            with warnings.catch_warnings():  # stages are deprecated in MLflow 3, still the contract here
-                warnings.simplefilter("ignore")
-                staged = client.get_latest_versions(name, stages=[PRODUCTION_STAGE])
-        except MlflowException as exc:
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return None
-            raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc.message}") from exc
-        except Exception as exc:  # sqlalchemy / connection errors arrive untyped
-            raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc}") from exc
-        if staged:
-            mv = max(staged, key=lambda v: int(v.version))
-            return Candidate(str(mv.version), mv.run_id or "", PRODUCTION_STAGE)
-        try:
-            mv = client.get_model_version_by_alias(name, PRODUCTION_ALIAS)
-        except MlflowException as exc:
-            # no such alias: INVALID_PARAMETER_VALUE from the SQL store, RESOURCE_DOES_NOT_EXIST from REST;
-            # anything else is the store failing, never a reason to stop serving
-            if exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
-                return None
-            raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc.message}") from exc
-        except Exception as exc:
-            raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc}") from exc
-        return Candidate(str(mv.version), mv.run_id or "", f"alias:{PRODUCTION_ALIAS}")
-
-    def download(self, name: str, version: str, dst: Path) -> Path:
-        """Copy the version's MLflow model directory (MLmodel, sparkml/...) into `dst`."""
-        import mlflow.artifacts
-
-        source = self._mlflow().get_model_version_download_uri(name, version)
-        return Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=source, dst_path=str(dst), tracking_uri=self.tracking_uri
-            )
-        )
-
-
-def forbid_jvm_imports() -> None:
-    """Make `import pyspark` / `import py4j` fail in this process, as if pyspark were not installed.
-
-    `import mlflow` tries `import pyspark` at module level (only to know whether it may use Spark types);
-    the numpy engine's process needs neither, so its entry point calls this before anything imports
-    mlflow. Only for a dedicated gateway process: never inside a test run that also fits Spark models.
-    """
-    for name in ("pyspark", "py4j"):
-        if name not in sys.modules:
-            sys.modules[name] = None  # type: ignore[assignment]  # the documented "not importable" marker
 
 
 def _first_non_finite(columns: list[list[Any]]) -> int | None:
@@ -254,8 +113,8 @@ class Gateway:
     _registry_error: str | None = None
     _checked_at: str | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
+    _absent: dict[str, int] = field(default_factory=dict)  # kind -> "no Production" answers in a row
+    _follower: Follower | None = None
 
     def __post_init__(self) -> None:
         if self.registry is None:
@@ -323,6 +182,7 @@ class Gateway:
                 entry["last_error"] = failures[kind].shown()
             models.append(entry)
         return {
+            "pid": os.getpid(),  # which worker process of the gateway answered
             "engine": self.settings.serving_engine,
             "tracking_uri": self.settings.tracking_uri,
             "checked_at": self._checked_at,
@@ -355,14 +215,19 @@ class Gateway:
         candidate = self.registry.production(spec.name)
         current = self._loaded.get(kind)
         if candidate is None:  # the registry answered: no Production version (any more). Contract: 503
-            if current is not None:
+            self._absent[kind] = answers = self._absent.get(kind, 0) + 1
+            if current is not None and answers >= ABSENT_ANSWERS_TO_DROP:
                 self._loaded = {k: v for k, v in self._loaded.items() if k != kind}
                 log.warning(
-                    "%s: no Production version any more, stopped serving version %s",
+                    "%s: no Production version in %d answers in a row, stopped serving version %s",
                     spec.name,
+                    answers,
                     current.version,
                 )
+            elif current is not None:
+                log.warning("%s: the registry says no Production version; asking again", spec.name)
             return
+        self._absent.pop(kind, None)
         if current is not None and current.version == candidate.version:
             if current.stage != candidate.stage:
                 self._swap(kind, Loaded(**{**current.__dict__, "stage": candidate.stage}))
@@ -376,6 +241,7 @@ class Gateway:
                 return
         try:
             evaluator = self._load(spec, candidate.version)
+            specs.check(spec, candidate.version, evaluator)
         except Exception as exc:  # any load failure: record it, keep serving the old version
             message = str(exc) if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
             same = failed is not None and failed.version == candidate.version
@@ -409,30 +275,21 @@ class Gateway:
     def _swap(self, kind: str, loaded: Loaded) -> None:
         self._loaded = {**self._loaded, kind: loaded}  # one reference assignment: atomic for readers
 
-    # -- the poller ------------------------------------------------------------------------------
+    # -- following the registry in the background (serving.following) ---------------------------
     def start(self) -> None:
-        """Check now and then every poll interval, in a daemon thread, until `stop()`."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._poll, name="registry-poller", daemon=True)
-        self._thread.start()
+        """Check now, then every poll interval and whenever nudged or signalled, until `stop()`."""
+        if self._follower is None:
+            self._follower = Follower(self.refresh, self.settings.poll_interval_s, self.settings.run_dir)
+            self._follower.start()
 
-    def _poll(self) -> None:
-        first = True
-        while True:
-            try:
-                self.refresh()
-            except Exception:  # never let the poller die: the next tick tries again
-                log.exception("registry check failed")
-            if first:  # MLflow, SQLAlchemy and the models are loaded now: keep their objects out of gc passes
-                gc.freeze()
-                first = False
-            if self._stop.wait(self.settings.poll_interval_s):
-                return
+    def nudge(self) -> None:
+        """The registry changed (a webhook said so): check it now, in the follower if one runs."""
+        if self._follower is not None:
+            self._follower.nudge()
+        else:
+            self.refresh()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+        if self._follower is not None:
+            self._follower.stop(timeout_s)
+            self._follower = None

@@ -355,6 +355,21 @@ class Pipeline:
             stage.transform_row(row)
         return row
 
+    def input_columns(self) -> list[str]:
+        """The columns a caller must give: those a stage reads that no stage before it writes."""
+        written: set[str] = set()
+        needed: list[str] = []
+        for stage in self.stages:
+            reads = stage.input_cols if isinstance(stage, Assembler) else [stage.features_col]
+            needed += [c for c in reads if c not in written and c not in needed]
+            if isinstance(stage, Assembler):
+                written.add(stage.output_col)
+            else:
+                written.add(stage.prediction_col)
+            if isinstance(stage, Logistic):
+                written |= {stage.probability_col, stage.raw_col}
+        return needed
+
 
 def spark_model_dir(model_dir: Path) -> Path:
     """The PipelineModel directory inside an MLflow model (`flavors.spark.model_data`, usually `sparkml`)."""
