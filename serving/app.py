@@ -1,10 +1,12 @@
 """HTTP for the gateway: routes translate requests to `Gateway.predict` and answers back, nothing more.
 
-`create_app(settings)` builds the app; the registry poller starts with the app and stops with it. Every
+`create_app(settings)` builds the app; the registry follower starts with the app and stops with it.
+`app_from_env()` is the factory each worker process of `btcflow serve --workers N` calls. Every
 ServingError (and every request validation failure) leaves as the same JSON body with the error's status.
 Answers are serialised with orjson straight to bytes: the response models below document them for /docs.
 """
 
+import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,9 +17,12 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from starlette.concurrency import run_in_threadpool
 
+from serving import webhooks
 from serving.errors import BadInput, Forbidden, ServingError, Unauthorized
-from serving.models import SPECS, Gateway
+from serving.following import signal_change
+from serving.models import SPECS, Gateway, forbid_jvm_imports
 from serving.settings import ServingSettings
 
 TS_MIN, TS_MAX = 1230768000.0, 4102444800.0  # 2009-01-01 and 2100-01-01 UTC
@@ -105,6 +110,7 @@ class ModelStatus(BaseModel):
 
 
 class ModelsAnswer(BaseModel):
+    pid: int = Field(description="The gateway worker process that answered (each follows the registry)")
     engine: str
     tracking_uri: str
     checked_at: str | None
@@ -302,4 +308,35 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
             """Check the registry now (retrying versions that failed before) and answer the new status."""
             return JSONAnswer(gw.refresh(force=True))
 
+    if settings.webhook_secret:
+        secret, names = settings.webhook_secret, {spec.name for spec in SPECS.values()}
+
+        @app.post(
+            webhooks.ROUTE,
+            tags=["gateway"],
+            responses={401: {"model": ErrorAnswer, "description": "Bad or stale signature"}},
+        )
+        async def mlflow_webhook(request: Request) -> Response:
+            """MLflow's registry webhook: an alias of one of our models moved, so every worker checks now."""
+            body = await request.body()
+            webhooks.verify(secret, request.headers, body, settings.webhook_tolerance_s)
+            name = webhooks.changed_model(body, names)
+            if name is not None:
+                if settings.run_dir is not None:  # the other workers: they watch this file's mtime
+                    signal_change(settings.run_dir)
+                await run_in_threadpool(gw.nudge)  # this worker: at once
+            return JSONAnswer({"model": name, "refresh": name is not None, "pid": os.getpid()})
+
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of one gateway worker process, its settings read from the environment `btcflow serve` set.
+
+    Each worker is a fresh interpreter (uvicorn spawns them), so the numpy engine's guard against
+    importing pyspark is set here again, before anything imports mlflow.
+    """
+    settings = ServingSettings()
+    if settings.serving_engine == "numpy":
+        forbid_jvm_imports()
+    return create_app(settings)

@@ -1,7 +1,8 @@
 """Run the gateway as its own process and call it: for `btcflow demo`, scripts and the process tests.
 
-The gateway runs as `btcflow serve` in a child process (so its process holds no JVM bridge even when the
-caller, like the demo, has Spark loaded), is waited on until /ready, and is stopped when the block ends.
+The gateway runs as `btcflow serve [--workers N]` in a child process (so its process holds no JVM bridge
+even when the caller, like the demo, has Spark loaded), is waited on until every worker answers /ready,
+and is stopped when the block ends.
 """
 
 from __future__ import annotations
@@ -41,26 +42,38 @@ def environment(settings: ServingSettings) -> dict[str, str]:
     env["BTCFLOW_SERVING_ENGINE"] = settings.serving_engine
     env["BTCFLOW_POLL_INTERVAL_S"] = str(settings.poll_interval_s)
     env["BTCFLOW_MAX_ROWS"] = str(settings.max_rows)
-    if settings.admin_token:
-        env["BTCFLOW_ADMIN_TOKEN"] = settings.admin_token
+    env["BTCFLOW_WEBHOOKS"] = settings.webhooks
+    env["BTCFLOW_WEBHOOK_TOLERANCE_S"] = str(settings.webhook_tolerance_s)
+    for name, value in (
+        ("BTCFLOW_ADMIN_TOKEN", settings.admin_token),
+        ("BTCFLOW_WEBHOOK_SECRET", settings.webhook_secret),
+        ("BTCFLOW_WEBHOOK_URL", settings.webhook_url),
+    ):
+        if value:
+            env[name] = value
     return env
 
 
 @contextmanager
 def running_gateway(
-    settings: ServingSettings, port: int | None = None, ready_timeout_s: float = 120.0
+    settings: ServingSettings, port: int | None = None, ready_timeout_s: float = 120.0, workers: int = 1
 ) -> Iterator[str]:
-    """Start `btcflow serve` on settings.host and `port` (settings.port if None, a free one if 0); yield
-    its base URL once /ready answers 200; stop it (SIGTERM, then SIGKILL after 15 s) when the block ends."""
+    """Start `btcflow serve --workers N` on settings.host and `port` (settings.port if None, a free one if
+    0); yield its base URL once /ready answers 200 (from every worker: each loads the models itself); stop
+    it (SIGTERM, then SIGKILL of its whole process group after 15 s) when the block ends."""
     port = free_port(settings.host) if port == 0 else port or settings.port
     base = f"http://{settings.host}:{port}"
     cmd = [sys.executable, "-m", "btcflow.cli", "serve", "--host", settings.host, "--port", str(port)]
+    cmd += ["--workers", str(workers)]
     # stderr to an unnamed temporary file, not a pipe: nobody reads a pipe while the gateway runs, and a
     # full one (64 KiB of warnings) would block the gateway mid-write; the file is read only on failure
     with tempfile.TemporaryFile(prefix="btcflow-gateway-", suffix=".log") as log:
-        proc = subprocess.Popen(cmd, env=environment(settings), stdout=subprocess.DEVNULL, stderr=log)
+        # its own process group: the workers go with it even if the supervisor must be killed
+        proc = subprocess.Popen(
+            cmd, env=environment(settings), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
+        )
         try:
-            _wait_ready(base, proc, ready_timeout_s, log)
+            _wait_ready(base, proc, ready_timeout_s, log, workers)
             yield base
         finally:
             if proc.poll() is None:
@@ -68,7 +81,7 @@ def running_gateway(
                 try:
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(5)
 
 
@@ -80,20 +93,30 @@ def _last_line(log: IO[bytes], tail_bytes: int = 8192) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
-def _wait_ready(base: str, proc: subprocess.Popen, timeout_s: float, log: IO[bytes]) -> None:
+def _wait_ready(
+    base: str, proc: subprocess.Popen, timeout_s: float, log: IO[bytes], workers: int = 1
+) -> None:
+    """Until /ready is 200 from `workers` distinct processes (by /models' pid), or the timeout."""
     deadline = time.monotonic() + timeout_s
     last = "no answer"
+    ready: set[int] = set()
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise GatewayDidNotStart(f"gateway exited with {proc.returncode}: {_last_line(log)}")
         try:
-            answer = httpx.get(f"{base}/ready", timeout=2)
-            if answer.status_code == 200:
-                return
-            last = answer.json().get("message", answer.text)
-        except (httpx.TransportError, ValueError):
+            # a new connection each time: it may reach another worker
+            with httpx.Client(base_url=base, timeout=2) as client:
+                answer = client.get("/ready")
+                if answer.status_code == 200:
+                    ready.add(client.get("/models").json()["pid"])
+                    if len(ready) >= workers:
+                        return
+                    last = f"{len(ready)} of {workers} workers ready"
+                else:
+                    last = answer.json().get("message", answer.text)
+        except (httpx.TransportError, ValueError, KeyError):
             pass
-        time.sleep(0.25)
+        time.sleep(0.1 if ready else 0.25)
     raise GatewayDidNotStart(f"gateway at {base} not ready after {timeout_s:.0f}s ({last})")
 
 

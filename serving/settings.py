@@ -37,3 +37,36 @@ class ServingSettings(BaseSettings):
     max_rows: int = Field(10_000, ge=1, description="Most rows one POST may carry (more: 422).")
     host: str = Field("127.0.0.1", description="Address `btcflow serve` binds by default.")
     port: int = Field(8000, ge=1, le=65535, description="Port `btcflow serve` listens on by default.")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="Gateway processes `btcflow serve` runs on one port, each following the registry "
+        "itself. 1 serves in the command's own process (the fastest path for one core).",
+    )
+    run_dir: Path | None = Field(
+        None,
+        description="Set by `btcflow serve` for its workers, not by users: the folder they share, where "
+        "the worker that receives a webhook signals the others.",
+    )
+    webhooks: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: with an http(s) tracking URI, `btcflow serve` registers an MLflow webhook "
+        "(alias created/deleted) pointing at its POST /webhooks/mlflow, so promotions swap at once; "
+        "polling stays the fallback. off: polling only, no route.",
+    )
+    webhook_secret: str | None = Field(
+        None,
+        description="HMAC secret of that webhook. Unset: `btcflow serve` generates one per start and "
+        "passes it to its workers.",
+    )
+    webhook_url: str | None = Field(
+        None,
+        description="The URL the MLflow server calls. Unset: http://<host>:<port>/webhooks/mlflow (set "
+        "it when binding 0.0.0.0 or behind a proxy).",
+    )
+    webhook_tolerance_s: float = Field(
+        300.0,
+        gt=0,
+        description="Deliveries whose signed timestamp is further than this from now are refused (401): "
+        "a captured delivery cannot be replayed later.",
+    )
