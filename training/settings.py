@@ -46,29 +46,11 @@ class TrainingSettings(BaseSettings):
         description="Spark event logs of every training run, read by the history server. "
         "Unset: <data_dir>/spark/events.",
     )
-    # `btcflow spark start`: the standalone cluster btcflow runs itself (training/spark_cluster.py)
-    spark_port: int = Field(7077, ge=1, le=65535, description="Port of the standalone master (spark://).")
-    spark_ui_port: int = Field(8080, ge=1, le=65535, description="Port of the master's web UI (/json/).")
-    spark_worker_ui_port: int = Field(
-        8081, ge=1, le=65535, description="Web UI port of worker 1; worker i takes this port + i - 1."
-    )
-    spark_history_port: int = Field(18080, ge=1, le=65535, description="Port of the Spark history server.")
-    spark_workers: int = Field(1, ge=1, description="Workers `btcflow spark start` runs.")
-    spark_worker_cores: int = Field(2, ge=1, description="Cores each worker offers to executors.")
-    spark_worker_memory: str = Field("2g", description="Memory each worker offers to executors (e.g. 2g).")
-    spark_daemon_memory: str = Field(
-        "512m", description="Heap of each daemon JVM (master, worker, history server), not of executors."
-    )
-
-    @property
-    def spark_home(self) -> Path:
-        """Logs, pids, work dirs and event logs of the standalone cluster: <data_dir>/spark."""
-        return self.data_dir / "spark"
 
     @property
     def event_dir(self) -> Path:
-        """The event log folder, absolute (the driver and the history server may run elsewhere)."""
-        return (self.spark_event_dir or self.spark_home / "events").resolve()
+        """The event log folder, absolute; the same default as the history server's (SparkSettings)."""
+        return (self.spark_event_dir or self.data_dir / "spark" / "events").resolve()
 
     @property
     def batch_dir(self) -> Path:
