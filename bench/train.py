@@ -8,8 +8,12 @@ that cost does not grow with rows). A fit reads the cache, not the files, so by 
 are fitted once per size (on the Parquet cache); --fit-each-format fits on the CSV cache too.
 Prints a table and the growth ratio per doubling.
 
+With --master spark://... the same rows are timed on that cluster and then on local[*] in the same
+run (one SparkSession after the other), and a last table gives both times and their ratio.
+
     .venv/bin/python bench/train.py            # 0.5M, 1M, 2.33M rows, Parquet and CSV
     .venv/bin/python bench/train.py --quick    # 100k and 200k rows, Parquet and CSV
+    .venv/bin/python bench/train.py --quick --formats parquet --master spark://127.0.0.1:7077
 """
 
 from __future__ import annotations
@@ -53,7 +57,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="*", help="row counts to time (overrides the defaults)")
     parser.add_argument("--formats", nargs="*", default=["parquet", "csv"], choices=["parquet", "csv"])
     parser.add_argument("--models", nargs="*", default=list(SPECS), choices=list(SPECS))
-    parser.add_argument("--master", default="local[*]", help="Spark master (default local[*])")
+    parser.add_argument(
+        "--master",
+        default="local[*]",
+        help="Spark master (default local[*]); a spark:// master is compared with local[*] in the same run",
+    )
+    parser.add_argument(
+        "--executor-memory", default="1g", help="executor heap on a cluster (must fit a worker; default 1g)"
+    )
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the cached input")
     parser.add_argument(
         "--fit-each-format", action="store_true", help="also fit on the CSV-read cache (same work again)"
@@ -64,11 +75,29 @@ def main() -> None:
     sizes = args.rows or ([100_000, 200_000] if args.quick else [500_000, 1_000_000, 2_330_000])
     overrides = {"num_trees": args.num_trees, "max_depth": args.max_depth}
 
-    spark = data.spark_session(args.master, "6g", args.partitions)
+    masters = [args.master] + ([] if args.master.startswith("local") else ["local[*]"])
     root = Path(tempfile.mkdtemp(prefix="btcflow-bench-train-"))
-    table_rows: list[dict] = []
+    by_master: dict[str, list[dict]] = {}
     try:
         full = minutes(max(sizes))
+        for master in masters:
+            print(f"master {master}", flush=True)
+            by_master[master] = _run(master, args, sizes, overrides, full, root / str(len(by_master)))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    for master, table_rows in by_master.items():
+        print(f"\nmaster {master}")
+        print(_table(table_rows, args.models))
+    if len(masters) == 2:
+        print()
+        print(_comparison(by_master[masters[0]], by_master[masters[1]], masters, args.models))
+
+
+def _run(master: str, args, sizes: list[int], overrides: dict, full: pa.Table, root: Path) -> list[dict]:
+    """Every size and format on one master: a session of its own, stopped at the end."""
+    spark = data.spark_session(master, "6g", args.partitions, executor_memory=args.executor_memory)
+    table_rows: list[dict] = []
+    try:
         _warm_up(spark, root, full, args.models, overrides)
         for rows in sizes:
             cached = {}
@@ -94,9 +123,23 @@ def main() -> None:
                 base.unpersist()
     finally:
         spark.stop()
-        shutil.rmtree(root, ignore_errors=True)
-    print()
-    print(_table(table_rows, args.models))
+    return table_rows
+
+
+def _comparison(first: list[dict], second: list[dict], masters: list[str], models: list[str]) -> str:
+    """Read and fit seconds on both masters, and first / second (above 1: the first is slower)."""
+    lines = [
+        f"| format | rows | step | {masters[0]} s | {masters[1]} s | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a, b in zip(first, second, strict=True):
+        for step in ["read_s", *models]:
+            if step in a and step in b:
+                name = "read+cache" if step == "read_s" else f"{step} fit"
+                ratio = a[step] / b[step] if b[step] else float("nan")
+                times = f"{a[step]:.1f} | {b[step]:.1f}"
+                lines.append(f"| {a['format']} | {a['rows']:,} | {name} | {times} | x{ratio:.2f} |")
+    return "\n".join(lines)
 
 
 def _fit(spec, base, overrides: dict) -> float:
