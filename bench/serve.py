@@ -9,6 +9,10 @@ a bounded async httpx loop in a separate process): single-row requests on every 
 p99), then POST batches of 1,000 rows (rows/s). Prints both sides and the ratios.
 
     .venv/bin/python bench/serve.py [--duration 10] [--connections 32] [--batch-connections 8]
+
+With `--workers 1,2` it measures scaling out instead: `btcflow serve --workers N` for each N in turn, the
+three GET routes at --connections each, then each route's requests/s and p99 per N and the ratio to the
+first N (goal on 2 cores: 2 workers >= 1.6x one worker, every p99 < 10 ms at 32 connections).
 """
 
 from __future__ import annotations
@@ -162,6 +166,61 @@ def load(url: str, body: Path | None, duration: float, connections: int, work: P
     )
 
 
+SINGLES = {
+    "GET /predict/close": "/predict/close?timestamp=1325412060.0",
+    "GET /predict/high_low": "/predict/high_low?open=4.58&volume=1.5",
+    "GET /predict/trend": "/predict/trend?open=4.58&close=4.6&volume=1.5",
+}
+
+
+def scaling(counts: list[int], env: dict[str, str], args: argparse.Namespace, work: Path) -> None:
+    """Each route's rate and p99 with `btcflow serve --workers N` for each N, and the ratios to the first."""
+    results: dict[int, dict[str, Load]] = {}
+    for n in counts:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "btcflow.cli", "serve", "--port", str(port), "--workers", str(n)]
+        proc = start(cmd, {**env, "BTCFLOW_WEBHOOKS": "off"}, work / f"workers-{n}.log")
+        try:
+            wait_for(f"{base}/ready", proc, 120)
+            pids: set[int] = set()
+            deadline = time.monotonic() + 60
+            while len(pids) < n and time.monotonic() < deadline:  # every worker loaded and warm
+                answer = httpx.get(f"{base}/models", headers={"Connection": "close"}, timeout=5).json()
+                if all(m["version"] for m in answer["models"]):
+                    pids.add(answer["pid"])
+            for path in SINGLES.values():  # warm every route in every worker
+                for _ in range(20 * n):
+                    httpx.get(f"{base}{path}", headers={"Connection": "close"}, timeout=5)
+            results[n] = {
+                name: load(f"{base}{path}", None, args.duration, args.connections, work)
+                for name, path in SINGLES.items()
+            }
+        finally:
+            stop(proc)
+    tool = "wrk -t1" if shutil.which("wrk") else "httpx async loop"
+    cores = os.cpu_count()
+    print(f"\nscaling out: {tool}, {args.duration:.0f}s a run, {args.connections} connections, {cores} cores")
+    print(f"{'route':24} {'workers':>7} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'ratio':>6}")
+    first = counts[0]
+    for name in SINGLES:
+        for n in counts:
+            r = results[n][name]
+            ratio = r.rps / max(results[first][name].rps, 1e-9)
+            print(
+                f"{name:24} {n:7d} {r.rps:9.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.errors:7d} {ratio:5.2f}x"
+            )
+    if len(counts) > 1:
+        last = counts[-1]
+        ratios = [results[last][k].rps / max(results[first][k].rps, 1e-9) for k in SINGLES]
+        worst_p99 = max(r.p99_ms for r in results[last].values())
+        met = min(ratios) >= 1.6 and worst_p99 < 10 and not any(r.errors for r in results[last].values())
+        print(
+            f"goal ({last} workers >= 1.6x {first}, every p99 < 10 ms at {args.connections} connections): "
+            f"{'met' if met else 'not met'} (lowest ratio {min(ratios):.2f}x, worst p99 {worst_p99:.2f} ms)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,6 +232,10 @@ def main() -> None:
     parser.add_argument(
         "--tracking-uri",
         help="bench an existing store's Production models instead of building a temporary one",
+    )
+    parser.add_argument(
+        "--workers",
+        help="comma-separated worker counts, e.g. 1,2: measure scaling out instead of the MLflow comparison",
     )
     args = parser.parse_args()
 
@@ -189,6 +252,9 @@ def main() -> None:
             "PYTHONWARNINGS": "ignore",
             "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
         }
+        if args.workers:
+            scaling([int(n) for n in args.workers.split(",")], env, args, work)
+            return
         ours_port, ref_port = free_port(), free_port()
         ours = f"http://127.0.0.1:{ours_port}"
         ref = f"http://127.0.0.1:{ref_port}"
