@@ -19,13 +19,11 @@ class TrackingUnavailable(TrainingError):
     exit_code = 3
 
 
-class SparkUnavailable(TrainingError):
-    """A Spark daemon (master, worker, history server) did not start or does not answer."""
-
-    exit_code = 3
-
-
 class ServiceDidNotStart(TrainingError):
     """A service btcflow launches for training (PostgreSQL, the MLflow tracking server) did not come up."""
 
     exit_code = 3
+
+
+class SparkUnavailable(ServiceDidNotStart):
+    """A Spark daemon (master, worker, history server) did not start or does not answer."""

@@ -177,9 +177,7 @@ def promote_best(
             f"no closed batch has rows after Timestamp {cutoff:.0f}, the newest "
             "training data of the compared versions: nothing to compare them on"
         )
-    spark = spark or data.spark_session(
-        settings.spark_master, settings.spark_driver_memory, settings.spark_partitions
-    )
+    spark = spark or data.session(settings)
     base = data.read_batches(spark, settings.batch_dir, manifest)
     window = prepare(spec, base.where(base.Timestamp > cutoff)).cache()
     try:

@@ -104,9 +104,7 @@ def watch(
                 targets = [pending[-1]] if scheme == "cumulative" else pending[:1]
                 for batch in targets:
                     todo = [s for s in specs if done[s.name] < batch.batch]
-                    spark = spark or data.spark_session(
-                        settings.spark_master, settings.spark_driver_memory, settings.spark_partitions
-                    )
+                    spark = spark or data.session(settings)
                     chosen = _selection(manifest, batch, scheme)
                     for result in train_selection(spark, settings, todo, chosen, scheme, overrides):
                         results.append(result)
