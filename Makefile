@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 ROWS ?= 300000
 PYTEST_ARGS ?=
 
-.PHONY: help setup demo test bench lint clean
+.PHONY: help setup demo demo-cluster test bench lint clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ setup: $(STAMP) ## idempotent bootstrap: .venv with pinned packages, Kafka jars 
 demo: setup ## the main job on embedded defaults (ROWS=7000000 for the seed's scale)
 	$(BIN)/btcflow demo --rows $(ROWS)
 
+demo-cluster: setup ## the main job on the whole stack: Kafka cluster, Spark cluster, MLflow on PostgreSQL
+	$(BIN)/btcflow demo --stack --rows $(ROWS)
+
 test: setup ## the whole suite, integration included (real Kafka, Spark, MLflow)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -40,7 +43,10 @@ lint: setup ## ruff and mypy on our packages
 	$(BIN)/ruff check btcflow pipeline training serving tests bench
 	$(BIN)/mypy
 
-clean: ## stop the embedded broker and remove generated data, runs and caches (keeps .venv)
+clean: ## stop btcflow's services (broker, stack) and remove generated data, runs and caches (keeps .venv)
 	-@$(BIN)/btcflow broker stop 2>/dev/null
+	-@$(BIN)/btcflow spark stop 2>/dev/null
+	-@$(BIN)/btcflow tracking stop 2>/dev/null
+	-@$(BIN)/btcflow stack down 2>/dev/null
 	rm -rf data/* mlruns/* .pytest_cache
 	@touch data/.gitkeep mlruns/.gitkeep

@@ -126,12 +126,12 @@ def _train() -> None:
     console.print(f"compare the runs in the MLflow UI: {settings.ui_command()}")
 
 
-def _serve(example: dict[str, float]) -> None:
+def _serve(example: dict[str, float], workers: int) -> None:
     from serving.launch import call_routes, running_gateway
     from serving.settings import ServingSettings
 
-    _step("6. the gateway, on a free port")
-    with running_gateway(ServingSettings(), port=0) as base:
+    _step(f"6. the gateway ({workers} worker(s)), on a free port")
+    with running_gateway(ServingSettings(), port=0, workers=workers) as base:
         for curl, status, answer in call_routes(base, example):
             console.print(f"{curl}\n  → {status} {answer}")
         console.print(f"interactive docs: {base}/docs")
@@ -164,14 +164,32 @@ def demo(
         typer.Option(min=1, help="Rows per batch (default: 30% of the file: three batches and a tail)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the generated file.")] = 7,
+    stack: Annotated[
+        bool,
+        typer.Option(
+            "--stack",
+            help="Run against the whole stack (`btcflow stack up`, started here if needed): a 3-node Kafka "
+            "cluster, training on the Spark standalone cluster, MLflow on its tracking server (PostgreSQL), "
+            "a gateway of 2 workers. The stack keeps running afterwards: `btcflow stack down` stops it.",
+        ),
+    ] = False,
 ) -> None:
     """Run everything end to end: data, broker, produce + consume, train, promote, serve, predict."""
     from pipeline.settings import PipelineSettings
 
     started = time.monotonic()
+    workers = 1
+    if stack:
+        from btcflow.cli.stack import up
+
+        _step("0. the stack: Kafka cluster, Spark cluster, MLflow tracking server")
+        console.print(up(), markup=False, highlight=False)
+        workers = 2
     _ingest(rows, input_path, batch_rows, seed)
     _train()
-    _serve(_last_row(PipelineSettings().batch_dir))
+    _serve(_last_row(PipelineSettings().batch_dir), workers)
+    if stack:
+        console.print("the stack keeps running: `btcflow stack status`, `btcflow stack down`")
     console.rule(f"[bold]done in {time.monotonic() - started:.0f} s")
 
 
