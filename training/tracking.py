@@ -25,6 +25,9 @@ def connect(settings: TrainingSettings) -> str:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
+    # with a tracking server MLflow writes two "View run/experiment at" lines to stdout per run;
+    # btcflow's own summary says where the runs are, once
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     uri = settings.tracking_uri
     if uri.startswith(("http://", "https://")):
         try:
