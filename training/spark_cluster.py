@@ -124,10 +124,11 @@ class ClusterStatus:
     def describe(self) -> str:
         up = sum(d.running for d in self.daemons)
         lines = [f"Spark standalone cluster in {self.home}: {up} of {len(self.daemons)} daemons running"]
+        width = max(len(d.address) for d in self.daemons)
         for d in self.daemons:
             state = "running" if d.running else "starting" if d.pid else "not running"
             pid = f"pid {d.pid}" if d.pid else "-"
-            lines.append(f"  {d.name:<10} {d.address:<40} {pid:<11} {state}")
+            lines.append(f"  {d.name:<10} {d.address:<{width}} {pid:<11} {state}")
         return "\n".join(lines)
 
 
