@@ -4,16 +4,11 @@ swap within seconds); a delivery with a bad signature is refused."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
+import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 
 import httpx
 import pytest
@@ -23,6 +18,7 @@ from serving.launch import free_port, running_gateway
 from serving.settings import ServingSettings
 from tests.serving import spark_models as sm
 from tests.serving.conftest import Store, Template
+from training.tracking_server import TrackingServer
 
 PARAMS = {"timestamp": 1325412060.0}
 
@@ -97,65 +93,66 @@ def test_two_workers_follow_a_promotion_with_no_failed_request(store: Store) -> 
     assert took < poll_s + 10
 
 
-# -- webhooks: a real `mlflow server` on SQLite, as `btcflow tracking start` will configure it ----------
-@pytest.fixture(scope="module")
-def webhook_server(template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`mlflow server` on a copy of the template registry, allowed to call a gateway on loopback over http.
+# -- webhooks: the session's tracking server (PostgreSQL, proxied artifacts, webhooks to loopback) -------
+EXPERIMENT = f"test-workers-{uuid.uuid4().hex[:12]}"  # this module's own, on a server the session shares
 
-    Local until tests/tracking_server.py's `tracking_server` fixture (PostgreSQL) lands; same settings.
-    """
-    from cryptography.fernet import Fernet
 
-    root = tmp_path_factory.mktemp("webhook-server")
-    shutil.copy(template.root / "mlflow.db", root / "mlflow.db")
-    port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
-        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
-        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
-        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
-    }
-    cmd = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--serve-artifacts",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    with (root / "server.log").open("wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+def register_over_http(uri: str, template: Template, keys: Iterable[str]) -> dict[str, str]:
+    """Template models ("close", "close_v2", ...) as new versions on a tracking server, by HTTP only (no
+    Spark): each one's model folder is logged as a run's artifacts, then registered from there; returns
+    key -> the version the server numbered it (whatever versions of the same names it already held)."""
+    from mlflow import MlflowClient
+
+    template_uri = f"sqlite:///{template.root / 'mlflow.db'}"
+    local = MlflowClient(tracking_uri=template_uri, registry_uri=template_uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is None:
+        experiment_id = client.create_experiment(EXPERIMENT)
+    else:  # an earlier use deleted it: a deleted experiment keeps its name and takes no runs
+        experiment_id = found.experiment_id
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment_id)
+    versions: dict[str, str] = {}
+    for key in keys:
+        name = sm.REGISTERED[key.split("_v")[0]]
+        model_dir = local.get_model_version_download_uri(name, template.versions[key])
+        run = client.create_run(experiment_id, run_name=key)
+        client.log_artifacts(run.info.run_id, model_dir, "model")
+        client.set_terminated(run.info.run_id)
+        if not client.search_registered_models(f"name='{name}'"):
+            client.create_registered_model(name)
+        mv = client.create_model_version(name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
+        versions[key] = str(mv.version)
+    return versions
+
+
+@pytest.fixture
+def server_models(tracking_server: TrackingServer, template: Template) -> Iterator[dict[str, str]]:
+    """close, close_v2, high_low and trend registered anew on the session tracking server, close, high_low
+    and trend promoted; yields key -> server version.
+
+    The names are fixed (the gateway serves them) and the server is shared. A name this fixture registered
+    is deleted afterwards with its versions, so tests/training/test_tracking_server.py, which trains then
+    promotes version 1, still finds its own there; under a name other tests registered first, our versions
+    stay, Production."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_server.uri, registry_uri=tracking_server.uri)
+    names = set(sm.REGISTERED.values())
+    new_names = {n for n in names if not client.search_registered_models(f"name='{n}'")}
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (root / "server.log").read_text()[-2000:]
-            try:
-                if httpx.get(f"{uri}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server not up after 90s"
-            time.sleep(0.3)
-        sm.promote(uri, "close", template.versions["close"])
-        for kind in ("high_low", "trend"):
-            sm.promote(uri, kind, template.versions[kind])
-        yield uri
+        versions = register_over_http(tracking_server.uri, template, [*sm.REGISTERED, "close_v2"])
+        for kind in sm.REGISTERED:
+            sm.promote(tracking_server.uri, kind, versions[kind])
+        yield versions
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        for name in new_names:
+            if client.search_registered_models(f"name='{name}'"):
+                client.delete_registered_model(name)
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None and experiment.lifecycle_stage == "active":
+            client.delete_experiment(experiment.experiment_id)
 
 
 def our_webhooks(uri: str) -> list[str]:
@@ -165,22 +162,26 @@ def our_webhooks(uri: str) -> list[str]:
     return [h.name for h in client.list_webhooks() if h.name.startswith("btcflow-gateway-")]
 
 
-def test_a_webhook_makes_every_worker_swap_at_once(webhook_server: str, template: Template) -> None:
+def test_a_webhook_makes_every_worker_swap_at_once(
+    tracking_server: TrackingServer, server_models: dict[str, str]
+) -> None:
+    uri = tracking_server.uri
     secret = uuid.uuid4().hex
-    settings = ServingSettings(tracking_uri=webhook_server, poll_interval_s=60, webhook_secret=secret)
+    settings = ServingSettings(tracking_uri=uri, poll_interval_s=60, webhook_secret=secret)
     port = free_port()
-    old, new = template.versions["close"], template.versions["close_v2"]
-    sm.promote(webhook_server, "close", old)
+    ours = f"btcflow-gateway-127.0.0.1-{port}"
+    old, new = server_models["close"], server_models["close_v2"]
     with running_gateway(settings, port=port, workers=2) as base:
-        assert our_webhooks(webhook_server) == [f"btcflow-gateway-127.0.0.1-{port}"]
+        # one webhook for the gateway, not one per worker (others' leftovers on the shared server aside)
+        assert our_webhooks(uri).count(ours) == 1
         workers = worker_versions(base, 2, time.monotonic() + 30)
         assert len(workers) == 2 and set(workers.values()) == {old}
 
         # refused: a wrong secret, a stale timestamp, no signature at all; nothing changes
-        body = (
-            b'{"entity": "model_version_alias", "action": "created", "timestamp": "", '
-            b'"data": {"name": "btc-close", "alias": "production", "version": "2"}}'
-        )
+        event = {"name": "btc-close", "alias": "production", "version": new}
+        body = json.dumps(
+            {"entity": "model_version_alias", "action": "created", "timestamp": "", "data": event}
+        ).encode()
         now = int(time.time())
         for key, stamp in ((b"wrong", now), (secret.encode(), now - 3600)):
             headers = {
@@ -191,10 +192,11 @@ def test_a_webhook_makes_every_worker_swap_at_once(webhook_server: str, template
             answer = httpx.post(f"{base}{webhooks.ROUTE}", content=body, headers=headers)
             assert answer.status_code == 401 and answer.json()["error"] == "unauthorized"
         assert httpx.post(f"{base}{webhooks.ROUTE}", content=body).status_code == 401
+        assert set(worker_versions(base, 2, time.monotonic() + 30).values()) == {old}
 
         promoted_at = time.monotonic()
-        sm.promote(webhook_server, "close", new)  # stage (no event), then alias: model_version_alias.created
+        sm.promote(uri, "close", new)  # stage (no event), then alias: model_version_alias.created
         took = until_every_worker_serves(base, set(workers), new, timeout_s=10)
         print(f"every worker on v{new} {took:.2f}s after the promotion returned")
         assert time.monotonic() - promoted_at < 2.0, "only the webhook can explain a swap this soon"
-    assert our_webhooks(webhook_server) == []  # removed when the gateway stopped
+    assert ours not in our_webhooks(uri)  # removed when the gateway stopped
