@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from training.tracking_server import TrackingServer
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 KINDS = ("close", "high_low", "trend")
+NAMES = ("btc-close", "btc-high-low", "btc-trend")
 QUERIES: dict[str, dict[str, float]] = {
     "close": {"timestamp": 1325500000},
     "high_low": {"open": 100.0, "volume": 3.0},
@@ -107,10 +109,28 @@ def test_cli_names_the_folder_postgres_cannot_enter(tmp_path: Path) -> None:
 # -- train -> promote -> serve through the server only ---------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Trained:
+    data: Path  # the data dir: batches only, no MLflow file
+    versions: dict[str, str]  # registered name -> the version this module trained and promoted
+
+
+def production_versions(uri: str) -> dict[str, str]:
+    """Registered name -> its newest version (the session server may hold other tests' versions)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri, uri)
+    return {
+        m.name: str(max(int(v.version) for v in client.search_model_versions(f"name='{m.name}'")))
+        for m in client.search_registered_models()
+        if m.name in NAMES
+    }
+
+
 @pytest.fixture(scope="module")
-def trained(tracking_server: TrackingServer) -> Iterator[Path]:
-    """All three models trained (batch 1 of two small ones) and version 1 of each promoted, through the
-    server by `btcflow` subprocesses; yields the data dir (batches only: no MLflow file is there)."""
+def trained(tracking_server: TrackingServer) -> Iterator[Trained]:
+    """All three models trained (batch 1 of two small ones) and the new version of each promoted, through
+    the server by `btcflow` subprocesses."""
     work = service_dir("btcflow-train-")
     data = work / "data"
     write_batches(data / "batch", minute_table(600, seed=3), [300, 300])
@@ -124,11 +144,12 @@ def trained(tracking_server: TrackingServer) -> Iterator[Path]:
     try:
         result = btcflow("train", "--model", "all", "--batches", "1", env=env, cwd=work, timeout=300)
         assert result.returncode == 0, result.stderr[-2000:]
-        for kind in KINDS:
-            promoted = btcflow("promote", "--model", kind, "--version", "1", env=env, cwd=work)
+        versions = production_versions(tracking_server.uri)
+        for kind, name in zip(KINDS, NAMES, strict=True):
+            promoted = btcflow("promote", "--model", kind, "--version", versions[name], env=env, cwd=work)
             assert promoted.returncode == 0, promoted.stderr
         assert not (work / "mlruns").exists()  # everything went to the server
-        yield data
+        yield Trained(data, versions)
     finally:
         import shutil
 
@@ -136,7 +157,7 @@ def trained(tracking_server: TrackingServer) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def gateway(tracking_server: TrackingServer, trained: Path) -> Iterator[str]:
+def gateway(tracking_server: TrackingServer, trained: Trained) -> Iterator[str]:
     """`btcflow serve` in an empty folder of its own, knowing only MLFLOW_TRACKING_URI=http://...; its URL
     once /ready answers. The registry is polled every second, so an outage shows at once."""
     cwd = service_dir("btcflow-gateway-")
@@ -177,7 +198,7 @@ def gateway(tracking_server: TrackingServer, trained: Path) -> Iterator[str]:
 
 
 def test_train_promote_serve_with_no_access_to_the_store_files(
-    tracking_server: TrackingServer, gateway: str
+    tracking_server: TrackingServer, trained: Trained, gateway: str
 ) -> None:
     from mlflow import MlflowClient
 
@@ -188,7 +209,7 @@ def test_train_promote_serve_with_no_access_to_the_store_files(
     assert models["tracking_uri"] == tracking_server.uri
     client = MlflowClient(tracking_server.uri, tracking_server.uri)
     for loaded in models["models"]:
-        assert loaded["version"] == "1" and loaded["stage"] == "Production"
+        assert loaded["version"] == trained.versions[loaded["name"]] and loaded["stage"] == "Production"
         assert client.get_run(loaded["run_id"]).info.artifact_uri.startswith("mlflow-artifacts:/")
     assert any(tracking_server.artifacts.rglob("*.parquet"))  # the server holds the model files
 
@@ -196,13 +217,15 @@ def test_train_promote_serve_with_no_access_to_the_store_files(
     for kind, query in QUERIES.items():
         answer = httpx.get(f"{gateway}/predict/{kind}", params=query, timeout=10)
         assert answer.status_code == 200, answer.text
-        assert answer.json()["model"]["version"] == "1"
+        model = answer.json()["model"]
+        assert model["version"] == trained.versions[model["name"]]
 
 
 def test_gateway_keeps_serving_while_the_server_restarts(
-    tracking_server: TrackingServer, gateway: str
+    tracking_server: TrackingServer, trained: Trained, gateway: str
 ) -> None:
-    answers: list[tuple[int, str | None]] = []
+    answers: list[tuple[str, int, str | None]] = []
+    expected = {(kind, 200, trained.versions[name]) for kind, name in zip(KINDS, NAMES, strict=True)}
     done = threading.Event()
 
     def load() -> None:
@@ -212,7 +235,9 @@ def test_gateway_keeps_serving_while_the_server_restarts(
                     return
                 kind = KINDS[i % 3]
                 r = http.get(f"/predict/{kind}", params=QUERIES[kind])
-                answers.append((r.status_code, r.json().get("model", {}).get("version")))
+                answers.append((kind, r.status_code, r.json().get("model", {}).get("version")))
+                if answers[-1] not in expected:
+                    return
                 time.sleep(0.01)
 
     def registry_error() -> str | None:
@@ -238,17 +263,18 @@ def test_gateway_keeps_serving_while_the_server_restarts(
     finally:
         done.set()
         thread.join(30)
-    assert answers and all(a == (200, "1") for a in answers), [a for a in answers if a != (200, "1")][:5]
+    unexpected = [a for a in answers if a not in expected]
+    assert answers and not unexpected, unexpected[:5]
 
 
 @pytest.mark.slow
-def test_mlflow_run_trains_through_the_server(tracking_server: TrackingServer, trained: Path) -> None:
+def test_mlflow_run_trains_through_the_server(tracking_server: TrackingServer, trained: Trained) -> None:
     from mlflow import MlflowClient
 
     before = MlflowClient(tracking_server.uri, tracking_server.uri).search_model_versions("name='btc-trend'")
     env = client_env(
         tracking_server.uri,
-        BTCFLOW_DATA_DIR=str(trained),
+        BTCFLOW_DATA_DIR=str(trained.data),
         BTCFLOW_SPARK_MASTER="local[1]",
         BTCFLOW_SPARK_DRIVER_MEMORY="1g",
         BTCFLOW_SPARK_PARTITIONS="2",
