@@ -173,11 +173,14 @@ def test_event_logs_of_both_runs_reach_the_history_server(trained, spark_cluster
     apps = {where: run["tags"]["btcflow.spark_app_id"] for where, run in trained.items()}
     for app in apps.values():  # local mode logs its events too
         assert list(spark_cluster.event_dir.glob(f"*{app}*")), sorted(spark_cluster.event_dir.iterdir())
-    deadline = time.monotonic() + 30  # the history server looks at its folder every 2 s
+    # the history server looks at its folder every 2 s; an application it listed while its run was still
+    # writing shows as completed only after its next look
+    deadline = time.monotonic() + 30
     while True:
         listed = httpx.get(f"{spark_cluster.history_url}/api/v1/applications", timeout=5).json()
         found = {a["id"]: a for a in listed}
-        if set(apps.values()) <= found.keys() or time.monotonic() > deadline:
+        done = all(found[app]["attempts"][0]["completed"] for app in apps.values() if app in found)
+        if (set(apps.values()) <= found.keys() and done) or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert set(apps.values()) <= found.keys(), list(found)
