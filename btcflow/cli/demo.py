@@ -189,7 +189,10 @@ def demo(
     _train()
     _serve(_last_row(PipelineSettings().batch_dir), workers)
     if stack:
-        console.print("the stack keeps running: `btcflow stack status`, `btcflow stack down`")
+        console.print(
+            "the stack keeps running (`btcflow stack status`, `btcflow stack down`); `btcflow stack up` "
+            "prints the exports that point btcflow's commands at it"
+        )
     console.rule(f"[bold]done in {time.monotonic() - started:.0f} s")
 
 

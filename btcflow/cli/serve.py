@@ -8,7 +8,13 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
 
-    @app.command("serve")
+    @app.command(
+        "serve",
+        help="Serve btc-close, btc-high-low and btc-trend from the MLflow registry's Production versions."
+        "\n\nFollows the registry (every BTCFLOW_POLL_INTERVAL_S, and at once through an MLflow webhook with "
+        "a tracking server, BTCFLOW_WEBHOOKS) and swaps new versions in without downtime. Store: "
+        "MLFLOW_TRACKING_URI; engine: BTCFLOW_SERVING_ENGINE (numpy, no JVM; or spark).",
+    )
     def serve(
         host: str = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1, BTCFLOW_HOST)."),
         port: int = typer.Option(None, "--port", help="Port to listen on (default 8000, BTCFLOW_PORT)."),
@@ -19,12 +25,6 @@ def register(app: typer.Typer) -> None:
             False, "--access-log/--no-access-log", help="Log every request (costs throughput)."
         ),
     ) -> None:
-        """Serve btc-close, btc-high-low and btc-trend from the MLflow registry's Production versions.
-
-        Follows the registry (every BTCFLOW_POLL_INTERVAL_S, and at once through an MLflow webhook with a
-        tracking server, BTCFLOW_WEBHOOKS) and swaps new versions in without downtime. Store:
-        MLFLOW_TRACKING_URI; engine: BTCFLOW_SERVING_ENGINE (numpy, no JVM; or spark).
-        """
         from serving.models import forbid_jvm_imports
         from serving.server import serve as run
         from serving.settings import ServingSettings

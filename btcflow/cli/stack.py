@@ -99,14 +99,20 @@ def up(nodes: int = DEFAULT_NODES, spark_workers: int = DEFAULT_SPARK_WORKERS) -
     return "\n".join(lines + [f"  export {name}={value}" for name, value in env.items()])
 
 
-@stack_app.command("up")
+@stack_app.command(
+    "up",
+    help="Start the Kafka cluster, the Spark cluster and the MLflow server (idempotent); print the exports."
+    "\n\nParts already running are left alone. Files go to BTCFLOW_STACK_DIR (data/stack), apart from the "
+    "embedded defaults; Kafka listens on BTCFLOW_STACK_BROKER_PORT (9192) and up, the Spark master on "
+    "BTCFLOW_SPARK_PORT (7077; web UI 8080, history server 18080), MLflow on BTCFLOW_TRACKING_PORT (5000) "
+    "with PostgreSQL on BTCFLOW_POSTGRES_PORT (5433).",
+)
 def up_command(
     nodes: int = typer.Option(DEFAULT_NODES, "--nodes", min=1, help="Kafka nodes (brokers and controllers)."),
     spark_workers: int = typer.Option(
         DEFAULT_SPARK_WORKERS, "--spark-workers", min=1, help="Spark standalone workers."
     ),
 ) -> None:
-    """Start the Kafka cluster, the Spark cluster and the MLflow server (idempotent); print the exports."""
     typer.echo(up(nodes, spark_workers))
 
 
