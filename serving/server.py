@@ -1,23 +1,39 @@
 """The gateway process `btcflow serve` runs: uvicorn with one worker in this process, or N worker processes
 on one port, subscribed to the registry's webhooks for as long as it runs.
 
-With one worker the app is built here (nothing to share). With N, uvicorn's supervisor starts fresh worker
+With one worker the app is built here (nothing to share). With N, this process supervises N fresh worker
 processes that build the app from the environment (`serving.app:app_from_env`): the webhook secret and the
 run folder the workers share (`BTCFLOW_RUN_DIR`, where the worker that receives a delivery signals the
-others) are put there first.
+others) are put there first. Each worker listens on a socket of its own bound with SO_REUSEPORT, so the
+kernel spreads new connections evenly among them. uvicorn's own `--workers` shares one socket, and a load
+that opens its connections in a burst (wrk's 32 at once) could land nearly all of them on one worker.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import secrets
 import shutil
+import signal
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
 
 from serving import webhooks
+from serving.errors import ServingError
 from serving.settings import ServingSettings
+
+EARLY_EXIT_S = 15.0  # a worker that dies this soon after its start will not do better started again
+
+
+class GatewayFailed(ServingError):
+    exit_code = 3
+    code = "gateway_failed"
 
 
 @contextmanager
@@ -76,21 +92,89 @@ def serve(
             f"btcflow gateway on http://{host}:{port} (docs: /docs, {workers} worker(s), "
             f"engine {settings.serving_engine}, registry {settings.tracking_uri}, {follows})"
         )
-        # one worker: the app is built in this process; N: fresh worker processes build it from the
-        # environment set here, and share a run folder to signal each other that the registry changed
-        run_dir = tempfile.mkdtemp(prefix="btcflow-gateway-") if workers > 1 else None
-        if run_dir is not None:
-            os.environ["BTCFLOW_RUN_DIR"] = run_dir
-        try:
+        if workers == 1:  # in this process: no supervisor, nothing to share
             uvicorn.run(
-                create_app(settings) if run_dir is None else "serving.app:app_from_env",
-                factory=run_dir is not None,
+                create_app(settings),
                 host=host,
                 port=port,
-                workers=workers,
+                workers=1,
                 access_log=access_log,
                 log_level="warning",
             )
+            return
+        run_dir = tempfile.mkdtemp(prefix="btcflow-gateway-")
+        os.environ["BTCFLOW_RUN_DIR"] = run_dir
+        try:
+            supervise(host, port, workers, access_log, say)
         finally:
-            if run_dir is not None:
-                shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A TCP socket bound to `host:port`; with `reuse_port`, one of a group the kernel balances."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise GatewayFailed(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
+def worker(host: str, port: int, access_log: bool) -> None:
+    """One worker process: the app from the environment, on its own SO_REUSEPORT socket of the shared port."""
+    import uvicorn
+
+    sock = listening_socket(host, port, reuse_port=True)
+    config = uvicorn.Config(
+        "serving.app:app_from_env", factory=True, access_log=access_log, log_level="warning"
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def supervise(host: str, port: int, workers: int, access_log: bool, say: Callable[[str], None]) -> None:
+    """Run `workers` worker processes until SIGINT/SIGTERM; start a new one for each that dies.
+
+    The port is probed first with a plain bind, which fails when anything listens there (a reuse-port
+    group of another gateway included), so two gateways never share a port by accident.
+    """
+    listening_socket(host, port, reuse_port=False).close()
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no threads or JVM state inherited
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    def start() -> tuple[BaseProcess, float]:
+        proc = spawn.Process(target=worker, args=(host, port, access_log), name="btcflow-gateway-worker")
+        proc.start()
+        return proc, time.monotonic()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    running = [start() for _ in range(workers)]
+    try:
+        while not stopping:
+            wait([proc.sentinel for proc, _ in running], timeout=0.5)
+            for i, (proc, started) in enumerate(running):
+                if proc.is_alive() or stopping:
+                    continue
+                if time.monotonic() - started < EARLY_EXIT_S:
+                    raise GatewayFailed(f"a gateway worker exited with status {proc.exitcode} as it started")
+                say(f"gateway worker {proc.pid} exited with status {proc.exitcode}: starting another")
+                running[i] = start()
+    finally:
+        for proc, _ in running:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: uvicorn finishes the requests in flight
+        for proc, _ in running:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
