@@ -28,6 +28,7 @@ from serving.settings import ServingSettings
 TS_MIN, TS_MAX = 1230768000.0, 4102444800.0  # 2009-01-01 and 2100-01-01 UTC
 # Far above any real price or minute volume, far below where a linear model's products overflow to inf/NaN.
 VALUE_MAX = 1e15
+FIRST_CHECK_S = 120.0  # a worker beside others waits this long at most for its first registry check
 Price = Annotated[
     float,
     Field(ge=0, le=VALUE_MAX, allow_inf_nan=False, description="USD, 0..1e15", examples=[42000.5]),
@@ -199,6 +200,10 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gw.start()
+        if settings.run_dir is not None:
+            # one of several workers: uvicorn listens only after this, so a worker started (or restarted)
+            # beside serving siblings takes connections once its models are loaded, never to answer 503
+            await run_in_threadpool(gw.wait_checked, FIRST_CHECK_S)
         try:
             yield
         finally:

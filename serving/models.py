@@ -112,6 +112,7 @@ class Gateway:
     _failures: dict[str, Failure] = field(default_factory=dict)
     _registry_error: str | None = None
     _checked_at: str | None = None
+    _checked: threading.Event = field(default_factory=threading.Event)  # set by the first registry check
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _absent: dict[str, int] = field(default_factory=dict)  # kind -> "no Production" answers in a row
     _follower: Follower | None = None
@@ -208,6 +209,7 @@ class Gateway:
                     log.warning("%s", exc)
                     break
             self._checked_at = _now()
+            self._checked.set()
         return self.status()
 
     def _refresh_one(self, kind: str, spec: Spec, force: bool) -> None:
@@ -281,6 +283,10 @@ class Gateway:
         if self._follower is None:
             self._follower = Follower(self.refresh, self.settings.poll_interval_s, self.settings.run_dir)
             self._follower.start()
+
+    def wait_checked(self, timeout_s: float) -> bool:
+        """Block until the first registry check has finished (models loaded, or failed), or the timeout."""
+        return self._checked.wait(timeout_s)
 
     def nudge(self) -> None:
         """The registry changed (a webhook said so): check it now, in the follower if one runs."""

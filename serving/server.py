@@ -28,7 +28,7 @@ from serving import webhooks
 from serving.errors import ServingError
 from serving.settings import ServingSettings
 
-EARLY_EXIT_S = 15.0  # a worker that dies this soon after its start will not do better started again
+EARLY_EXIT_S = 15.0  # a worker that fails this soon after its start would fail again: stop instead
 
 
 class GatewayFailed(ServingError):
@@ -163,8 +163,9 @@ def supervise(host: str, port: int, workers: int, access_log: bool, say: Callabl
             for i, (proc, started) in enumerate(running):
                 if proc.is_alive() or stopping:
                     continue
-                if time.monotonic() - started < EARLY_EXIT_S:
-                    raise GatewayFailed(f"a gateway worker exited with status {proc.exitcode} as it started")
+                code = proc.exitcode or 0
+                if code > 0 and time.monotonic() - started < EARLY_EXIT_S:  # failed (not killed): again
+                    raise GatewayFailed(f"a gateway worker exited with status {code} as it started")
                 say(f"gateway worker {proc.pid} exited with status {proc.exitcode}: starting another")
                 running[i] = start()
     finally:

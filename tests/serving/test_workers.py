@@ -5,6 +5,8 @@ swap within seconds); a delivery with a bad signature is refused."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import uuid
@@ -91,6 +93,44 @@ def test_two_workers_follow_a_promotion_with_no_failed_request(store: Store) -> 
     assert {status for status, _ in answers} == {200}, "a request failed during the swap"
     assert {version for _, version in answers} == {old, new}
     assert took < poll_s + 10
+
+
+def test_a_killed_worker_is_replaced_and_no_request_meets_it_unready(store: Store) -> None:
+    """The supervisor starts a new worker for a killed one; it joins the port only once it has loaded
+    the models, so no request, meanwhile spread over both sockets, gets a 503."""
+    settings = ServingSettings(tracking_uri=store.uri, poll_interval_s=5.0)
+    with running_gateway(settings, port=0, workers=2) as base:
+        victim = next(iter(worker_versions(base, 2, time.monotonic() + 30)))
+        answered: list[int] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            for _ in range(20_000):  # bounded; new connections reach either worker's socket
+                if stop.is_set():
+                    return
+                try:
+                    r = httpx.get(f"{base}/predict/close", params=PARAMS, headers={"Connection": "close"})
+                    answered.append(r.status_code)
+                except httpx.HTTPError:
+                    answered.append(0)
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        try:
+            os.kill(victim, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            now: dict[int, str | None] = {}
+            while time.monotonic() < deadline:
+                now = worker_versions(base, 2, time.monotonic() + 5)
+                if len(now) == 2 and victim not in now and all(now.values()):
+                    break
+            time.sleep(1.0)  # the new worker answers predictions for a while
+        finally:
+            stop.set()
+            thread.join(30)
+        assert victim not in now and len(now) == 2 and all(now.values()), f"workers {now}, killed {victim}"
+    assert len(answered) > 50
+    assert set(answered) == {200}, f"{len(answered) - answered.count(200)} requests were not answered 200"
 
 
 # -- webhooks: the session's tracking server (PostgreSQL, proxied artifacts, webhooks to loopback) -------
