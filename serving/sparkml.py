@@ -1,19 +1,17 @@
-"""Spark ML pipelines read from their persisted files and evaluated with numpy: no JVM on the request path.
+"""Spark ML pipelines read from their persisted files into numpy stages (serving.stages): no JVM on the
+request path.
 
 MLflow's Spark flavour stores a fitted `PipelineModel` as Spark ML writes it: `metadata/part-*` (one JSON
 line: class, uid, paramMap, defaultParamMap) and `stages/<i>_<uid>/{metadata,data}` with Parquet data. We
-read those with json + pyarrow once per model version, then answer whole batches with a few array
-operations. Each stage reproduces Spark's own arithmetic in Spark's order (sequential dot products, trees
-summed tree by tree), so answers match `transform` to the last bits rather than merely approximately.
-A stage class we do not know is refused when the version loads, never at request time.
+read those with json + pyarrow once per model version; the stages then answer whole batches with a few
+array operations. A stage class we do not know is refused when the version loads, never at request time.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from serving.errors import UnsupportedModel
-
-Columns = dict[str, np.ndarray]  # a batch: column name -> (n,) doubles or (n, k) vectors
-Row = dict[str, Any]  # one row: column name -> float or list of floats (a vector)
+from serving.stages import Assembler, Columns, Forest, Linear, Logistic, Row, Stage
 
 
 def _metadata(stage_dir: Path) -> dict[str, Any]:
@@ -74,162 +70,6 @@ def _matrix(m: dict[str, Any]) -> np.ndarray:
             else:
                 out[idx[k], major] = values[k]
     return out
-
-
-def _dot(x: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
-    """Spark's BLAS.dot, feature by feature from the left, so sums round exactly as the JVM rounds them."""
-    acc = np.zeros(x.shape[0], dtype=np.float64)
-    for j, c in enumerate(coefficients):
-        acc = acc + x[:, j] * c
-    return acc
-
-
-def _dot_row(x: list[float], coefficients: np.ndarray) -> float:
-    """`_dot` for one row, in the same order: Python floats are the same IEEE doubles."""
-    acc = 0.0
-    for xj, c in zip(x, coefficients.tolist(), strict=True):
-        acc += xj * c
-    return acc
-
-
-@dataclass(frozen=True)
-class Assembler:
-    """VectorAssembler: columns (scalars or vectors) side by side into one (n, k) array."""
-
-    input_cols: list[str]
-    output_col: str
-
-    def transform(self, cols: Columns) -> None:
-        parts = [cols[c].reshape(len(cols[c]), -1) for c in self.input_cols]
-        cols[self.output_col] = np.hstack(parts).astype(np.float64, copy=False)
-
-    def transform_row(self, row: Row) -> None:
-        out: list[float] = []
-        for c in self.input_cols:
-            value = row[c]
-            if isinstance(value, list):
-                out.extend(value)
-            else:
-                out.append(value)
-        row[self.output_col] = out
-
-
-@dataclass(frozen=True)
-class Linear:
-    """LinearRegressionModel: prediction = coefficients . x + intercept."""
-
-    features_col: str
-    prediction_col: str
-    coefficients: np.ndarray
-    intercept: float
-
-    def transform(self, cols: Columns) -> None:
-        cols[self.prediction_col] = _dot(cols[self.features_col], self.coefficients) + self.intercept
-
-    def transform_row(self, row: Row) -> None:
-        row[self.prediction_col] = _dot_row(row[self.features_col], self.coefficients) + self.intercept
-
-
-@dataclass(frozen=True)
-class Logistic:
-    """Binary LogisticRegressionModel, with Spark's raw -> probability -> prediction steps."""
-
-    features_col: str
-    prediction_col: str
-    probability_col: str
-    raw_col: str
-    coefficients: np.ndarray
-    intercept: float
-    threshold: float
-
-    def transform(self, cols: Columns) -> None:
-        margin = _dot(cols[self.features_col], self.coefficients) + self.intercept
-        raw = np.column_stack([-margin, margin])
-        # as Spark: p0 = 1/(1+exp(-raw0)), p1 = 1 - p0 (1/(1+exp(-margin)) can differ in the last bit)
-        with np.errstate(over="ignore"):
-            p0 = 1.0 / (1.0 + np.exp(-raw[:, 0]))
-        probability = np.column_stack([p0, 1.0 - p0])
-        if self.raw_col:
-            prediction = (raw[:, 1] > self.raw_threshold).astype(np.float64)
-            cols[self.raw_col] = raw
-        else:
-            prediction = (probability[:, 1] > self.threshold).astype(np.float64)
-        if self.probability_col:
-            cols[self.probability_col] = probability
-        cols[self.prediction_col] = prediction
-
-    def transform_row(self, row: Row) -> None:
-        margin = _dot_row(row[self.features_col], self.coefficients) + self.intercept
-        try:
-            p0 = 1.0 / (1.0 + math.exp(margin))  # exp(-raw0), raw0 = -margin
-        except OverflowError:  # the JVM's exp gives Infinity here, so p0 = 0
-            p0 = 0.0
-        probability = [p0, 1.0 - p0]
-        if self.raw_col:
-            row[self.raw_col] = [-margin, margin]
-            prediction = 1.0 if margin > self.raw_threshold else 0.0
-        else:
-            prediction = 1.0 if probability[1] > self.threshold else 0.0
-        if self.probability_col:
-            row[self.probability_col] = probability
-        row[self.prediction_col] = prediction
-
-    @property
-    def raw_threshold(self) -> float:
-        t = self.threshold
-        return -math.inf if t == 0.0 else math.inf if t == 1.0 else math.log(t / (1.0 - t))
-
-
-@dataclass(frozen=True)
-class Forest:
-    """RandomForestRegressionModel: every tree's nodes in flat arrays, walked for all rows and trees at once.
-
-    A leaf points to itself on both sides, so `depth` steps of "left if x[feature] <= threshold else right"
-    bring every (row, tree) pair to its leaf, as Spark's `predictImpl` does one row at a time.
-    """
-
-    features_col: str
-    prediction_col: str
-    roots: np.ndarray  # (trees,) index of each tree's root in the flat arrays
-    feature: np.ndarray
-    threshold: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
-    value: np.ndarray
-    depth: int
-    nodes: tuple[tuple[int, float, int, int, float], ...] = ()  # the same arrays as Python rows, for one row
-    # [right, left] of each node side by side, so `2 * node + go_left` is the index of the next node
-    children: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-    def transform_row(self, row: Row) -> None:
-        x = row[self.features_col]
-        nodes = self.nodes
-        total = 0.0
-        for root in self.roots.tolist():
-            node = root
-            for _ in range(self.depth + 1):  # a leaf loops onto itself
-                feature, threshold, left, right, value = nodes[node]
-                if left == node:
-                    break
-                node = left if x[feature] <= threshold else right
-            total += value
-        row[self.prediction_col] = total / len(self.roots)
-
-    def transform(self, cols: Columns) -> None:
-        x = np.ascontiguousarray(cols[self.features_col], dtype=np.float64)
-        n, k = x.shape
-        values = x.ravel()
-        row_start = (np.arange(n, dtype=np.int64) * k)[:, None]
-        children = self.children
-        node = np.tile(self.roots, (n, 1))  # (rows, trees)
-        for _ in range(self.depth):  # flat 1-D gathers only: far cheaper than 2-D fancy indexing
-            go_left = values[row_start + self.feature[node]] <= self.threshold[node]
-            node = children[2 * node + go_left]
-        leaves = self.value[node]
-        total = np.zeros(n, dtype=np.float64)
-        for t in range(leaves.shape[1]):  # Spark sums tree by tree, then divides by the number of trees
-            total = total + leaves[:, t]
-        cols[self.prediction_col] = total / len(self.roots)
 
 
 def _forest(stage_dir: Path, meta: dict[str, Any]) -> Forest:
@@ -326,7 +166,6 @@ def _logistic(stage_dir: Path, meta: dict[str, Any]) -> Logistic:
     )
 
 
-Stage = Assembler | Linear | Logistic | Forest
 READERS: dict[str, Callable[[Path, dict[str, Any]], Stage]] = {
     "org.apache.spark.ml.feature.VectorAssembler": _assembler,
     "org.apache.spark.ml.regression.LinearRegressionModel": _linear,
@@ -360,14 +199,8 @@ class Pipeline:
         written: set[str] = set()
         needed: list[str] = []
         for stage in self.stages:
-            reads = stage.input_cols if isinstance(stage, Assembler) else [stage.features_col]
-            needed += [c for c in reads if c not in written and c not in needed]
-            if isinstance(stage, Assembler):
-                written.add(stage.output_col)
-            else:
-                written.add(stage.prediction_col)
-            if isinstance(stage, Logistic):
-                written |= {stage.probability_col, stage.raw_col}
+            needed += [c for c in stage.reads if c not in written and c not in needed]
+            written.update(stage.writes)
         return needed
 
 

@@ -55,7 +55,7 @@ def point_at_stack(nodes: int | None = None) -> dict[str, str]:
     formatted = EmbeddedCluster.from_settings(PipelineSettings()).formatted_nodes()
     os.environ["BTCFLOW_BROKER_NODES"] = str(nodes or formatted or DEFAULT_NODES)
 
-    from training.spark_cluster import SparkSettings
+    from training.spark_settings import SparkSettings
     from training.tracking_server import TrackingServerSettings
 
     os.environ["BTCFLOW_SPARK_MASTER"] = SparkSettings().master_url
@@ -68,7 +68,8 @@ def _parts(spark_workers: int | None = None) -> tuple[Any, Any, Any]:
     """The Kafka cluster, the Spark cluster and the tracking server, as the environment points."""
     from pipeline.broker import EmbeddedCluster
     from pipeline.settings import PipelineSettings
-    from training.spark_cluster import SparkCluster, SparkSettings
+    from training.spark_cluster import SparkCluster
+    from training.spark_settings import SparkSettings
     from training.tracking_server import TrackingServer, TrackingServerSettings
 
     return (

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving import sparkml
+from serving import sparkml, stages
 from serving.errors import UnsupportedModel
 from serving.models import Registry
 from tests.serving.conftest import Template
@@ -85,7 +85,7 @@ def spark_transform(template: Template, kind: str, frame: pd.DataFrame, columns:
 def forest_thresholds(pipeline: sparkml.Pipeline, features: list[str]) -> dict[str, np.ndarray]:
     out: dict[str, list[float]] = {f: [] for f in features}
     for stage in pipeline.stages:
-        if isinstance(stage, sparkml.Forest):
+        if isinstance(stage, stages.Forest):
             inner = stage.left != np.arange(len(stage.left))
             for j, f in enumerate(features):
                 out[f].extend(stage.threshold[inner & (stage.feature == j)].tolist())
@@ -126,7 +126,7 @@ def test_trend_parity(template: Template, tmp_path: Path) -> None:
     frame = edge_rows(np.random.default_rng(3), {})
     # rows on the decision boundary's neighbourhood too: Close moved until the margin is about 0
     logistic = ours.stages[1]
-    assert isinstance(logistic, sparkml.Logistic)
+    assert isinstance(logistic, stages.Logistic)
     w = logistic.coefficients
     near = frame.head(200).copy()
     near["Close"] = -(logistic.intercept + w[0] * near["Open"] + w[2] * near["Volume"]) / w[1]

@@ -1,0 +1,65 @@
+"""What the Spark standalone cluster is made of (ports, workers, memory), read by `btcflow spark`, the stack
+and the tests; and how Spark spells a JVM memory size."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from training.errors import BadInput
+
+HOST = "127.0.0.1"
+
+
+class SparkSettings(BaseSettings):
+    """What `btcflow spark` and the tests read (environment, prefix BTCFLOW_SPARK_, and BTCFLOW_DATA_DIR)."""
+
+    model_config = SettingsConfigDict(env_prefix="BTCFLOW_SPARK_", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(
+        Path("data"),
+        validation_alias=AliasChoices("BTCFLOW_DATA_DIR", "data_dir"),
+        description="The cluster keeps its logs, pids, work dirs and event logs in <data_dir>/spark.",
+    )
+    port: int = Field(
+        7077, ge=1, le=65535, description="Port of the standalone master (spark://127.0.0.1:port)."
+    )
+    ui_port: int = Field(
+        8080, ge=1, le=65535, description="Port of the master's web UI (/json/ lists workers)."
+    )
+    worker_ui_port: int = Field(
+        8081, ge=1, le=65535, description="Web UI port of worker 1; worker i takes this port + i - 1."
+    )
+    history_port: int = Field(18080, ge=1, le=65535, description="Port of the Spark history server.")
+    workers: int = Field(1, ge=1, description="Workers `btcflow spark start` runs.")
+    worker_cores: int = Field(2, ge=1, description="Cores each worker offers to executors.")
+    worker_memory: str = Field("2g", description="Memory each worker offers to executors (e.g. 2g).")
+    daemon_memory: str = Field(
+        "512m", description="Heap of each daemon JVM (master, worker, history server), not of executors."
+    )
+    executor_memory: str = Field(
+        "1g", description="Executor heap training asks for (as TrainingSettings reads it): must fit a worker."
+    )
+    event_dir: Path | None = Field(
+        None,
+        description="Event logs training writes, the history server shows. Unset: <data_dir>/spark/events.",
+    )
+
+    @property
+    def home(self) -> Path:
+        return self.data_dir / "spark"
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://{HOST}:{self.port}"
+
+
+def memory_mb(text: str, what: str = "memory") -> float:
+    """Megabytes of a JVM memory string as Spark reads one (512m, 2g, 1500M, 2gb); BadInput otherwise."""
+    match = re.fullmatch(r"(\d+)([kmgt]?)b?", text.strip().lower())
+    if not match or int(match[1]) == 0:
+        raise BadInput(f"bad {what} {text!r}: use a size such as 512m or 2g")
+    return int(match[1]) * {"k": 2**-10, "m": 1, "": 1, "g": 2**10, "t": 2**20}[match[2]]
