@@ -34,7 +34,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from serving.launch import free_port  # noqa: E402 - the repo is on sys.path just above
+from btcflow.processes import free_port  # noqa: E402 - the repo is on sys.path just above
 
 LUA = """
 local body_file = os.getenv("BENCH_BODY")

@@ -16,7 +16,8 @@ mlflow only inside the functions (the gateway process must stay free of pyspark,
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -64,11 +65,18 @@ def is_absent(exc: BaseException) -> bool:
     return code == "INVALID_PARAMETER_VALUE" and "alias" in message and "not found" in message
 
 
+@contextmanager
+def quiet_deprecations() -> Iterator[None]:
+    """Stages are deprecated in MLflow 3 but are part of our contract; do not warn users each time."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def answer(call: Callable[[], T]) -> T | None:
     """`call()`; None when the registry says what it asked for does not exist; else StoreUnavailable."""
     try:
-        with warnings.catch_warnings():  # stages are deprecated in MLflow 3, still the contract here
-            warnings.simplefilter("ignore")
+        with quiet_deprecations():
             return call()
     except Exception as exc:  # MlflowException, and SQLAlchemy or connection errors that arrive untyped
         if is_absent(exc):

@@ -21,8 +21,9 @@ from starlette.concurrency import run_in_threadpool
 
 from serving import webhooks
 from serving.errors import BadInput, Forbidden, ServingError, Unauthorized
+from serving.evaluate import forbid_jvm_imports
 from serving.following import signal_change
-from serving.models import SPECS, Gateway, forbid_jvm_imports
+from serving.models import SPECS, Gateway
 from serving.settings import ServingSettings
 
 TS_MIN, TS_MAX = 1230768000.0, 4102444800.0  # 2009-01-01 and 2100-01-01 UTC

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from urllib.parse import urlencode
 
 import httpx
 
+from btcflow.processes import free_port
 from serving.errors import ServingError
 from serving.settings import ServingSettings
 
@@ -28,12 +28,6 @@ from serving.settings import ServingSettings
 class GatewayDidNotStart(ServingError):
     exit_code = 3
     code = "gateway_not_started"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def environment(settings: ServingSettings) -> dict[str, str]:

@@ -36,7 +36,6 @@ from serving.errors import (
     UnsupportedModel,
 )
 from serving.evaluate import Evaluator, NumpyEvaluator, SparkEvaluator
-from serving.evaluate import forbid_jvm_imports as forbid_jvm_imports  # re-exported: the entry points use it
 from serving.following import Follower
 from serving.registry import Registry
 from serving.settings import ServingSettings

@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from btcflow.processes import alive, port_open
+from btcflow.processes import alive, kept_secret, last_line, port_open
 from training.errors import ServiceDidNotStart
 
 log = logging.getLogger("training")
@@ -111,14 +111,7 @@ class PostgresCluster:
 
     def password(self) -> str:
         """The role's password, generated once (0600) and kept, so a restart finds the same one."""
-        with contextlib.suppress(FileNotFoundError):
-            return self.password_file.read_text().strip()
-        self.secret_dir.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_urlsafe(24)
-        fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(value + "\n")
-        return value
+        return kept_secret(self.password_file, lambda: secrets.token_urlsafe(24))
 
     def start(self, timeout_s: float = 60.0) -> str:
         """Create the cluster at the first start, start it unless it runs, make sure the database exists.
@@ -263,8 +256,6 @@ class PostgresCluster:
             ]
         )
         if proc.returncode != 0 or self.pid is None:
-            from btcflow.processes import last_line
-
             error = last_line(self.log_file, ("ERROR", "FATAL", "PANIC")) if self.log_file.exists() else ""
             raise ServiceDidNotStart(
                 f"PostgreSQL did not start on {self.address}: {error or _tail(proc.stdout)} "

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from btcflow import registry
-from btcflow.registry import StoreUnavailable
+from btcflow.registry import StoreUnavailable, quiet_deprecations
 from training import data
 from training.errors import BadInput, TrackingUnavailable, TrainingError
 from training.settings import TrainingSettings
@@ -44,14 +41,6 @@ class Promotion:
     promoted: bool
     message: str
     compared: dict[str, float] = field(default_factory=dict)
-
-
-@contextmanager
-def _quiet_deprecations() -> Iterator[None]:
-    """Stages are deprecated in MLflow 3 but are part of our contract; do not warn users each time."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
 
 
 def _client(settings: TrainingSettings) -> MlflowClient:
@@ -88,7 +77,7 @@ def versions(client: MlflowClient, spec: ModelSpec) -> list[ModelVersion]:
 
 
 def _set_production(client: MlflowClient, spec: ModelSpec, version: str) -> None:
-    with _quiet_deprecations():
+    with quiet_deprecations():
         client.transition_model_version_stage(
             spec.registered_name, version, PRODUCTION_STAGE, archive_existing_versions=True
         )

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from training.spark_settings import event_log_dir
 from training.specs import EXPERIMENT
 
 
@@ -50,7 +51,7 @@ class TrainingSettings(BaseSettings):
     @property
     def event_dir(self) -> Path:
         """The event log folder, absolute; the same default as the history server's (SparkSettings)."""
-        return (self.spark_event_dir or self.data_dir / "spark" / "events").resolve()
+        return event_log_dir(self.data_dir, self.spark_event_dir)
 
     @property
     def batch_dir(self) -> Path:

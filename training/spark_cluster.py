@@ -19,13 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from btcflow.processes import last_line, launch, live_pid, port_open, stop_pids
+from btcflow.processes import http_ok, last_line, launch, live_pid, port_open, stop_pids
 from training.errors import BadInput, SparkUnavailable
-from training.spark_settings import HOST, SparkSettings, memory_mb
+from training.spark_settings import HOST, SparkSettings, event_log_dir, memory_mb
 
 MASTER = "org.apache.spark.deploy.master.Master"
 WORKER = "org.apache.spark.deploy.worker.Worker"
 HISTORY = "org.apache.spark.deploy.history.HistoryServer"
+ANY_DAEMON = b"org.apache.spark.deploy"  # the marker every daemon's command line carries
 
 SPARK_DEFAULTS = """\
 # Written by btcflow at every `btcflow spark start`; edit training/spark_cluster.py instead.
@@ -165,7 +166,7 @@ class SparkCluster:
             )
         return cls(
             s.home,
-            s.event_dir or s.home / "events",
+            event_log_dir(s.data_dir, s.event_dir),
             workers=workers or s.workers,
             cores=cores or s.worker_cores,
             memory=worker_memory,
@@ -229,9 +230,7 @@ class SparkCluster:
         """How many workers the last start ran; None before the first start."""
         try:
             return int(json.loads(self._record.read_text())["workers"])
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError):
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
 
     def start(self, timeout_s: float = 120.0) -> str:
@@ -265,14 +264,14 @@ class SparkCluster:
                 lambda: [] if self._history_answers() else [history], started, deadline, "did not answer"
             )
         except SparkUnavailable:
-            stop_pids([d.pid_file for d in started], 30.0, b"org.apache.spark.deploy", "Spark daemon")
+            stop_pids([d.pid_file for d in started], 30.0, ANY_DAEMON, "Spark daemon")
             raise
         return self.master_url
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop every daemon of the home at once (SIGTERM, SIGKILL after `timeout_s`); False if none ran."""
         pid_files = sorted((self.home / "pids").glob("*.pid"))
-        return stop_pids(pid_files, timeout_s, b"org.apache.spark.deploy", "Spark daemon")
+        return stop_pids(pid_files, timeout_s, ANY_DAEMON, "Spark daemon")
 
     def status(self) -> ClusterStatus:
         """Every daemon of the last start (else of the settings), running or not."""
@@ -299,12 +298,7 @@ class SparkCluster:
         return [w for w in workers if w.address not in alive]
 
     def _history_answers(self) -> bool:
-        import httpx
-
-        try:
-            return httpx.get(f"{self.history_url}/api/v1/applications", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return http_ok(f"{self.history_url}/api/v1/applications")
 
     def _prepare(self) -> None:
         for folder in ("conf", "logs", "pids", "work", "local"):

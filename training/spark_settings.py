@@ -14,6 +14,11 @@ from training.errors import BadInput
 HOST = "127.0.0.1"
 
 
+def event_log_dir(data_dir: Path, configured: Path | None) -> Path:
+    """Where training writes Spark event logs and the history server reads them, absolute (one default)."""
+    return (configured or data_dir / "spark" / "events").resolve()
+
+
 class SparkSettings(BaseSettings):
     """What `btcflow spark` and the tests read (environment, prefix BTCFLOW_SPARK_, and BTCFLOW_DATA_DIR)."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from btcflow.processes import alive, last_line, launch, live_pid, port_open, stop_pids
+from btcflow.processes import alive, http_ok, kept_secret, last_line, launch, live_pid, port_open, stop_pids
 from training.errors import ServiceDidNotStart
 from training.postgres import PostgresCluster, PostgresState
 
@@ -233,22 +233,10 @@ class TrackingServer:
 
     def _webhook_key(self) -> str:
         """A Fernet key (32 random bytes, url-safe base64) generated once, kept 0600."""
-        with contextlib.suppress(FileNotFoundError):
-            return self.key_file.read_text().strip()
-        self.home.mkdir(parents=True, exist_ok=True)
-        key = base64.urlsafe_b64encode(os.urandom(32)).decode()
-        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-        return key
+        return kept_secret(self.key_file, lambda: base64.urlsafe_b64encode(os.urandom(32)).decode())
 
     def _healthy(self) -> bool:
-        import httpx
-
-        try:
-            return httpx.get(f"{self.uri}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
+        return http_ok(f"{self.uri}/health")
 
     def _wait_healthy(self, pid: int, deadline: float) -> None:
         while not self._healthy():

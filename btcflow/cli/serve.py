@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
             False, "--access-log/--no-access-log", help="Log every request (costs throughput)."
         ),
     ) -> None:
-        from serving.models import forbid_jvm_imports
+        from serving.evaluate import forbid_jvm_imports
         from serving.server import serve as run
         from serving.settings import ServingSettings
 

@@ -76,7 +76,7 @@ def test_hot_swap_under_load_has_no_errors_and_moves_to_the_new_version(store: S
 
 SCRIPT = """
 import json, sys, time
-from serving.models import forbid_jvm_imports
+from serving.evaluate import forbid_jvm_imports
 forbid_jvm_imports()  # what `btcflow serve` does for the numpy engine
 if sys.argv[1:] == ["cheat"]:  # the control run: something really imports pyspark after all
     del sys.modules["pyspark"], sys.modules["py4j"]

@@ -15,8 +15,9 @@ from collections.abc import Iterable, Iterator
 import httpx
 import pytest
 
+from btcflow.processes import free_port
 from serving import webhooks
-from serving.launch import free_port, running_gateway
+from serving.launch import running_gateway
 from serving.settings import ServingSettings
 from tests.serving import spark_models as sm
 from tests.serving.conftest import Store, Template
