@@ -48,7 +48,12 @@ def test_a_topic_gets_three_replicas_and_min_insync_two(kafka_cluster: EmbeddedC
     assert ensure_topic(kafka_cluster.bootstrap, topic, partitions=2) == 2
     admin = admin_client(kafka_cluster.bootstrap)
     try:
-        (described,) = admin.describe_topics([topic])
+        deadline = time.monotonic() + 15  # the answering broker may not have the new topic's metadata yet
+        while True:
+            (described,) = admin.describe_topics([topic])
+            if described["partitions"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert [sorted(p["replica_nodes"]) for p in described["partitions"]] == [[1, 2, 3], [1, 2, 3]]
         configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         assert configs["topic"][topic]["min.insync.replicas"]["value"] == "2"
