@@ -1,4 +1,4 @@
-"""Promotion: which registered version is Production, by choice or by a champion/challenger gate.
+"""Promotion: which registered version is Production, and moving it (the gate that decides is gate.py).
 
 Production is recorded twice on purpose: the stage (deprecated in MLflow 3, still what `mlflow
 models serve models:/name/Production` and the UI show) and the alias `production` (the MLflow 3 way).
@@ -8,16 +8,13 @@ wins, the alias is the fallback), which the gateway follows too.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from btcflow import registry
 from btcflow.registry import StoreUnavailable, quiet_deprecations
-from training import data
-from training.errors import BadInput, TrackingUnavailable, TrainingError
+from training.errors import BadInput, TrackingUnavailable
 from training.settings import TrainingSettings
 from training.specs import PRODUCTION_ALIAS, PRODUCTION_STAGE, ModelSpec, get_spec
 from training.tracking import connect
@@ -25,7 +22,6 @@ from training.tracking import connect
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.model_registry import ModelVersion
-    from pyspark.sql import SparkSession
 
 log = logging.getLogger("training")
 MAX_CHALLENGERS = 5  # each compared version is loaded and scored: keep the gate's cost bounded
@@ -40,7 +36,9 @@ class Promotion:
     previous: str | None
     promoted: bool
     message: str
-    compared: dict[str, float] = field(default_factory=dict)
+    compared: dict[str, float] = field(default_factory=dict)  # version -> primary metric on the window
+    baseline: float | None = None  # the naive baseline's primary metric on the same rows (the gate only)
+    beats_baseline: bool | None = None  # whether the best challenger beats it (strictly)
 
 
 def _client(settings: TrainingSettings) -> MlflowClient:
@@ -76,7 +74,7 @@ def versions(client: MlflowClient, spec: ModelSpec) -> list[ModelVersion]:
     return sorted(found, key=lambda v: int(v.version))
 
 
-def _set_production(client: MlflowClient, spec: ModelSpec, version: str) -> None:
+def set_production(client: MlflowClient, spec: ModelSpec, version: str) -> None:
     with quiet_deprecations():
         client.transition_model_version_stage(
             spec.registered_name, version, PRODUCTION_STAGE, archive_existing_versions=True
@@ -104,7 +102,7 @@ def promote_version(settings: TrainingSettings, model: str, version: str | int) 
             False,
             f"{spec.registered_name} v{version} is already Production; nothing changed",
         )
-    _set_production(client, spec, str(version))
+    set_production(client, spec, str(version))
     archived = f"; v{previous} archived" if previous else ""
     return Promotion(
         model,
@@ -115,125 +113,16 @@ def promote_version(settings: TrainingSettings, model: str, version: str | int) 
     )
 
 
-def _train_max_ts(client: MlflowClient, version: ModelVersion) -> float | None:
-    value = version.tags.get("btcflow.train_max_ts")
-    if value is None and version.run_id:
-        value = client.get_run(version.run_id).data.tags.get("btcflow.train_max_ts")
-    return float(value) if value is not None else None
-
-
-def promote_best(
-    settings: TrainingSettings,
-    model: str,
-    spark: SparkSession | None = None,
-    max_challengers: int = MAX_CHALLENGERS,
-) -> Promotion:
-    """Champion/challenger: promote the best newer version only if it beats Production.
-
-    Challengers are the versions newer than Production (all versions when there is none), at most
-    `max_challengers`, newest first. Every compared version, champion included, is scored on one
-    window: the closed batches' rows after the latest Timestamp any of them trained on, so none has
-    seen it. The comparison is recorded as tags on the best challenger, promoted or not.
-    """
-    from mlflow import spark as mlflow_spark
-    from mlflow.exceptions import MlflowException
-
-    from training.metrics import evaluate
-    from training.train import first_value, prepare, score
-
-    spec = get_spec(model)
-    client = _client(settings)
-    champion = production_version(client, spec)
-    every = versions(client, spec)
-    if not every:
-        raise BadInput(f"{spec.registered_name} has no version yet: train it first")
-    newer = [v for v in every if champion is None or int(v.version) > int(str(champion.version))]
-    challengers = [v for v in newer if _train_max_ts(client, v) is not None][-max_challengers:]
-    if not challengers:
-        return Promotion(
-            model,
-            None,
-            str(champion.version) if champion else None,
-            False,
-            f"no version of {spec.registered_name} newer than Production "
-            f"v{str(champion.version) if champion else '-'}; nothing changed",
-        )
-    compared = challengers + ([champion] if champion else [])
-    cutoff = max(_train_max_ts(client, v) or 0.0 for v in compared)  # a champion not ours: trust it
-    manifest = [b for b in data.read_manifest(settings.batch_dir) if b.max_ts > cutoff]
-    if not manifest:
-        raise TrainingError(
-            f"no closed batch has rows after Timestamp {cutoff:.0f}, the newest "
-            "training data of the compared versions: nothing to compare them on"
-        )
-    spark = spark or data.session(settings)
-    base = data.read_batches(spark, settings.batch_dir, manifest)
-    window = prepare(spec, base.where(base.Timestamp > cutoff)).cache()
-    try:
-        rows = window.count()
-        if rows == 0:
-            raise TrainingError(f"no usable row after Timestamp {cutoff:.0f} to compare versions on")
-        last_ts = first_value(window.agg({"Timestamp": "max"}))
-        values: dict[str, float] = {}
-        for version in compared:
-            try:
-                fitted = mlflow_spark.load_model(f"models:/{spec.registered_name}/{version.version}")
-            except (MlflowException, OSError) as exc:  # artifacts deleted or moved: it cannot serve either
-                log.warning(
-                    "%s v%s cannot be loaded, left out: %s", spec.registered_name, version.version, exc
-                )
-                continue
-            values[str(version.version)] = evaluate(spec, score(spec, fitted, window))[spec.primary_metric]
-    finally:
-        window.unpersist()
-    challengers = [v for v in challengers if str(v.version) in values]
-    if not challengers:
-        raise TrainingError(f"no challenger of {spec.registered_name} could be loaded; nothing changed")
-    if champion and str(champion.version) not in values:
-        log.warning("Production v%s cannot be loaded: the best challenger takes its place", champion.version)
-        champion = None
-    best = str(challengers[0].version)
-    for v in challengers:
-        if spec.better(values[str(v.version)], values[best]):
-            best = str(v.version)
-    key = spec.primary_metric
-    wins = champion is None or spec.better(values[best], values[str(champion.version)])
-    held = str(champion.version) if champion else None
-    decision = "promoted" if wins else f"kept v{held}"
-    tags = {
-        "promotion.window": f"Timestamp {cutoff:.0f} < ts <= {last_ts:.0f} ({rows} rows)",
-        "promotion.metric": key,
-        "promotion.value": f"{values[best]:.6g}",
-        "promotion.champion": str(champion.version) if champion else "none",
-        "promotion.champion_value": f"{values[str(champion.version)]:.6g}" if champion else "none",
-        "promotion.compared": json.dumps({v: round(x, 6) for v, x in values.items()}),
-        "promotion.decision": decision,
-        "promotion.at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    for name, value in tags.items():
-        client.set_model_version_tag(spec.registered_name, best, name, value)
-    versus = (
-        f" vs Production v{str(champion.version)} {key}={values[str(champion.version)]:.6g}"
-        if champion
-        else " (no Production version before)"
-    )
-    summary = f"{spec.registered_name} v{best} {key}={values[best]:.6g}{versus} on {rows} unseen rows"
-    if not wins:
-        return Promotion(
-            model,
-            best,
-            held,
-            False,
-            f"{summary}: challenger does not beat the champion; nothing changed",
-            values,
-        )
-    _set_production(client, spec, best)
-    previous = str(champion.version) if champion else None
-    archived = f"; v{previous} archived" if previous else ""
-    return Promotion(model, best, previous, True, f"{summary}: v{best} is now Production{archived}", values)
-
-
 def stages(settings: TrainingSettings, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """(registered name, version) → current stage, for summary tables."""
     client = _client(settings)
     return {(name, v): client.get_model_version(name, v).current_stage or "None" for name, v in pairs}
+
+
+def __getattr__(name: str) -> Any:
+    """`training.registry.promote_best`, where callers written before the gate had its module find it."""
+    if name == "promote_best":
+        from training.gate import promote_best
+
+        return promote_best
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

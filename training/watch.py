@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from training import data
 from training.data import Batch, Scheme
-from training.registry import Promotion, promote_best, versions
+from training.gate import promote_best
+from training.registry import Promotion, versions
 from training.settings import TrainingSettings
 from training.specs import ModelSpec, get_spec
 from training.tracking import connect
@@ -84,12 +85,15 @@ def watch(
     overrides: dict[str, Any] | None = None,
     spark: SparkSession | None = None,
     report: Callable[[TrainResult | Promotion], None] | None = None,
+    require_baseline: bool = True,
 ) -> list[TrainResult]:
     """Train (and optionally promote) as batches close; returns the versions trained.
 
     Ends after `max_batches` new batches, after `idle_timeout` seconds without one, or on a signal.
     In cumulative mode a backlog is caught up with one version on the newest prefix (it covers the
-    others); segment mode trains every batch on its own.
+    others); segment mode trains every batch on its own. Promotion goes through the --best gate, which
+    by default (`require_baseline`) also refuses a version that does not beat the naive baseline: an
+    unattended loop must not put a model worse than doing nothing in front of users.
     """
     specs = [get_spec(m) for m in models]
     connect(settings)
@@ -113,7 +117,9 @@ def watch(
                     for spec in todo:
                         done[spec.name] = batch.batch
                         if promote:
-                            promotion = promote_best(settings, spec.name, spark)
+                            promotion = promote_best(
+                                settings, spec.name, spark, require_baseline=require_baseline
+                            )
                             if report:
                                 report(promotion)
                     seen += len(pending) if scheme == "cumulative" else 1

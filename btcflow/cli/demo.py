@@ -111,7 +111,8 @@ def _utc(ts: float) -> str:
 
 def _train() -> None:
     from btcflow.cli.train import print_summary
-    from training.registry import promote_best, stages
+    from training.gate import promote_best
+    from training.registry import stages
     from training.settings import TrainingSettings
     from training.specs import SPECS
     from training.train import summary_rows, train_models

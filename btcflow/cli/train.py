@@ -52,6 +52,12 @@ def train(
         False, "--watch", help="Train a new version as each batch closes (ignores --batches)."
     ),
     promote: bool = typer.Option(False, "--promote", help="With --watch: promote with the --best gate."),
+    require_baseline: bool = typer.Option(
+        True,
+        "--require-baseline/--no-require-baseline",
+        help="With --watch --promote: refuse a version that does not beat the naive baseline on the gate's "
+        "window (on by default: nobody watches an unattended loop).",
+    ),
     max_batches: int | None = typer.Option(None, help="With --watch: stop after this many new batches."),
     idle_timeout: float | None = typer.Option(
         None, help="With --watch: stop after this many seconds without a new batch."
@@ -81,7 +87,16 @@ def train(
                 )
 
         results = watch(
-            settings, models, scheme.value, promote, max_batches, idle_timeout, poll, overrides, report=report
+            settings,
+            models,
+            scheme.value,
+            promote,
+            max_batches,
+            idle_timeout,
+            poll,
+            overrides,
+            report=report,
+            require_baseline=require_baseline,
         )
     elif batches is None:
         raise BadInput("give --batches SPEC (2, 1-3, 1,3 or all), or --watch to follow closing batches")
@@ -102,16 +117,28 @@ def promote(
     best: bool = typer.Option(
         False, "--best", help="Promote the best newer version only if it beats Production on unseen rows."
     ),
+    require_baseline: bool = typer.Option(
+        False,
+        "--require-baseline",
+        help="With --best: also refuse a version that does not beat the naive baseline on the same rows "
+        "(close: the last Close before them; high_low: Open; trend: a constant, roc_auc 0.5).",
+    ),
 ) -> None:
     """Make a version Production (stage and alias `production`), by number or by the --best gate."""
     from training.errors import BadInput
-    from training.registry import promote_best, promote_version
+    from training.gate import promote_best
+    from training.registry import promote_version
     from training.settings import TrainingSettings
 
     if (version is None) == (not best):
         raise BadInput("give exactly one of --version V or --best")
+    if require_baseline and not best:
+        raise BadInput("--require-baseline goes with --best")
     settings = TrainingSettings()
-    result = promote_best(settings, model) if best else promote_version(settings, model, version)  # type: ignore[arg-type]
+    if best:
+        result = promote_best(settings, model, require_baseline=require_baseline)
+    else:
+        result = promote_version(settings, model, version)  # type: ignore[arg-type]
     typer.echo(result.message)
 
 
