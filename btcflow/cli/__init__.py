@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from btcflow.cli import broker, consume, demo, produce, serve, spark, stack, tracking, train
+from btcflow.cli import broker, consume, demo, monitor, produce, serve, spark, stack, tracking, train
 
 app = typer.Typer(
     help="Replay a Bitcoin minute file through Kafka into batch files, train Spark ML models "
@@ -39,16 +39,17 @@ def _root(
         logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
-for module in (broker, produce, consume, spark, tracking, stack, train, serve, demo):
+for module in (broker, produce, consume, spark, tracking, stack, train, serve, monitor, demo):
     module.register(app)
 
 
 def _known_errors() -> tuple[type[Exception], ...]:
+    from monitoring.errors import MonitoringError
     from pipeline.errors import PipelineError
     from serving.errors import ServingError
     from training.errors import TrainingError
 
-    return (PipelineError, TrainingError, ServingError)
+    return (PipelineError, TrainingError, ServingError, MonitoringError)
 
 
 def main() -> None:

@@ -1,0 +1,158 @@
+"""The monitor's seat on the topic: its own consumer group, each poll decoded at once, offsets after scoring.
+
+Its group is not the batcher's, so it reads every minute without taking any from the batch files. A new
+group starts at the end of the topic (live), or at its beginning with `from_beginning`; a known group
+resumes at its committed offsets, which the monitor commits after scoring each poll. Values are decoded by
+pipeline.messages, the batching consumer's own rule, so a row bad for one is bad for the other; a bad
+message is returned with its reason, never raised. Lag comes from the high-water marks Kafka sends with
+every fetch, so it costs no request.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from kafka import KafkaConsumer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from btcflow.dataset import COLUMNS
+from pipeline.errors import BrokerUnavailable
+from pipeline.messages import parse_values
+from pipeline.settings import PipelineSettings
+
+log = logging.getLogger("monitoring")
+
+POLL_RECORDS = 10_000  # a backlog is scored in slices this big, so publishing and refreshes keep their pace
+
+
+@dataclass
+class Polled:
+    """One poll: its good rows (n, 6), the reasons of its bad messages, the offsets to commit after it."""
+
+    rows: np.ndarray
+    bad: list[str] = field(default_factory=list)
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+
+    @property
+    def messages(self) -> int:
+        return len(self.rows) + len(self.bad)
+
+
+class _FromBeginning(ConsumerRebalanceListener):
+    """Sends the first partitions assigned to their beginning (later ones keep the group's offsets)."""
+
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self.consumer = consumer
+        self.done = False
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        if assigned and not self.done:
+            self.consumer.seek_to_beginning(*assigned)
+            self.done = True
+        log.info("assigned %s", sorted(tp.partition for tp in assigned))
+
+
+class Stream:
+    """A member of the monitor's group on the topic; a context manager that commits and closes."""
+
+    def __init__(self, settings: PipelineSettings, group: str, from_beginning: bool = False) -> None:
+        self.settings = settings
+        self.group = group
+        self.from_beginning = from_beginning
+        self.consumer: KafkaConsumer | None = None
+        self.position: dict[TopicPartition, int] = {}
+
+    def __enter__(self) -> Stream:
+        try:
+            self.consumer = KafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap,
+                group_id=self.group,
+                client_id="btcflow-monitor",
+                enable_auto_commit=False,
+                auto_offset_reset="latest",
+                session_timeout_ms=10_000,
+                heartbeat_interval_ms=2_000,
+                max_poll_records=POLL_RECORDS,
+                max_poll_interval_ms=600_000,  # a --promote gate runs Spark between two polls
+                metadata_max_age_ms=5_000,
+                metrics_enabled=False,
+                bootstrap_timeout_ms=5_000,
+                request_timeout_ms=30_000,
+            )
+            listener = _FromBeginning(self.consumer) if self.from_beginning else None
+            if listener is None:
+                self.consumer.subscribe([self.settings.topic])
+            else:
+                self.consumer.subscribe([self.settings.topic], listener=listener)
+        except KafkaError as exc:
+            raise BrokerUnavailable(
+                f"Kafka not reachable at {self.settings.bootstrap} ({type(exc).__name__})"
+            ) from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.consumer is not None:
+            try:
+                self.commit()
+            except KafkaError as error:
+                log.warning("last offset commit of group %s failed: %s", self.group, error)
+            self.consumer.close(autocommit=False, timeout_ms=5000)
+            self.consumer = None
+
+    def poll(self, timeout_ms: int, max_records: int) -> Polled:
+        """The next messages, at most `max_records`, decoded; KafkaError becomes BrokerUnavailable."""
+        assert self.consumer is not None
+        try:
+            polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except KafkaError as exc:
+            detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise BrokerUnavailable(
+                f"Kafka at {self.settings.bootstrap} failed while monitoring: {detail}"
+            ) from exc
+        parts: list[np.ndarray] = []
+        out = Polled(np.empty((0, len(COLUMNS))))
+        for tp, records in polled.items():
+            if not records:
+                continue
+            rows, bad = parse_values([r.value for r in records])
+            parts.append(rows)
+            for index, reason in bad:
+                log.info(
+                    "partition %d offset %d is not a row: %s", tp.partition, records[index].offset, reason
+                )
+                out.bad.append(reason)
+            out.offsets[tp] = records[-1].offset + 1
+        if parts:
+            out.rows = np.concatenate(parts)
+        return out
+
+    def scored(self, polled: Polled) -> None:
+        """The poll is scored: its offsets are the group's next commit."""
+        self.position.update(polled.offsets)
+
+    def commit(self) -> None:
+        """Commit the positions scored so far (a restart resumes after them)."""
+        if self.consumer is not None and self.position:
+            offsets = {tp: OffsetAndMetadata(at, "", -1) for tp, at in self.position.items()}
+            self.consumer.commit(offsets)
+
+    def lag(self) -> dict[int, int]:
+        """Messages after the scored position, per partition, as of the last fetch (partitions seen only)."""
+        assert self.consumer is not None
+        lags: dict[int, int] = {}
+        for tp, at in self.position.items():
+            try:
+                high = self.consumer.highwater(tp)
+            except Exception:  # no longer assigned (a rebalance): no figure
+                continue
+            if high is not None:
+                lags[tp.partition] = max(high - at, 0)
+        return lags
