@@ -1,6 +1,7 @@
 """HTTP for the gateway: routes translate requests to `Gateway.predict` and answers back, nothing more.
 
-`create_app(settings)` builds the app; the registry follower starts with the app and stops with it.
+`create_app(settings)` builds the app; the registry follower (and the prediction log's sender, when a topic is
+set) starts with the app and stops with it. Requests are counted for GET /metrics by serving.metrics.
 `app_from_env()` is the factory each worker process of `btcflow serve --workers N` calls. Every
 ServingError (and every request validation failure) leaves as the same JSON body with the error's status.
 Answers are serialised with orjson straight to bytes: the response models below document them for /docs.
@@ -23,7 +24,9 @@ from serving import webhooks
 from serving.errors import BadInput, Forbidden, ServingError, Unauthorized
 from serving.evaluate import forbid_jvm_imports
 from serving.following import signal_change
-from serving.models import SPECS, Gateway
+from serving.metrics import CONTENT_TYPE, Instrumented, Metrics
+from serving.models import SPECS, Gateway, Loaded
+from serving.predictions import PredictionLog
 from serving.settings import ServingSettings
 
 TS_MIN, TS_MAX = 1230768000.0, 4102444800.0  # 2009-01-01 and 2100-01-01 UTC
@@ -197,10 +200,25 @@ def _bad_input(exc: RequestValidationError) -> BadInput:
 def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> FastAPI:
     """The gateway app. Give a `gateway` to share one (tests); else one is built from the settings."""
     gw = gateway or Gateway(settings)
+    metrics = Metrics() if settings.metrics else None
+    prediction_log = None
+    if settings.prediction_topic:
+        prediction_log = PredictionLog(
+            settings.prediction_topic, settings.kafka_bootstrap, settings.prediction_queue, metrics
+        )
+
+    def answered(loaded: Loaded, inputs: dict[str, Any], outputs: dict[str, list[Any]], rows: int) -> None:
+        """What every answered prediction costs the request path: a count and a queue append."""
+        if metrics is not None:
+            metrics.predicted(loaded.spec.name, loaded.version, rows)
+        if prediction_log is not None:
+            prediction_log.offer(loaded.ref(), inputs, outputs, rows)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gw.start()
+        if prediction_log is not None:
+            prediction_log.start()
         if settings.run_dir is not None:
             # one of several workers: uvicorn listens only after this, so a worker started (or restarted)
             # beside serving siblings takes connections once its models are loaded, never to answer 503
@@ -208,6 +226,8 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         try:
             yield
         finally:
+            if prediction_log is not None:
+                await run_in_threadpool(prediction_log.stop)
             gw.stop()
 
     app = FastAPI(
@@ -218,6 +238,10 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         default_response_class=JSONAnswer,
     )
     app.state.gateway = gw
+    app.state.metrics = metrics
+    app.state.prediction_log = prediction_log
+    if metrics is not None:
+        app.add_middleware(Instrumented, metrics=metrics)
 
     @app.exception_handler(ServingError)
     async def _serving_error(request: Request, exc: ServingError) -> Response:
@@ -230,7 +254,9 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
 
     def many(kind: str, rows: list[BaseModel]) -> JSONAnswer:
         fields = SPECS[kind].inputs
-        loaded, answer = gw.predict(kind, {f: [getattr(r, f) for r in rows] for f in fields})
+        inputs = {f: [getattr(r, f) for r in rows] for f in fields}
+        loaded, answer = gw.predict(kind, inputs)
+        answered(loaded, inputs, answer, len(rows))
         keys = list(answer)
         predictions = [dict(zip(keys, values, strict=True)) for values in zip(*answer.values(), strict=True)]
         return JSONAnswer({"predictions": predictions, "model": loaded.ref()})
@@ -239,7 +265,9 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         fields = list(SPECS[kind].inputs)
 
         def one(row: BaseModel) -> JSONAnswer:
-            loaded, answer = gw.predict(kind, {f: [getattr(row, f)] for f in fields}, single=True)
+            inputs = {f: [getattr(row, f)] for f in fields}
+            loaded, answer = gw.predict(kind, inputs, single=True)
+            answered(loaded, inputs, answer, 1)
             return JSONAnswer({**{k: v[0] for k, v in answer.items()}, "model": loaded.ref()})
 
         # numpy: one row takes microseconds, a threadpool hop would cost more than it saves; the spark
@@ -292,6 +320,21 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         """200 once all three Production models are loaded, else 503 naming those missing."""
         gw.ready()
         return JSONAnswer({"status": "ready"})
+
+    if metrics is not None:
+        exposition = metrics.exposition
+
+        @app.get(
+            "/metrics",
+            tags=["gateway"],
+            response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
+        )
+        def prometheus_metrics() -> Response:
+            """Prometheus text: requests, errors and latency per route template, rows predicted per
+            model name and version, the prediction log's sent/dropped counts and queue depth (all workers
+            summed)."""
+            return Response(exposition(), media_type=CONTENT_TYPE)
 
     if settings.admin_token:
         token = settings.admin_token

@@ -38,10 +38,15 @@ def environment(settings: ServingSettings) -> dict[str, str]:
     env["BTCFLOW_MAX_ROWS"] = str(settings.max_rows)
     env["BTCFLOW_WEBHOOKS"] = settings.webhooks
     env["BTCFLOW_WEBHOOK_TOLERANCE_S"] = str(settings.webhook_tolerance_s)
+    env["BTCFLOW_METRICS"] = str(settings.metrics).lower()
+    env["BTCFLOW_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    env["BTCFLOW_PREDICTION_QUEUE"] = str(settings.prediction_queue)
+    env.pop("BTCFLOW_PREDICTION_TOPIC", None)  # these settings' own, not one the caller's shell had
     for name, value in (
         ("BTCFLOW_ADMIN_TOKEN", settings.admin_token),
         ("BTCFLOW_WEBHOOK_SECRET", settings.webhook_secret),
         ("BTCFLOW_WEBHOOK_URL", settings.webhook_url),
+        ("BTCFLOW_PREDICTION_TOPIC", settings.prediction_topic),
     ):
         if value:
             env[name] = value

@@ -7,6 +7,8 @@ run folder the workers share (`BTCFLOW_RUN_DIR`, where the worker that receives 
 others) are put there first. Each worker listens on a socket of its own bound with SO_REUSEPORT, so the
 kernel spreads new connections evenly among them. uvicorn's own `--workers` shares one socket, and a load
 that opens its connections in a burst (wrk's 32 at once) could land nearly all of them on one worker.
+The workers' metrics go to files in `<run folder>/metrics` (PROMETHEUS_MULTIPROC_DIR, set before the first
+worker starts), so /metrics from any worker sums them all; a dead worker's live gauges leave the sums.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
-from serving import webhooks
+from serving import metrics, webhooks
 from serving.errors import ServingError
 from serving.settings import ServingSettings
 
@@ -104,9 +107,12 @@ def serve(
             return
         run_dir = tempfile.mkdtemp(prefix="btcflow-gateway-")
         os.environ["BTCFLOW_RUN_DIR"] = run_dir
+        metrics_dir = Path(run_dir) / "metrics"
+        metrics.prepare_shared_dir(metrics_dir)
         try:
-            supervise(host, port, workers, access_log, say)
+            supervise(host, port, workers, access_log, say, metrics_dir)
         finally:
+            os.environ.pop(metrics.MULTIPROC_ENV, None)
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -136,8 +142,16 @@ def worker(host: str, port: int, access_log: bool) -> None:
     uvicorn.Server(config).run(sockets=[sock])
 
 
-def supervise(host: str, port: int, workers: int, access_log: bool, say: Callable[[str], None]) -> None:
-    """Run `workers` worker processes until SIGINT/SIGTERM; start a new one for each that dies.
+def supervise(
+    host: str,
+    port: int,
+    workers: int,
+    access_log: bool,
+    say: Callable[[str], None],
+    metrics_dir: Path | None = None,
+) -> None:
+    """Run `workers` worker processes until SIGINT/SIGTERM; start a new one for each that dies (its live
+    gauges in `metrics_dir` dropped first, its counts kept: they happened).
 
     The port is probed first with a plain bind, which fails when anything listens there (a reuse-port
     group of another gateway included), so two gateways never share a port by accident.
@@ -167,6 +181,8 @@ def supervise(host: str, port: int, workers: int, access_log: bool, say: Callabl
                 if code > 0 and time.monotonic() - started < EARLY_EXIT_S:  # failed (not killed): again
                     raise GatewayFailed(f"a gateway worker exited with status {code} as it started")
                 say(f"gateway worker {proc.pid} exited with status {proc.exitcode}: starting another")
+                if metrics_dir is not None and proc.pid is not None:
+                    metrics.worker_gone(proc.pid, metrics_dir)
                 running[i] = start()
     finally:
         for proc, _ in running:

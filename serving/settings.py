@@ -70,3 +70,29 @@ class ServingSettings(BaseSettings):
         description="Deliveries whose signed timestamp is further than this from now are refused (401): "
         "a captured delivery cannot be replayed later.",
     )
+    metrics: bool = Field(
+        True,
+        description="true: GET /metrics answers Prometheus text (requests, errors and "
+        "latency per route, predictions per model version, the prediction log's counts), summed over the "
+        "workers. false: no counting on the request path and no route (a reference for bench/serve.py).",
+    )
+    prediction_topic: str | None = Field(
+        None,
+        description="Set: every answered prediction (a GET, each row of a POST) "
+        "goes to this Kafka topic as one JSON message (time, model name/version/run_id, inputs, outputs), "
+        "created if missing. Sent from a queue by a thread of each worker: a request never waits for Kafka; "
+        "when the queue is full or the broker is down the rows are dropped and counted in /metrics. Unset: "
+        "no log.",
+    )
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092",
+        description="Kafka brokers the prediction log writes to (BTCFLOW_KAFKA_BOOTSTRAP, the variable the "
+        "pipeline reads). Unset: the embedded broker's default address.",
+    )
+    prediction_queue: int = Field(
+        10_000,
+        ge=1,
+        description="Most predictions (rows) waiting in a worker's queue for the "
+        "prediction log, and most more the broker has not yet acknowledged; beyond, rows are dropped and "
+        "counted.",
+    )
