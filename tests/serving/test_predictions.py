@@ -1,0 +1,90 @@
+"""The prediction log on the session's real broker: every answered row arrives as one JSON message on a fresh
+topic; with no broker behind the address, requests still answer at once and the rows are counted dropped."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi.testclient import TestClient
+from kafka import KafkaConsumer
+
+from btcflow.processes import free_port
+from serving.app import create_app
+from serving.models import Gateway
+from serving.settings import ServingSettings
+from tests.serving.conftest import Store
+from tests.serving.test_app import GET
+from tests.serving.test_metrics import samples, value
+
+
+def app_client(store: Store, **settings: object) -> TestClient:
+    config = ServingSettings(tracking_uri=store.uri, poll_interval_s=3600, **settings)
+    gateway = Gateway(config)
+    gateway.refresh()
+    return TestClient(create_app(config, gateway))
+
+
+def read_back(bootstrap: str, topic: str, wanted: int, timeout_s: float) -> list[dict]:
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=1000
+    )
+    out: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(out) < wanted and time.monotonic() < deadline:
+            out += [json.loads(m.value) for m in consumer]
+    finally:
+        consumer.close()
+    return out
+
+
+def test_each_answered_row_is_one_message_on_the_topic(store: Store, kafka_broker: str, topic: str) -> None:
+    versions = store.template.versions
+    rows = [{"open": 4.58 + i, "close": 4.6, "volume": 1.5} for i in range(3)]
+    with app_client(store, prediction_topic=topic, kafka_bootstrap=kafka_broker) as client:
+        close = client.get("/predict/close", params=GET["close"]).json()
+        trend = client.post("/predict/trend", json={"rows": rows}).json()
+        assert client.get("/predict/close", params={"timestamp": "x"}).status_code == 422  # not logged
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the sender thread counts what the broker acknowledged
+            found = samples(client.get("/metrics").text)
+            if value(found, "btcflow_prediction_log_sent_total") >= 4:
+                break
+            time.sleep(0.1)
+        assert value(found, "btcflow_prediction_log_sent_total") == 4
+        assert value(found, "btcflow_prediction_log_dropped_total") == 0
+    messages = read_back(kafka_broker, topic, 4, 30)
+    assert len(messages) == 4  # the topic was created by the log (the broker creates none by itself)
+
+    first, *posted = messages
+    assert set(first) == {"time", "model", "inputs", "outputs"}
+    assert first["model"] == close["model"] and first["model"]["version"] == versions["close"]
+    assert first["inputs"] == GET["close"]
+    assert first["outputs"] == {"predicted_close": close["predicted_close"]}
+    assert first["time"].endswith("+00:00")
+    assert [m["inputs"] for m in posted] == rows
+    assert [m["outputs"] for m in posted] == trend["predictions"]
+    assert {m["model"]["name"] for m in posted} == {"btc-trend"}
+
+
+def test_an_unreachable_broker_never_holds_a_request_and_drops_are_counted(store: Store) -> None:
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there
+    client = app_client(store, prediction_topic="nowhere", kafka_bootstrap=closed, prediction_queue=5)
+    requests = 20
+    with client:
+        started = time.monotonic()
+        for _ in range(requests):
+            assert client.get("/predict/close", params=GET["close"]).status_code == 200
+        took = time.monotonic() - started
+        assert took < 2.0, f"{requests} requests took {took:.2f}s with the broker down"
+        deadline = time.monotonic() + 15  # one connection attempt (2 s), then what it took is dropped
+        while time.monotonic() < deadline:
+            found = samples(client.get("/metrics").text)
+            if value(found, "btcflow_prediction_log_dropped_total") >= requests:
+                break
+            time.sleep(0.2)
+        assert value(found, "btcflow_prediction_log_dropped_total") == requests
+        assert value(found, "btcflow_prediction_log_sent_total") == 0
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 5.0, "stopping the log must not wait for an absent broker"
