@@ -14,16 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from btcflow.registry import is_absent
 from training import data
-from training.errors import BadInput, TrainingError
-from training.registry import (
-    MAX_CHALLENGERS,
-    Promotion,
-    _client,
-    production_version,
-    set_production,
-    versions,
-)
+from training.errors import BadInput, TrackingUnavailable, TrainingError
+from training.history import Record
+from training.registry import Promotion, _client, before, move_production, production_state, versions
 from training.settings import TrainingSettings
 from training.specs import ModelSpec, get_spec
 
@@ -34,6 +29,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger("training")
+MAX_CHALLENGERS = 5  # each compared version is loaded and scored: keep the gate's cost bounded
 
 
 @dataclass(frozen=True)
@@ -95,12 +91,52 @@ def _window_batches(settings: TrainingSettings, cutoff: float) -> list[data.Batc
     return after
 
 
+def _scores(
+    spec: ModelSpec, compared: list[ModelVersion], champion: str | None, window: DataFrame
+) -> tuple[dict[str, float], pd.DataFrame | None]:
+    """Each loadable version's primary metric on the window, and the last scored rows (for the baseline).
+
+    A challenger that cannot be loaded is left out with a warning: it could not serve either. The
+    champion is left out only when the store says it no longer exists (btcflow.registry.is_absent, or a
+    local artifact path gone); any other failure stops the gate (exit 3): dropping it would promote the
+    best challenger unchallenged because of a store hiccup.
+    """
+    from mlflow import spark as mlflow_spark
+    from mlflow.exceptions import MlflowException
+
+    from training.metrics import evaluate
+    from training.train import score
+
+    values: dict[str, float] = {}
+    scored: pd.DataFrame | None = None
+    for version in compared:
+        number = str(version.version)
+        try:
+            fitted = mlflow_spark.load_model(f"models:/{spec.registered_name}/{number}")
+        except Exception as exc:
+            gone = is_absent(exc) or isinstance(exc, FileNotFoundError)
+            if number == champion and not gone:
+                detail = str(getattr(exc, "message", None) or exc).replace("\n", " ")
+                raise TrackingUnavailable(
+                    f"Production v{number} of {spec.registered_name} could not be loaded to compare against: "
+                    f"{detail}; nothing changed"
+                ) from exc
+            if number != champion and not isinstance(exc, (MlflowException, OSError)):
+                raise
+            log.warning("%s v%s cannot be loaded, left out: %s", spec.registered_name, number, exc)
+            continue
+        scored = score(spec, fitted, window)
+        values[number] = evaluate(spec, scored)[spec.primary_metric]
+    return values, scored
+
+
 def promote_best(
     settings: TrainingSettings,
     model: str,
     spark: SparkSession | None = None,
     max_challengers: int = MAX_CHALLENGERS,
     require_baseline: bool = False,
+    by: str = "gate",
 ) -> Promotion:
     """Champion/challenger: promote the best newer version only if it beats Production.
 
@@ -109,17 +145,16 @@ def promote_best(
     window: the closed batches' rows after the latest Timestamp any of them trained on, so none has
     seen it; the naive baseline is scored on the same rows. With `require_baseline` a best challenger
     that does not beat the baseline on the primary metric is refused. The comparison is recorded as
-    tags on the best challenger, promoted or not.
+    tags on the best challenger, promoted or not; a promotion also in the model's history, as made
+    `by` the gate (the monitor passes "monitor"). Production is read again before it moves:
+    PromotionConflict (nothing changed) when another promotion happened meanwhile.
     """
-    from mlflow import spark as mlflow_spark
-    from mlflow.exceptions import MlflowException
-
-    from training.metrics import evaluate
-    from training.train import first_value, prepare, score
+    from training.train import first_value, prepare
 
     spec = get_spec(model)
     client = _client(settings)
-    champion = production_version(client, spec)
+    state = production_state(client, spec)
+    champion = state.model_version
     every = versions(client, spec)
     if not every:
         raise BadInput(f"{spec.registered_name} has no version yet: train it first")
@@ -129,12 +164,12 @@ def promote_best(
         return Promotion(
             model,
             None,
-            str(champion.version) if champion else None,
+            state.current,
             False,
-            f"no version of {spec.registered_name} newer than Production "
-            f"v{str(champion.version) if champion else '-'}; nothing changed",
+            f"no version of {spec.registered_name} newer than Production v{state.current or '-'}; "
+            "nothing changed",
         )
-    compared = challengers + ([champion] if champion else [])
+    compared = ([champion] if champion else []) + challengers  # the champion first: its failure stops all
     cutoff = max(_train_max_ts(client, v) or 0.0 for v in compared)  # a champion not ours: trust it
     spark = spark or data.session(settings)
     base = data.read_batches(spark, settings.batch_dir, _window_batches(settings, cutoff))
@@ -144,36 +179,24 @@ def promote_best(
         if rows == 0:
             raise TrainingError(f"no usable row after Timestamp {cutoff:.0f} to compare versions on")
         last_ts = first_value(window.agg({"Timestamp": "max"}))
-        values: dict[str, float] = {}
-        scored: pd.DataFrame | None = None
-        for version in compared:
-            try:
-                fitted = mlflow_spark.load_model(f"models:/{spec.registered_name}/{version.version}")
-            except (MlflowException, OSError) as exc:  # artifacts deleted or moved: it cannot serve either
-                log.warning(
-                    "%s v%s cannot be loaded, left out: %s", spec.registered_name, version.version, exc
-                )
-                continue
-            scored = score(spec, fitted, window)
-            values[str(version.version)] = evaluate(spec, scored)[spec.primary_metric]
+        values, scored = _scores(spec, compared, state.current, window)
         naive = baseline(spec, base.where(base.Timestamp <= cutoff), scored) if scored is not None else None
     finally:
         window.unpersist()
     challengers = [v for v in challengers if str(v.version) in values]
     if not challengers or naive is None:
         raise TrainingError(f"no challenger of {spec.registered_name} could be loaded; nothing changed")
-    if champion and str(champion.version) not in values:
-        log.warning("Production v%s cannot be loaded: the best challenger takes its place", champion.version)
-        champion = None
+    held = state.current if state.current in values else None
+    if state.current and held is None:
+        log.warning("Production v%s no longer exists: the best challenger takes its place", state.current)
     best = str(challengers[0].version)
     for v in challengers:
         if spec.better(values[str(v.version)], values[best]):
             best = str(v.version)
     key = spec.primary_metric
-    wins = champion is None or spec.better(values[best], values[str(champion.version)])
+    wins = held is None or spec.better(values[best], values[held])
     beats = spec.better(values[best], naive.value)
     refused = wins and require_baseline and not beats
-    held = str(champion.version) if champion else None
     decision = (
         "promoted" if wins and not refused else "refused: below baseline" if refused else f"kept v{held}"
     )
@@ -183,24 +206,20 @@ def promote_best(
         "promotion.value": f"{values[best]:.6g}",
         "promotion.baseline": f"{naive.value:.6g}",
         "promotion.baseline_from": naive.source,
-        "promotion.champion": str(champion.version) if champion else "none",
-        "promotion.champion_value": f"{values[str(champion.version)]:.6g}" if champion else "none",
+        "promotion.champion": held or "none",
+        "promotion.champion_value": f"{values[held]:.6g}" if held else "none",
         "promotion.compared": json.dumps({v: round(x, 6) for v, x in values.items()}),
         "promotion.decision": decision,
         "promotion.at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     for name, value in tags.items():
         client.set_model_version_tag(spec.registered_name, best, name, value)
-    versus = (
-        f" vs Production v{str(champion.version)} {key}={values[str(champion.version)]:.6g}"
-        if champion
-        else ", no Production version before,"
-    )
+    versus = f" vs Production v{held} {key}={values[held]:.6g}" if held else ", no Production version before,"
     against = f"baseline {naive.value:.6g}: {'beats it' if beats else 'does not beat it'}"
     summary = (
         f"{spec.registered_name} v{best} {key}={values[best]:.6g} ({against}){versus} on {rows:,} unseen rows"
     )
-    outcome = Promotion(model, best, held, False, "", values, naive.value, beats)
+    outcome = Promotion(model, best, state.current, False, "", values, naive.value, beats)
     if not wins:
         outcome.message = f"{summary}: challenger does not beat the champion; nothing changed"
         return outcome
@@ -209,9 +228,9 @@ def promote_best(
             f"{summary}: v{best} does not beat the baseline (--require-baseline); nothing changed"
         )
         return outcome
-    set_production(client, spec, best)
-    archived = f"; v{held} archived" if held else ""
+    record = Record(best, by, state.current, metric=key, values=values, baseline=naive.value, rows=rows)
+    move_production(client, spec, best, state, record)
     below = ", although it does not beat the baseline" if not beats else ""
-    outcome.promoted = True
-    outcome.message = f"{summary}: v{best} is now Production{below}{archived}"
+    outcome.promoted, outcome.repaired = True, not state.agreed
+    outcome.message = f"{summary}: v{best} is now Production{below}{before(state)}"
     return outcome

@@ -1,20 +1,24 @@
-"""Promotion: which registered version is Production, and moving it (the gate that decides is gate.py).
+"""Production: reading it, moving it (by hand, by the gate, back by a rollback) and recording each move.
 
 Production is recorded twice on purpose: the stage (deprecated in MLflow 3, still what `mlflow
 models serve models:/name/Production` and the UI show) and the alias `production` (the MLflow 3 way).
 Both move together here and nowhere else; reading them is btcflow.registry's one rule (the stage
-wins, the alias is the fallback), which the gateway follows too.
+wins, the alias is the fallback), which the gateway follows too. Every move leaves a record in the
+registry (training.history), which is what `btcflow history` shows and what a rollback follows. The
+gate that decides whether a newer version deserves Production is training.gate.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from btcflow import registry
 from btcflow.registry import StoreUnavailable, quiet_deprecations
-from training.errors import BadInput, TrackingUnavailable
+from training import history
+from training.errors import BadInput, TrackingUnavailable, TrainingError
 from training.settings import TrainingSettings
 from training.specs import PRODUCTION_ALIAS, PRODUCTION_STAGE, ModelSpec, get_spec
 from training.tracking import connect
@@ -24,7 +28,6 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger("training")
-MAX_CHALLENGERS = 5  # each compared version is loaded and scored: keep the gate's cost bounded
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Promotion:
     compared: dict[str, float] = field(default_factory=dict)  # version -> primary metric on the window
     baseline: float | None = None  # the naive baseline's primary metric on the same rows (the gate only)
     beats_baseline: bool | None = None  # whether the best challenger beats it (strictly)
+    repaired: bool = False  # stage and alias were apart and now agree
 
 
 def _client(settings: TrainingSettings) -> MlflowClient:
@@ -74,43 +78,210 @@ def versions(client: MlflowClient, spec: ModelSpec) -> list[ModelVersion]:
     return sorted(found, key=lambda v: int(v.version))
 
 
-def set_production(client: MlflowClient, spec: ModelSpec, version: str) -> None:
-    with quiet_deprecations():
-        client.transition_model_version_stage(
-            spec.registered_name, version, PRODUCTION_STAGE, archive_existing_versions=True
+class PromotionConflict(TrainingError):
+    """Production moved (another promotion, a hand edit) while this one was deciding; nothing changed.
+
+    Exit 2, like stale input: the decision was taken against a registry that no longer exists, and
+    running the command again decides against the new one.
+    """
+
+
+@dataclass(frozen=True)
+class ProductionState:
+    """Both records of Production as the registry holds them now: the stage's version and the alias's.
+
+    They agree after every promotion; they differ after one interrupted between the two writes, or a
+    hand edit. `current` is btcflow.registry's rule (the stage wins), the version the gateway serves.
+    """
+
+    stage: str | None
+    alias: str | None
+    model_version: ModelVersion | None = field(default=None, compare=False, repr=False)  # current's
+
+    @property
+    def current(self) -> str | None:
+        return self.stage or self.alias
+
+    @property
+    def agreed(self) -> bool:
+        return self.stage == self.alias
+
+    def describe(self) -> str:
+        if self.agreed:
+            return f"v{self.stage}" if self.stage else "none"
+        stage, alias = (f"v{v}" if v else "no version" for v in (self.stage, self.alias))
+        return f"stage on {stage}, alias on {alias}"
+
+
+def production_state(client: MlflowClient, spec: ModelSpec) -> ProductionState:
+    """The stage's and the alias's versions in one read (TrackingUnavailable when the store cannot say)."""
+    name = spec.registered_name
+    try:
+        staged = registry.answer(lambda: client.get_latest_versions(name, stages=[PRODUCTION_STAGE]))
+        aliased = (
+            registry.answer(lambda: client.get_model_version_by_alias(name, PRODUCTION_ALIAS))
+            if staged is not None  # None: no such registered model, so no alias either
+            else None
         )
-    client.set_registered_model_alias(spec.registered_name, PRODUCTION_ALIAS, version)
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from exc
+    top = max(staged, key=lambda v: int(v.version)) if staged else None
+    return ProductionState(
+        str(top.version) if top else None,
+        str(aliased.version) if aliased else None,
+        top or aliased,
+    )
+
+
+def _write(call: Callable[[], object], what: str) -> None:
+    """A registry write: gone (a version deleted meanwhile) is bad input, any other failure exit 3."""
+    try:
+        with quiet_deprecations():
+            call()
+    except Exception as exc:  # MlflowException, and SQLAlchemy or connection errors that arrive untyped
+        detail = str(getattr(exc, "message", None) or exc).replace("\n", " ")
+        if registry.is_absent(exc):
+            raise BadInput(f"{what}: {detail}") from exc
+        raise TrackingUnavailable(f"MLflow registry unusable while {what}: {detail}") from exc
+
+
+def set_production(client: MlflowClient, spec: ModelSpec, version: str, state: ProductionState) -> None:
+    """Stage, then alias (the alias fires the gateway's webhook: it must come last), both on `version`.
+
+    The stage is always written (it also archives any other version left in Production); the alias
+    only when it is elsewhere, so a repair does not make the gateway reload what it serves.
+    """
+    name = spec.registered_name
+    step = f"moving Production of {name} to v{version} (the next promotion repairs a half-done move)"
+    _write(
+        lambda: client.transition_model_version_stage(
+            name, version, PRODUCTION_STAGE, archive_existing_versions=True
+        ),
+        step,
+    )
+    if state.alias != version:
+        _write(lambda: client.set_registered_model_alias(name, PRODUCTION_ALIAS, version), step)
+
+
+def move_production(
+    client: MlflowClient, spec: ModelSpec, version: str, seen: ProductionState, record: history.Record | None
+) -> None:
+    """Make `version` Production and record why, unless Production moved since `seen` was read.
+
+    Read again just before writing: a gate scores for minutes, and a decision taken against a champion
+    that another promotion has meanwhile replaced must not overwrite it (PromotionConflict, exit 2).
+    The record goes last, once both writes are done.
+    """
+    now = production_state(client, spec)
+    if now != seen:
+        raise PromotionConflict(
+            f"Production of {spec.registered_name} moved while this promotion was deciding "
+            f"({seen.describe()}, now {now.describe()}); nothing changed: run it again"
+        )
+    set_production(client, spec, version, now)
+    if record is not None:
+        _write(
+            lambda: history.write(client, spec.registered_name, record),
+            f"recording the promotion of {spec.registered_name} v{version} (it is Production)",
+        )
 
 
 def promote_version(settings: TrainingSettings, model: str, version: str | int) -> Promotion:
-    """Make `version` Production: stage (archiving the previous one) and alias move together."""
+    """Make `version` Production by hand: stage (archiving the previous one) and alias move together.
+
+    A version that holds only one of the two (an interrupted promotion) gets the other: a repair, not
+    a promotion, so nothing is added to the history.
+    """
     spec = get_spec(model)
+    name, wanted = spec.registered_name, str(version)
     client = _client(settings)
     try:
-        found = registry.answer(lambda: client.get_model_version(spec.registered_name, str(version)))
+        found = registry.answer(lambda: client.get_model_version(name, wanted))
     except StoreUnavailable as exc:
         raise _unavailable(exc) from exc
     if found is None:
-        raise BadInput(f"{spec.registered_name} has no version {version}")
-    current = production_version(client, spec)
-    previous = str(current.version) if current else None
-    if previous == str(version):
+        raise BadInput(f"{name} has no version {version}")
+    state = production_state(client, spec)
+    if state.stage == wanted and state.alias == wanted:
+        return Promotion(
+            model, wanted, wanted, False, f"{name} v{wanted} is already Production; nothing changed"
+        )
+    if state.current == wanted:
+        move_production(client, spec, wanted, state, None)
         return Promotion(
             model,
-            str(version),
-            previous,
+            wanted,
+            wanted,
             False,
-            f"{spec.registered_name} v{version} is already Production; nothing changed",
+            f"{name} v{wanted} held only part of Production ({state.describe()}): stage and alias "
+            f"{PRODUCTION_ALIAS} now both on it (repaired)",
+            repaired=True,
         )
-    set_production(client, spec, str(version))
-    archived = f"; v{previous} archived" if previous else ""
+    move_production(client, spec, wanted, state, history.Record(wanted, "hand", state.current))
     return Promotion(
         model,
-        str(version),
-        previous,
+        wanted,
+        state.current,
         True,
-        f"{spec.registered_name} v{version} is now Production (alias {PRODUCTION_ALIAS}){archived}",
+        f"{name} v{wanted} is now Production (alias {PRODUCTION_ALIAS}){before(state)}",
+        repaired=not state.agreed,
     )
+
+
+def before(state: ProductionState) -> str:
+    """What became of the previous Production, for the end of a promotion's message."""
+    if not state.agreed:
+        return f"; it was {state.describe()}, both records now agree"
+    return f"; v{state.stage} archived" if state.stage else ""
+
+
+def rollback(settings: TrainingSettings, model: str) -> Promotion:
+    """Production back to the version before it, as the history records it; itself recorded as a rollback.
+
+    BadInput (nothing changed) when no record says which version was Production before, or when that
+    version is gone from the registry.
+    """
+    spec = get_spec(model)
+    name = spec.registered_name
+    client = _client(settings)
+    state = production_state(client, spec)
+    if state.current is None:
+        raise BadInput(f"{name} has no Production version to roll back")
+    target = history.rollback_target(_history(client, spec), state.current)
+    if target is None:
+        raise BadInput(
+            f"no version of {name} before v{state.current} is recorded as Production; nothing changed"
+        )
+    try:
+        exists = registry.answer(lambda: client.get_model_version(name, target))
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from exc
+    if exists is None:
+        raise BadInput(
+            f"{name} v{target}, Production before v{state.current}, no longer exists; nothing changed"
+        )
+    move_production(client, spec, target, state, history.Record(target, "rollback", state.current))
+    return Promotion(
+        model,
+        target,
+        state.current,
+        True,
+        f"{name} rolled back: v{target} is Production again{before(state)}",
+    )
+
+
+def _history(client: MlflowClient, spec: ModelSpec) -> list[history.Record]:
+    try:
+        found = registry.answer(lambda: client.get_registered_model(spec.registered_name))
+    except StoreUnavailable as exc:
+        raise _unavailable(exc) from exc
+    return history.records(found.tags) if found is not None else []
+
+
+def promotions(settings: TrainingSettings, model: str) -> list[history.Record]:
+    """Every recorded promotion of the model, newest first (empty when it was never registered)."""
+    spec = get_spec(model)
+    return _history(_client(settings), spec)
 
 
 def stages(settings: TrainingSettings, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
