@@ -123,26 +123,40 @@ def promote(
         help="With --best: also refuse a version that does not beat the naive baseline on the same rows "
         "(close: the last Close before them; high_low: Open; trend: a constant, roc_auc 0.5).",
     ),
+    rollback: bool = typer.Option(
+        False,
+        "--rollback",
+        help="Production back to the version it replaced, as `btcflow history` records it (exit 2 when "
+        "no earlier version is recorded).",
+    ),
 ) -> None:
-    """Make a version Production (stage and alias `production`), by number or by the --best gate."""
+    """Make a version Production (stage and alias `production`): by number, by the --best gate, or back
+    to the previous one. Every move is recorded (`btcflow history`); a version that holds only the stage
+    or only the alias gets both. Exit 2 also when another promotion moved Production meanwhile."""
     from training.errors import BadInput
     from training.gate import promote_best
     from training.registry import promote_version
+    from training.registry import rollback as roll_back
     from training.settings import TrainingSettings
 
-    if (version is None) == (not best):
-        raise BadInput("give exactly one of --version V or --best")
+    if [version is not None, best, rollback].count(True) != 1:
+        raise BadInput("give exactly one of --version V, --best or --rollback")
     if require_baseline and not best:
         raise BadInput("--require-baseline goes with --best")
     settings = TrainingSettings()
     if best:
         result = promote_best(settings, model, require_baseline=require_baseline)
+    elif rollback:
+        result = roll_back(settings, model)
     else:
         result = promote_version(settings, model, version)  # type: ignore[arg-type]
     typer.echo(result.message)
 
 
 def register(app: typer.Typer) -> None:
-    """Add `train` and `promote` to the root app."""
+    """Add `train`, `promote` and `history` to the root app."""
+    from btcflow.cli import history
+
     app.command("train")(train)
     app.command("promote")(promote)
+    app.command("history")(history.history)
