@@ -59,7 +59,8 @@ def btcflow(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str])
         monkeypatch.setattr(sys, "argv", ["btcflow", *args])
         with pytest.raises(SystemExit) as done:
             main()
-        return subprocess.CompletedProcess(args, done.value.code, "", capsys.readouterr().err)
+        printed = capsys.readouterr()
+        return subprocess.CompletedProcess(args, done.value.code, printed.out, printed.err)
 
     with logging_kept():
         yield run
@@ -99,7 +100,10 @@ def test_in_process_runs_leave_logging_as_they_found_it(
         (["train", "--model", "close", "--batches", "1..2"], "bad batch SPEC '1..2'"),
         (["train", "--model", "close", "--batches", "2-3"], "batch 3 is not in the manifest"),
         (["promote", "--model", "close", "--version", "4"], "btc-close has no version 4"),
-        (["promote", "--model", "close"], "exactly one of --version V or --best"),
+        (["promote", "--model", "close"], "exactly one of --version V, --best or --rollback"),
+        (["promote", "--model", "close", "--best", "--rollback"], "exactly one of --version V, --best or"),
+        (["promote", "--model", "close", "--version", "1", "--require-baseline"], "goes with --best"),
+        (["history", "--model", "nope"], "unknown model 'nope'"),
         (["promote", "--model", "nope", "--best"], "unknown model 'nope'"),
     ],
 )
@@ -142,3 +146,37 @@ def test_unreachable_tracking_store_exits_3(command: list[str], env: dict[str, s
     done = btcflow_process(*command, env=down)
     assert done.returncode == 3, done.stderr
     assert "unreachable" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_history_and_rollback_commands(env: dict[str, str], btcflow) -> None:
+    """Promotions by hand, the table and JSON of `history`, a rollback, then one with nothing before."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from training.settings import TrainingSettings
+    from training.tracking import connect
+
+    connect(TrainingSettings(data_dir=Path(env["BTCFLOW_DATA_DIR"]), tracking_uri=env["MLFLOW_TRACKING_URI"]))
+    client = MlflowClient()
+    client.create_registered_model("btc-close")
+    for _ in range(2):
+        client.create_model_version("btc-close", source="file:///nowhere", run_id=None)
+    assert (
+        btcflow("history", "--model", "close", env=env).stdout == "no promotion of btc-close recorded yet\n"
+    )
+    for version in ("1", "2"):
+        assert btcflow("promote", "--model", "close", "--version", version, env=env).returncode == 0
+    done = btcflow("history", "--model", "close", env=env)
+    assert done.returncode == 0 and "when (UTC)" in done.stdout and "hand" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if "hand" in line]
+    assert len(rows) == 2 and "v2" in rows[0] and "v2" not in rows[1]  # newest first
+    done = btcflow("history", "--model", "close", "--json", "--limit", "1", env=env)
+    [newest] = json.loads(done.stdout)
+    assert (newest["by"], newest["from"], newest["to"]) == ("hand", "1", "2")
+
+    done = btcflow("promote", "--model", "close", "--rollback", env=env)
+    assert done.returncode == 0 and "v1 is Production again" in done.stdout
+    done = btcflow("promote", "--model", "close", "--rollback", env=env)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "no version of btc-close before v1 is recorded as Production; nothing changed" in done.stderr
