@@ -8,7 +8,7 @@ request: it tries to connect again every few seconds and drops (and counts) what
 At most `capacity` rows wait in the queue and `capacity` more in the producer, unacknowledged.
 
 A message (no key, so kafka-python's sticky partitioner needs no hashing):
-`{"time": "2026-01-02T03:04:05.678+00:00", "model": {"name", "version", "run_id"},
+`{"time": "2026-01-02T03:04:05.678901+00:00", "model": {"name", "version", "run_id"},
   "inputs": {"open": 4.58, "volume": 1.5}, "outputs": {"predicted_high": 4.63, "predicted_low": 4.55}}`
 """
 
@@ -41,9 +41,16 @@ Answered = tuple[float, Mapping[str, str], Mapping[str, Sequence[Any]], Mapping[
 
 
 def messages(item: Answered) -> list[bytes]:
-    """One JSON message per row of an answered request (when, model ref, input and output columns, rows)."""
+    """One JSON message per row of an answered request (when, model ref, input and output columns, rows).
+
+    orjson writes the datetime itself (RFC 3339, microseconds): a third of the cost of `isoformat()`.
+    """
     at, model, inputs, outputs, rows = item
-    when = datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds")
+    when = datetime.fromtimestamp(at, UTC)
+    if rows == 1:  # a GET
+        row_in = {k: v[0] for k, v in inputs.items()}
+        row_out = {k: v[0] for k, v in outputs.items()}
+        return [orjson.dumps({"time": when, "model": model, "inputs": row_in, "outputs": row_out})]
     return [
         orjson.dumps(
             {
@@ -115,6 +122,7 @@ class PredictionLog:
 
     def _run(self) -> None:
         producer: KafkaProducer | None = None
+        partitions: list[int] = []
         retry_at = 0.0
         down = False
         while True:
@@ -123,7 +131,7 @@ class PredictionLog:
             if len(self._in_flight) < self.capacity or stopping:
                 taken = self._take()
                 if taken and producer is None and time.monotonic() >= retry_at:
-                    producer = self._connect()
+                    producer, partitions = self._connect()
                     if producer is None:
                         retry_at = time.monotonic() + RETRY_S
                         if not down:
@@ -138,7 +146,8 @@ class PredictionLog:
                         log.warning("prediction log: Kafka at %s reachable again", self.bootstrap)
                         down = False
                 if producer is not None:
-                    self._send(producer, taken)
+                    partitions.append(partitions.pop(0))  # each tick's messages to the next partition
+                    self._send(producer, partitions[0], taken)
                 elif taken:
                     self._dropped.inc(sum(item[4] for item in taken))
             self.metrics.log_queue.set(self._waiting)
@@ -149,8 +158,9 @@ class PredictionLog:
         self._settle()
         self.metrics.log_queue.set(0)
 
-    def _connect(self) -> KafkaProducer | None:
-        """A producer, with the topic created if missing (the embedded broker creates none by itself)."""
+    def _connect(self) -> tuple[KafkaProducer | None, list[int]]:
+        """A producer and the topic's partitions, the topic created if missing (the embedded broker creates
+        none by itself); (None, []) when the broker does not answer."""
         try:
             admin = KafkaAdminClient(
                 bootstrap_servers=self.bootstrap,
@@ -165,7 +175,7 @@ class PredictionLog:
                     admin.create_topics({self.topic: spec})
             finally:
                 admin.close()
-            return KafkaProducer(
+            producer = KafkaProducer(
                 bootstrap_servers=self.bootstrap,
                 client_id="btcflow-gateway-log",
                 acks=1,  # best effort: a log, not the record of truth
@@ -181,14 +191,21 @@ class PredictionLog:
                 metrics_enabled=False,
             )
         except KafkaError:
-            return None
+            return None, []
+        try:
+            return producer, sorted(producer.partitions_for(self.topic))
+        except KafkaError:
+            with contextlib.suppress(KafkaError):
+                producer.close(timeout=0)
+            return None, []
 
-    def _send(self, producer: KafkaProducer, taken: list[Answered]) -> None:
+    def _send(self, producer: KafkaProducer, partition: int, taken: list[Answered]) -> None:
+        """Each message to `partition`: naming it skips kafka-python's partitioner, a tenth of `send`."""
         send, in_flight, topic = producer.send, self._in_flight, self.topic
         for item in taken:
             for i, value in enumerate(messages(item)):
                 try:
-                    in_flight.append(send(topic, value))
+                    in_flight.append(send(topic, value, partition=partition))
                 except KafkaError:  # no metadata within max_block_ms: the broker went away
                     self._dropped.inc(item[4] - i)
                     break
