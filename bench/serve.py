@@ -13,6 +13,15 @@ p99), then POST batches of 1,000 rows (rows/s). Prints both sides and the ratios
 With `--workers 1,2` it measures scaling out instead: `btcflow serve --workers N` for each N in turn, the
 three GET routes at --connections each, then each route's requests/s and p99 per N and the ratio to the
 first N (goal on 2 cores: 2 workers >= 1.6x one worker, every p99 < 10 ms at 32 connections).
+
+With `--overhead` it measures what observing the gateway costs on the single-row GET rate (high_low, one
+worker each): four gateways started together and measured in turn, `--rounds` times in a rotating order,
+  bare      BTCFLOW_METRICS=false (the reference: no counting, no /metrics)
+  metrics   the default (/metrics on)
+  log       metrics + BTCFLOW_PREDICTION_TOPIC on a real embedded Kafka broker the bench starts
+  log-down  metrics + the log pointed at a closed port (every row dropped and counted: the drop path)
+and prints each one's median rate and p99 and the ratios metrics/bare, log/metrics, log-down/metrics
+(goal: each >= 0.90), and what each log sent and dropped by its /metrics.
 """
 
 from __future__ import annotations
@@ -221,6 +230,90 @@ def scaling(counts: list[int], env: dict[str, str], args: argparse.Namespace, wo
         )
 
 
+def metric_sum(base: str, sample: str) -> float:
+    """The sum of one sample's values (every label set) in a gateway's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == sample)
+
+
+def overhead(env: dict[str, str], args: argparse.Namespace, work: Path) -> None:
+    """The GET rate with metrics off, on, and with the prediction log to a live broker or a closed port."""
+    from pipeline.broker import EmbeddedBroker, free_port_pair
+    from pipeline.settings import PipelineSettings
+
+    broker = EmbeddedBroker(work / "kafka", PipelineSettings().kafka_jars, port=free_port_pair(), heap="512m")
+    live = broker.start(timeout_s=120)
+    closed = f"127.0.0.1:{free_port()}"
+    configs = {
+        "bare": {"BTCFLOW_METRICS": "false"},
+        "metrics": {"BTCFLOW_METRICS": "true"},
+        "log": {"BTCFLOW_PREDICTION_TOPIC": "bench-predictions", "BTCFLOW_KAFKA_BOOTSTRAP": live},
+        "log-down": {"BTCFLOW_PREDICTION_TOPIC": "bench-predictions", "BTCFLOW_KAFKA_BOOTSTRAP": closed},
+    }
+    path = SINGLES["GET /predict/high_low"]
+    procs: dict[str, subprocess.Popen] = {}
+    bases: dict[str, str] = {}
+    runs: dict[str, list[Load]] = {name: [] for name in configs}
+    try:
+        for name, extra in configs.items():
+            port = free_port()
+            bases[name] = f"http://127.0.0.1:{port}"
+            cmd = [sys.executable, "-m", "btcflow.cli", "serve", "--port", str(port)]
+            procs[name] = start(cmd, {**env, "BTCFLOW_WEBHOOKS": "off", **extra}, work / f"{name}.log")
+        for name, proc in procs.items():
+            wait_for(f"{bases[name]}/ready", proc, 120)
+            for _ in range(200):  # warm: the route, and the log's connection to its broker
+                httpx.get(f"{bases[name]}{path}", timeout=5)
+        time.sleep(3)  # the log's first connection (or first failed attempt) is behind it
+        names = list(configs)
+        for r in range(args.rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:  # each first in turn
+                runs[name].append(load(f"{bases[name]}{path}", None, args.duration, args.connections, work))
+                print(f"round {r + 1} {name:8} {runs[name][-1].rps:9.1f} req/s", flush=True)
+        time.sleep(2)  # the logs' last acknowledgements
+        logged = {
+            name: (
+                metric_sum(bases[name], "btcflow_prediction_log_sent_total"),
+                metric_sum(bases[name], "btcflow_prediction_log_dropped_total"),
+                metric_sum(bases[name], "btcflow_predictions_total"),
+            )
+            for name in ("log", "log-down")
+        }
+    finally:
+        for proc in procs.values():
+            stop(proc)
+        broker.stop()
+
+    def median(name: str) -> Load:
+        return sorted(runs[name], key=lambda x: x.rps)[len(runs[name]) // 2]
+
+    tool = "wrk -t1" if shutil.which("wrk") else "httpx async loop"
+    print(
+        f"\noverhead on GET /predict/high_low: {tool}, {args.connections} connections, {args.rounds} rounds "
+        f"of {args.duration:.0f}s per gateway, one worker each, {os.cpu_count()} cores (the broker's JVM too)"
+    )
+    header = f"{'gateway':10} {'median req/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    print(f"{header}  every round's req/s")
+    for name in configs:
+        m = median(name)
+        each = " ".join(f"{x.rps:.0f}" for x in runs[name])
+        errors = sum(x.errors for x in runs[name])
+        print(f"{name:10} {m.rps:12.1f} {m.p50_ms:8.2f} {m.p99_ms:8.2f} {errors:7d}  {each}")
+    ratios = {
+        "metrics / bare": median("metrics").rps / max(median("bare").rps, 1e-9),
+        "log / metrics (live broker)": median("log").rps / max(median("metrics").rps, 1e-9),
+        "log-down / metrics (all dropped)": median("log-down").rps / max(median("metrics").rps, 1e-9),
+    }
+    for label, ratio in ratios.items():
+        print(f"  {label:34} {ratio:5.3f}x  (cost {100 * (1 - ratio):+.1f}%)")
+    for name, (sent, dropped, predicted) in logged.items():
+        print(f"  {name}: {predicted:.0f} rows predicted, {sent:.0f} sent to Kafka, {dropped:.0f} dropped")
+    met = min(ratios.values()) >= 0.9
+    print(f"goal (each ratio >= 0.90): {'met' if met else 'not met'} (lowest {min(ratios.values()):.3f}x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -237,6 +330,12 @@ def main() -> None:
         "--workers",
         help="comma-separated worker counts, e.g. 1,2: measure scaling out instead of the MLflow comparison",
     )
+    parser.add_argument(
+        "--overhead",
+        action="store_true",
+        help="measure what /metrics and the prediction log cost on the GET rate instead",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --overhead: runs per gateway")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="btcflow-bench-serve-"))
@@ -254,6 +353,9 @@ def main() -> None:
         }
         if args.workers:
             scaling([int(n) for n in args.workers.split(",")], env, args, work)
+            return
+        if args.overhead:
+            overhead(env, args, work)
             return
         ours_port, ref_port = free_port(), free_port()
         ours = f"http://127.0.0.1:{ours_port}"
