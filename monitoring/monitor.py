@@ -250,6 +250,8 @@ class Monitor:
     def _lineup_changed(self, changes: list[str]) -> None:
         for line in changes:
             self.report(line)
+        if self.runs is not None:
+            self.runs.open(self.lineup.all())
         scored = {(m.spec.registered_name, m.version) for m in self.lineup.all()}
         for key in list(self.logs):
             if key not in scored:

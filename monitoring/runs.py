@@ -50,11 +50,17 @@ class MonitorRuns:
     def due(self) -> bool:
         return self.clock() - self._last >= self.interval_s
 
+    def open(self, members: list[Member]) -> None:
+        """Find or create the runs of versions new to the lineup now, rather than at their first log:
+        a few registry and tracking calls each, better spent before the stream than in the middle of it."""
+        self._guarded(lambda: [self._run(member) for member in members])
+
     def log(self, members: list[Member], figures: Mapping[tuple[str, str], Figures], steps: dict) -> None:
         """Log each member's figures at its newest minute, if that minute moved since its last log."""
         self._last = self.clock()
         now_ms = int(time.time() * 1000)
-        try:
+
+        def write() -> None:
             from mlflow.entities import Metric
 
             for member in members:
@@ -69,7 +75,14 @@ class MonitorRuns:
                 ]
                 self.client.log_batch(self._run(member), metrics=metrics)
                 self._logged[key] = step
-        except Exception as exc:  # the store went away: say it once, keep scoring, try again later
+
+        self._guarded(write)
+
+    def _guarded(self, call: Callable[[], object]) -> None:
+        """`call()`; a store that fails is said once (and its recovery once), and the loop goes on."""
+        try:
+            call()
+        except Exception as exc:  # the store went away: keep scoring, try again at the next log
             if not self._failing:
                 log.warning("live metrics not logged to MLflow (will retry): %s", exc)
             self._failing = True

@@ -43,20 +43,28 @@ class Polled:
         return len(self.rows) + len(self.bad)
 
 
-class _FromBeginning(ConsumerRebalanceListener):
-    """Sends the first partitions assigned to their beginning (later ones keep the group's offsets)."""
+class _Seats(ConsumerRebalanceListener):
+    """Where an assigned partition starts: right after what this member scored of it, else at its
+    beginning with `from_beginning`, else where the group committed (the end, for a new group).
 
-    def __init__(self, consumer: KafkaConsumer) -> None:
-        self.consumer = consumer
-        self.done = False
+    Without the first rule a rebalance soon after the start (before any commit) would send a new group
+    back to the end of the topic, and the minutes in between would never be scored.
+    """
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         pass
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        if assigned and not self.done:
-            self.consumer.seek_to_beginning(*assigned)
-            self.done = True
+        consumer, scored = self.stream.consumer, self.stream.position
+        assert consumer is not None
+        for tp in assigned:
+            if tp in scored:
+                consumer.seek(tp, scored[tp])
+            elif self.stream.from_beginning:
+                consumer.seek_to_beginning(tp)
         log.info("assigned %s", sorted(tp.partition for tp in assigned))
 
 
@@ -87,11 +95,7 @@ class Stream:
                 bootstrap_timeout_ms=5_000,
                 request_timeout_ms=30_000,
             )
-            listener = _FromBeginning(self.consumer) if self.from_beginning else None
-            if listener is None:
-                self.consumer.subscribe([self.settings.topic])
-            else:
-                self.consumer.subscribe([self.settings.topic], listener=listener)
+            self.consumer.subscribe([self.settings.topic], listener=_Seats(self))
         except KafkaError as exc:
             raise BrokerUnavailable(
                 f"Kafka not reachable at {self.settings.bootstrap} ({type(exc).__name__})"
