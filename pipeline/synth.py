@@ -29,7 +29,7 @@ log = logging.getLogger("pipeline")
 
 HEADER = "Timestamp,Open,High,Low,Close,Volume"
 START_TS = 1325412060  # the first row of the real Kaggle file: 2012-01-01 10:01 UTC
-START_PRICE = 4.58  # its first price
+START_PRICE = 4.58  # its first price (the default: `start_price` moves the whole path to another level)
 CHUNK_ROWS = 500_000  # fixed: the byte stream depends on it
 
 GAP_PROBABILITY = 0.002  # a minute missing after this share of rows
@@ -50,6 +50,7 @@ class _State:
     log_vol: float = 0.0
     minute: int = 0
     close: float = START_PRICE
+    start_price: float = START_PRICE
 
 
 def _ar1(innovations: np.ndarray, phi: float, last: float) -> np.ndarray:
@@ -68,7 +69,7 @@ def _chunk(rng: np.random.Generator, n: int, state: _State) -> pa.Array:
     shocks = rng.standard_t(4, n) / np.sqrt(2.0) * sigma
     swing = _ar1(shocks, SWING_PHI, state.swing)
     minutes = state.minute + np.cumsum(steps)
-    path = np.exp(np.log(START_PRICE) + TREND_PER_MINUTE * minutes + swing)
+    path = np.exp(np.log(state.start_price) + TREND_PER_MINUTE * minutes + swing)
 
     traded = rng.random(n) >= FLAT_PROBABILITY
     # a flat minute repeats the last traded close: forward-fill the path over untraded minutes
@@ -78,8 +79,10 @@ def _chunk(rng: np.random.Generator, n: int, state: _State) -> pa.Array:
     wick = np.abs(rng.normal(0.0, 0.5, (2, n))) * sigma * traded
     high = np.maximum(open_, close) * np.exp(wick[0])
     low = np.minimum(open_, close) * np.exp(-wick[1])
-    # heavy-tailed volume (Pareto with a lognormal scale), more when the price moves more
-    volume = (rng.pareto(1.5, n) + 0.01) * rng.lognormal(0.0, 1.0, n) * (1 + 200 * np.abs(close / open_ - 1))
+    # heavy-tailed volume (Pareto with a lognormal scale) that follows activity, as in the real file: a
+    # minute trades more when its candle is wider, and wide candles cluster with the volatility
+    activity = (np.abs(close / open_ - 1) + wick[0] + wick[1]) / np.exp(BASE_LOG_VOL)
+    volume = rng.lognormal(0.0, 0.7, n) * (1 + rng.pareto(4.0, n)) * (0.1 + activity)
     volume = np.where(traded, volume, 0.0)
 
     # rounding is monotone, so High >= max(Open, Close) and Low <= min(Open, Close) survive it
@@ -103,13 +106,19 @@ def _format(ts: np.ndarray, prices: list[np.ndarray], volume: np.ndarray) -> pa.
     return pc.binary_join_element_wise(*columns, ",")
 
 
-def synth(rows: int, out: Path, seed: int = 0) -> int:
-    """Write `rows` Kaggle-shaped rows to `out` (header included); returns the rows written."""
+def synth(rows: int, out: Path, seed: int = 0, start_price: float = START_PRICE) -> int:
+    """Write `rows` Kaggle-shaped rows to `out` (header included); returns the rows written.
+
+    `start_price` sets the level the path starts from: 4.58 as the real file in 2012, or e.g. 115,000
+    for minutes like 2025's, where two-decimal prices no longer flatten the candles.
+    """
     if rows < 0:
         raise BadInput(f"--rows must be 0 or more, not {rows}")
+    if not start_price > 0:
+        raise BadInput(f"--start-price must be above 0, not {start_price}")
     out.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    state = _State()
+    state = _State(close=start_price, start_price=start_price)
     partial = out.with_name(out.name + ".partial")
     with partial.open("wb") as f:
         f.write(HEADER.encode() + b"\n")

@@ -19,7 +19,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from serving.errors import UnsupportedModel
-from serving.stages import Assembler, Columns, Forest, Linear, Logistic, Row, Stage
+from serving.stages import Assembler, Candle, Columns, Forest, Linear, Logistic, Row, Stage
+from training.specs import CANDLE  # plain data: the one SQL statement training builds
 
 
 def _metadata(stage_dir: Path) -> dict[str, Any]:
@@ -166,11 +167,23 @@ def _logistic(stage_dir: Path, meta: dict[str, Any]) -> Logistic:
     )
 
 
+def _sql(stage_dir: Path, meta: dict[str, Any]) -> Candle:
+    """A SQLTransformer is arbitrary SQL: only the exact statement training builds has a numpy twin."""
+    statement = " ".join(str(_param(meta, "statement", "")).split())
+    if statement != CANDLE:
+        raise UnsupportedModel(
+            f"{stage_dir.name}: SQLTransformer statement {statement!r} is not high_low's candle "
+            "(training.specs.CANDLE), the only one the numpy engine evaluates"
+        )
+    return Candle()
+
+
 READERS: dict[str, Callable[[Path, dict[str, Any]], Stage]] = {
     "org.apache.spark.ml.feature.VectorAssembler": _assembler,
     "org.apache.spark.ml.regression.LinearRegressionModel": _linear,
     "org.apache.spark.ml.classification.LogisticRegressionModel": _logistic,
     "org.apache.spark.ml.regression.RandomForestRegressionModel": _forest,
+    "org.apache.spark.ml.feature.SQLTransformer": _sql,
 }
 
 

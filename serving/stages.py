@@ -205,4 +205,41 @@ class Forest:
         cols[self.prediction_col] = total / len(self.roots)
 
 
-Stage = Assembler | Linear | Logistic | Forest
+@dataclass(frozen=True)
+class Candle:
+    """high_low's SQLTransformer (training.specs.CANDLE): predicted spreads back to a High and a Low.
+
+    High = Open + Open * max(high_spread, 0), Low = Open - Open * min(max(low_spread, 0), 1), with Spark
+    SQL's GREATEST (NaN above every number, like np.maximum) and LEAST (NaN above every number, so
+    LEAST(NaN, 1) is 1, like np.fmin). A multiply and an add, no rounding of our own: equal to Spark's bits.
+    """
+
+    open_col: str = "Open"
+    spread_cols: tuple[str, str] = ("prediction_high_spread", "prediction_low_spread")
+    output_cols: tuple[str, str] = ("prediction_high", "prediction_low")
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.open_col, *self.spread_cols)
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return self.output_cols
+
+    def transform(self, cols: Columns) -> None:
+        o = cols[self.open_col]
+        up, down = (cols[c] for c in self.spread_cols)
+        cols[self.output_cols[0]] = o + o * np.maximum(up, 0.0)
+        cols[self.output_cols[1]] = o - o * np.fmin(np.maximum(down, 0.0), 1.0)
+
+    def transform_row(self, row: Row) -> None:
+        o = row[self.open_col]
+        up, down = (row[c] for c in self.spread_cols)
+        up = up if math.isnan(up) or up > 0.0 else 0.0
+        down = down if math.isnan(down) or down > 0.0 else 0.0
+        down = down if down < 1.0 else 1.0  # NaN compares false: LEAST(NaN, 1) is 1
+        row[self.output_cols[0]] = o + o * up
+        row[self.output_cols[1]] = o - o * down
+
+
+Stage = Assembler | Linear | Logistic | Forest | Candle

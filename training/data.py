@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from btcflow import dataset
 from btcflow.dataset import COLUMNS, BatchEntry
 from training.errors import BadInput
+from training.specs import SPREADS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -191,6 +192,24 @@ def with_trend_label(df: DataFrame) -> DataFrame:
         nxt.where(F.col("_next_ts") == F.col("Timestamp") + LABEL_HORIZON)
         .withColumn("label", (F.col("_next_close") > F.col("Close")).cast("double"))
         .drop("_next_ts", "_next_close")
+    )
+
+
+def with_spreads(df: DataFrame) -> DataFrame:
+    """Add high_low's labels: (High - Open) / Open and (Open - Low) / Open (training.specs.SPREADS).
+
+    Clipped as the pipeline clips its predictions (the Low's to 1: a price is never below 0). A minute
+    without a positive Open has no shape to learn and is left out.
+    """
+    from pyspark.sql import functions as F
+
+    high, low = SPREADS
+    return (
+        df.where(F.col("Open") > 0)
+        .withColumn(high, F.greatest((F.col("High") - F.col("Open")) / F.col("Open"), F.lit(0.0)))
+        .withColumn(
+            low, F.least(F.greatest((F.col("Open") - F.col("Low")) / F.col("Open"), F.lit(0.0)), F.lit(1.0))
+        )
     )
 
 

@@ -20,6 +20,18 @@ EXPERIMENT = "btcflow"
 PRODUCTION_ALIAS = "production"
 PRODUCTION_STAGE = "Production"
 
+# high_low learns the candle's shape, not its price level: forests on Open and Volume predict how far above
+# the Open the High reaches and how far below it the Low falls, as fractions of the Open (never negative; the
+# Low's at most 1). A time-ordered test set always lies outside the price range it was trained on, where a
+# tree can only repeat its edge leaf; a fraction of the Open holds at any level. The pipeline maps them back
+# to prices itself (CANDLE below), so the Spark flavour and `mlflow models serve` answer prices and
+# High >= Open >= Low >= 0 holds for every input, by construction.
+SPREADS = ("high_spread", "low_spread")  # (High - Open) / Open and (Open - Low) / Open, the forests' labels
+CANDLE = (
+    "SELECT *, Open + Open * GREATEST(prediction_high_spread, 0D) AS prediction_high, "
+    "Open - Open * LEAST(GREATEST(prediction_low_spread, 0D), 1D) AS prediction_low FROM __THIS__"
+)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -30,6 +42,7 @@ class ModelSpec:
     kind: Kind
     features: tuple[str, ...]
     labels: tuple[str, ...]  # the columns the model predicts ("label" is derived for trend)
+    targets: tuple[str, ...] = ()  # what the estimators learn when it is not `labels` (high_low: SPREADS)
     params: dict[str, Any] = field(default_factory=dict)  # estimator defaults, Spark param names
     metrics: tuple[str, ...] = REGRESSION_METRICS
     primary_metric: str = "rmse"
@@ -59,12 +72,13 @@ SPECS: dict[str, ModelSpec] = {
             kind="high_low",
             features=("Open", "Volume"),
             labels=("High", "Low"),
+            targets=SPREADS,
             # Small, shallow forests: two inputs need few splits, and a 2.33M-row fit of both forests
             # stays within a few minutes on 2 local cores (bench/train.py). Cost ~ rows x trees x depth.
             params={"numTrees": 10, "maxDepth": 6, "maxBins": 32, "subsamplingRate": 1.0, "seed": 42},
             metrics=tuple(f"{m}_{t}" for t in ("high", "low") for m in REGRESSION_METRICS),
             primary_metric="rmse",  # the mean of rmse_high and rmse_low
-            baseline="Open for both High and Low",
+            baseline="Open for both High and Low (a candle of no range)",
         ),
         ModelSpec(
             name="trend",
@@ -114,7 +128,7 @@ def build_pipeline(spec: ModelSpec, params: dict[str, Any]) -> Pipeline:
     """The unfitted Spark ML pipeline of models.md (pyspark imported here, not at module import)."""
     from pyspark.ml import Pipeline
     from pyspark.ml.classification import LogisticRegression
-    from pyspark.ml.feature import VectorAssembler
+    from pyspark.ml.feature import SQLTransformer, VectorAssembler
     from pyspark.ml.regression import LinearRegression, RandomForestRegressor
 
     assembler = VectorAssembler(inputCols=list(spec.features), outputCol="features")
@@ -126,13 +140,14 @@ def build_pipeline(spec: ModelSpec, params: dict[str, Any]) -> Pipeline:
     if spec.kind == "high_low":
         forests = [
             RandomForestRegressor(
-                featuresCol="features", labelCol=label, predictionCol=f"prediction_{label.lower()}", **params
+                featuresCol="features", labelCol=target, predictionCol=f"prediction_{target}", **params
             )
-            for label in spec.labels
+            for target in spec.targets
         ]
+        candle = SQLTransformer(statement=CANDLE)  # spreads back to prices: prediction_high, prediction_low
         # One `prediction` vector [high, low] so the Spark pyfunc (and `mlflow models serve`) answers both.
         both = VectorAssembler(inputCols=["prediction_high", "prediction_low"], outputCol="prediction")
-        return Pipeline(stages=[assembler, *forests, both])
+        return Pipeline(stages=[assembler, *forests, candle, both])
     estimator = LogisticRegression(
         featuresCol="features",
         labelCol="label",

@@ -63,8 +63,12 @@ def describe_batches(numbers: list[int]) -> str:
 
 
 def prepare(spec: ModelSpec, df: DataFrame) -> DataFrame:
-    """The columns a model needs, with the derived trend label where it applies."""
-    return data.with_trend_label(df) if spec.kind == "classification" else df
+    """The columns a model needs, with its derived labels: trend's next-minute label, high_low's spreads."""
+    if spec.kind == "classification":
+        return data.with_trend_label(df)
+    if spec.kind == "high_low":
+        return data.with_spreads(df)
+    return df
 
 
 def score(spec: ModelSpec, model: PipelineModel, df: DataFrame) -> pd.DataFrame:
@@ -172,7 +176,8 @@ def train_one(
     numbers = [b.batch for b in batches]
     params = resolve_params(spec, overrides)
     df = prepare(spec, base)
-    if df is not base:  # the label needs a window over all rows: compute it once for split, fit and test
+    windowed = spec.kind == "classification"
+    if windowed:  # the label needs a window over all rows: compute it once for split, fit and test
         df = df.cache()
     try:
         cutoff = data.time_cutoff(df, settings.test_fraction)
@@ -249,7 +254,7 @@ def train_one(
         for tag in ("btcflow.batches", "btcflow.last_batch", "btcflow.scheme", "btcflow.train_max_ts"):
             client.set_model_version_tag(spec.registered_name, version, tag, tags[tag])
     finally:
-        if df is not base:
+        if windowed:
             df.unpersist()
     seconds = time.monotonic() - started
     log.info(

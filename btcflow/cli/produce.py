@@ -17,11 +17,19 @@ def synth(
     rows: Annotated[int, typer.Option("--rows", min=0, help="Data rows to write (the header comes on top).")],
     out: Annotated[Path, typer.Option("--out", help="CSV file to write (its folder is created).")],
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same bytes.")] = 0,
+    start_price: Annotated[
+        float,
+        typer.Option(
+            "--start-price",
+            help="Price of the first minute (USD); the path grows from there. 4.58 as the real file in "
+            "2012; e.g. 115000 for minutes like 2025's.",
+        ),
+    ] = 4.58,
 ) -> None:
     """Write a Kaggle-shaped CSV (Timestamp,Open,High,Low,Close,Volume), one row per minute from 2012."""
     from pipeline.synth import synth as write
 
-    write(rows, out, seed)
+    write(rows, out, seed, start_price)
     typer.echo(f"wrote {rows:,} rows to {out}")
 
 

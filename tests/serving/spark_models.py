@@ -48,15 +48,13 @@ def synthetic_minutes(rows: int, seed: int = 0) -> pd.DataFrame:
 
 
 def fit(spark, kind: str, frame: pd.DataFrame, **params):
-    """Fit training's own pipeline of one model kind on a pandas frame of Kaggle columns."""
+    """Fit training's own pipeline of one model kind on Kaggle columns, labelled as training labels them."""
     from training.specs import build_pipeline
+    from training.train import prepare
 
     spec = SPECS[kind]
-    frame = frame[KAGGLE].astype("float64").copy()
-    if kind == "trend":
-        frame["label"] = (frame["Close"].shift(-1) > frame["Close"]).astype("float64")
-        frame = frame.iloc[:-1]
-    return build_pipeline(spec, {**spec.params, **params}).fit(spark.createDataFrame(frame))
+    df = prepare(spec, spark.createDataFrame(frame[KAGGLE].astype("float64")))
+    return build_pipeline(spec, {**spec.params, **params}).fit(df)
 
 
 def log_and_register(model, kind: str, frame: pd.DataFrame, tracking_uri: str) -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from serving import sparkml, stages
 from serving.errors import UnsupportedModel
@@ -103,13 +106,54 @@ def test_high_low_parity(template: Template, tmp_path: Path) -> None:
     spark_vector = template.models["high_low"].transform(
         template.spark.createDataFrame(frame.head(50).astype("float64"))
     )
-    for name in ("prediction_high", "prediction_low"):
-        np.testing.assert_allclose(cols[name], spark[name].to_numpy(), rtol=1e-9, atol=0)
+    for name in (
+        "prediction_high",
+        "prediction_low",
+    ):  # the forests' sums and the candle's arithmetic, bit for bit
+        np.testing.assert_array_equal(cols[name], spark[name].to_numpy())
+    # a coherent candle for every input, in Spark's answers and ours
+    for high, low in (
+        (cols["prediction_high"], cols["prediction_low"]),
+        (spark.prediction_high, spark.prediction_low),
+    ):
+        assert (high >= frame.Open).all() and (frame.Open >= low).all() and (low >= 0).all()
     final = np.array([r["prediction"].toArray() for r in spark_vector.select("prediction").collect()])
-    np.testing.assert_allclose(cols["prediction"][:50], final, rtol=1e-9, atol=0)
+    np.testing.assert_array_equal(cols["prediction"][:50], final)
     assert_row_path_matches(
         ours, frame, ["Open", "Volume"], cols, ["prediction_high", "prediction_low", "prediction"]
     )
+
+
+def test_every_high_low_answer_is_a_coherent_candle(template: Template, tmp_path: Path) -> None:
+    """High >= Open >= Low >= 0 for any Open and Volume the gateway accepts, by both evaluation paths."""
+    ours = numpy_pipeline(template, "high_low", tmp_path)
+    value = st.floats(min_value=0.0, max_value=1e15, allow_nan=False, allow_infinity=False)
+
+    @settings(max_examples=500, deadline=None)
+    @given(open_=value, volume=value, more=st.lists(st.tuples(value, value), min_size=1, max_size=20))
+    def check(open_: float, volume: float, more: list[tuple[float, float]]) -> None:
+        row = ours.transform_row({"Open": open_, "Volume": volume})
+        assert row["prediction_high"] >= open_ >= row["prediction_low"] >= 0.0
+        opens, volumes = (np.asarray(c, dtype=np.float64) for c in zip(*more, strict=True))
+        cols = ours.transform({"Open": opens, "Volume": volumes})
+        high, low = cols["prediction_high"], cols["prediction_low"]
+        assert (high >= opens).all() and (opens >= low).all() and (low >= 0).all()
+
+    check()
+
+
+def test_a_candle_of_another_statement_is_refused(template: Template, tmp_path: Path) -> None:
+    """A SQLTransformer is arbitrary SQL: the numpy engine evaluates training's statement and nothing else."""
+    registry = Registry(f"sqlite:///{template.root / 'mlflow.db'}")
+    model = registry.download("btc-high-low", template.versions["high_low"], tmp_path / "hl")
+    sparkml.load(model)  # training's own pipeline loads
+    (meta,) = (sparkml.spark_model_dir(model) / "stages").glob("3_*/metadata/part-*")
+    record = json.loads(meta.read_text())
+    assert record["class"] == "org.apache.spark.ml.feature.SQLTransformer"
+    record["paramMap"]["statement"] = record["paramMap"]["statement"].replace("GREATEST", "LEAST")
+    meta.write_text(json.dumps(record) + "\n")
+    with pytest.raises(UnsupportedModel, match="not high_low's candle"):
+        sparkml.load(model)
 
 
 def test_close_parity(template: Template, tmp_path: Path) -> None:

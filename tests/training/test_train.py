@@ -55,7 +55,10 @@ def test_runs_record_params_metrics_lineage_and_plots(trained) -> None:
     for r in results:
         run = client.get_run(r.run_id)
         assert run.info.run_name == f"{r.model}-cumulative-b{'1-2' if len(r.batches) == 2 else '1'}"
-        assert run.info.experiment_id == mlflow.get_experiment_by_name("btcflow").experiment_id
+        experiment = mlflow.get_experiment_by_name("btcflow")
+        assert run.info.experiment_id == experiment.experiment_id
+        # MLflow's UI opens it in its model-training view, not on an empty GenAI traces page
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
         params = run.data.params
         assert params["model"] == r.model and params["scheme"] == "cumulative"
         assert int(params["train_rows"]) == r.train_rows and int(params["test_rows"]) == r.test_rows
@@ -70,7 +73,7 @@ def test_runs_record_params_metrics_lineage_and_plots(trained) -> None:
         assert spec_metrics in run.data.metrics and f"baseline_{spec_metrics}" in run.data.metrics
         if r.model == "high_low":  # both forests' params, each under its own prefix
             assert params["high_numTrees"] == params["low_numTrees"] == "3"
-            assert params["high_labelCol"] == "High" and params["low_labelCol"] == "Low"
+            assert params["high_labelCol"] == "high_spread" and params["low_labelCol"] == "low_spread"
         files = run.data.tags["lineage.batch_files"].split(",")
         assert files == [f"batch_{n}.parquet" for n in r.batches]
         assert json.loads(run.data.tags["lineage.sha256"]) == {f: manifest[f].sha256 for f in files}
@@ -146,3 +149,38 @@ def test_parent_run_id_survives_a_failed_start(store_settings: TrainingSettings,
     with nested_run("child", {}) as run:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert os.environ["MLFLOW_RUN_ID"] == parent.info.run_id
+
+
+def test_high_low_beats_the_naive_candle_far_from_2012s_prices(spark, tmp_path: Path) -> None:
+    """Minutes near 115,000 USD (as in 2025), time-ordered test sets: every version beats High = Low = Open.
+
+    Forests on price levels lose here (a test set is always above the prices they were trained on);
+    the spreads a version learns hold at any level, and its Spark flavour answers coherent candles.
+    """
+    from pyarrow import csv
+
+    from pipeline.synth import synth
+
+    settings = training_settings(tmp_path)
+    synth(24_000, tmp_path / "minutes.csv", seed=11, start_price=115_000.0)
+    table = csv.read_csv(tmp_path / "minutes.csv")
+    write_batches(settings.batch_dir, table, [8_000, 8_000, 8_000])
+    results = train_models(settings, ["high_low"], "1-3", "segment", spark=spark)  # the spec's forests
+    assert len(results) == 3
+    for r in results:
+        for target in ("high", "low"):
+            rmse, naive = r.metrics[f"rmse_{target}"], r.metrics[f"baseline_rmse_{target}"]
+            assert rmse < naive, (r.batches, target, rmse, naive)
+    minutes = table.slice(23_000).to_pandas()
+    pairs = mlflow.pyfunc.load_model("models:/btc-high-low/3").predict(minutes[["Open", "Volume"]])
+    high, low = np.array([list(p) for p in pairs]).T
+    assert (high >= minutes.Open).all() and (minutes.Open >= low).all() and (high > low).any()
+
+
+def test_an_experiment_made_before_gets_the_training_view_tag(tmp_path: Path) -> None:
+    settings = training_settings(tmp_path)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    made = mlflow.create_experiment("btcflow")
+    assert "mlflow.experimentKind" not in mlflow.get_experiment(made).tags
+    assert connect(settings) == made
+    assert mlflow.get_experiment(made).tags["mlflow.experimentKind"] == "custom_model_development"
