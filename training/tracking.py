@@ -9,6 +9,9 @@ from training.errors import TrackingUnavailable
 from training.settings import TrainingSettings
 
 log = logging.getLogger("training")
+# The tag MLflow's UI reads to open an experiment in its model-training view (runs, metrics, models)
+# rather than its GenAI traces page, which a new experiment gets by default and btcflow never fills.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
 def connect(settings: TrainingSettings) -> str:
@@ -44,12 +47,15 @@ def connect(settings: TrainingSettings) -> str:
     mlflow.set_registry_uri(uri)  # the registry lives in the same store; never one set earlier in the process
     try:
         experiment = mlflow.get_experiment_by_name(settings.experiment)
+        key, kind = EXPERIMENT_KIND
         if experiment is None:
             experiment_id = mlflow.create_experiment(
-                settings.experiment, artifact_location=settings.artifact_location
+                settings.experiment, artifact_location=settings.artifact_location, tags={key: kind}
             )
         else:
             experiment_id = experiment.experiment_id
+            if key not in experiment.tags:  # made before btcflow set it; a kind chosen by hand is kept
+                mlflow.MlflowClient().set_experiment_tag(experiment_id, key, kind)
         mlflow.set_experiment(experiment_id=experiment_id)
     except MlflowException as exc:
         raise TrackingUnavailable(f"MLflow tracking store {uri} unusable: {exc}") from None
