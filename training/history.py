@@ -45,9 +45,8 @@ class Record:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, `from` spelled as users read it; empty fields left out."""
-        out = asdict(self)
-        out["at"] = self.at.astimezone(UTC).isoformat()
-        out["from"] = out.pop("previous")
+        out = {"at": self.at.astimezone(UTC).isoformat(), "by": self.by, "from": self.previous, "to": self.to}
+        out |= {k: v for k, v in asdict(self).items() if k not in (*out, "previous")}
         return {k: v for k, v in out.items() if v not in (None, {})}
 
     def to_json(self) -> str:
