@@ -5,7 +5,8 @@ flag (SIGINT/SIGTERM, pipeline.running). Once a second the live metrics go to /m
 judged (and a changed one said in one line), and the scored offsets are committed; every `log_interval_s`
 they go to MLflow; every `refresh_s` the registry is asked again. A registry that stops answering keeps the
 lineup as loaded (said once); one that does not answer at start is exit 3. With a `gate` (--promote), a
-challenger that starts beating Production live is handed to it, and the registry is asked again at once.
+challenger that starts beating Production live is handed to it (once per challenger and Production
+version: the gate starts Spark), and the registry is asked again at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kafka.errors import KafkaError
 
 from monitoring.errors import BadInput, RegistryUnavailable
 from monitoring.exporter import Exporter
+from monitoring.promotion import Gate
 from monitoring.runs import MonitorRuns
 from monitoring.scoring import Lineup
 from monitoring.settings import MonitorSettings
@@ -41,8 +43,6 @@ POLL_MS = 200  # longest wait inside one poll: how late a stop or an idle timeou
 PUBLISH_S = 1.0  # /metrics, verdicts and offset commits at most this often
 PROBE_S = 30.0  # this long without a message: check the broker still answers (kafka-python retries)
 
-Gate = Callable[[str], str]  # model kind -> what the gate did, in one line
-
 
 @dataclass
 class MonitorSummary:
@@ -60,17 +60,6 @@ class MonitorSummary:
         )
 
 
-def promotion_gate(settings: TrainingSettings) -> Gate:
-    """The champion/challenger gate of `btcflow promote --best --require-baseline` (starts Spark)."""
-
-    def gate(kind: str) -> str:
-        from training.gate import promote_best  # training.registry.promote_best's home
-
-        return promote_best(settings, kind, require_baseline=True, by="monitor").message
-
-    return gate
-
-
 class Monitor:
     """One monitoring session: the lineup, its rolling logs, and where the figures go."""
 
@@ -86,13 +75,14 @@ class Monitor:
         self.report, self.gate = report, gate
         self.exporter = Exporter()
         self.lineup = Lineup(training.tracking_uri, settings.challengers)
-        self.judge = Judge(settings.windows[0], settings.min_minutes)
+        self.judge = Judge(settings.windows[0], settings.min_minutes, settings.hold_minutes)
         self.truth = Truth()
         self.logs: dict[tuple[str, str], RollingLog] = {}
         self.runs: MonitorRuns | None = None
         self.scored = self.rows_read = self.bad = 0
         self._store_down = False
         self._failed: set[tuple[str, str]] = set()
+        self._handed: set[tuple[str, str | None, str | None]] = set()
 
     # -- setting up -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -219,9 +209,12 @@ class Monitor:
                 for m in self.lineup.members.get(kind, [])
                 if (spec.registered_name, m.version) in self.logs
             }
-            for verdict in self.judge.judge(spec, self.lineup.champions.get(kind), versions):
+            champion = self.lineup.champions.get(kind)
+            for verdict in self.judge.judge(spec, champion, versions):
                 self.report(verdict.line)
-                if verdict.challenger is not None and self.gate is not None:
+                pair = (kind, verdict.challenger, champion)
+                if verdict.challenger is not None and self.gate is not None and pair not in self._handed:
+                    self._handed.add(pair)  # one hand-off per challenger and champion: the gate runs Spark
                     self._hand_to_gate(kind)
 
     def _hand_to_gate(self, kind: str) -> None:

@@ -34,6 +34,12 @@ class MonitorSettings(BaseSettings):
     min_minutes: int = Field(
         30, ge=1, description="Minutes both sides must have scored in the first window before a verdict."
     )
+    hold_minutes: int = Field(
+        5,
+        ge=0,
+        description="Minutes of event time a changed verdict must hold before it is said (and handed to "
+        "the gate): a noisy window would otherwise flip back and forth.",
+    )
     refresh_s: float = Field(
         30.0, gt=0, description="Seconds between looks at the registry for a new Production or challenger."
     )

@@ -3,8 +3,10 @@
 Pure logic over the rolling logs (testable without a broker or a registry). A verdict needs enough
 minutes (`min_minutes`) scored by both sides in the judging window, and compares them on the same
 minutes: a challenger loaded after the champion is judged from its own first minute on. A verdict
-that holds from its first judgement is said once; one that never holds is never said; each flip after
-that is one line. A challenger that starts beating the champion is what `--promote` hands to the gate.
+that holds from its first judgement is said once; one that never holds is never said; a flip after that
+is said once it has held for `hold` minutes of event time (a 60-minute roc_auc near 0.5 would otherwise
+flip every few minutes). A challenger that starts beating the champion is what `--promote` hands to the
+gate.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ class Judge:
 
     window: int
     min_minutes: int
+    hold: int = 5
     held: dict[tuple[str, ...], bool] = field(default_factory=dict)
+    pending: dict[tuple[str, ...], int] = field(default_factory=dict)  # a flip not said yet: since minute
 
     def judge(self, spec: ModelSpec, champion: str | None, logs: dict[str, RollingLog]) -> list[Verdict]:
         """The changes since the last call, for one model's versions (`logs`: version -> its log)."""
@@ -43,6 +47,7 @@ class Judge:
             return changes
         key, name, w = spec.primary_metric, spec.registered_name, self.window
         champ = logs[champion]
+        minute = champ.newest or 0
         for version, log in logs.items():
             if version == champion or log.first is None or champ.first is None:
                 continue
@@ -55,7 +60,7 @@ class Judge:
             if n < self.min_minutes:
                 continue
             beats = spec.better(mine[key], theirs[key])
-            if self._flipped(("beats", spec.name, version, champion), beats):
+            if self._flipped(("beats", spec.name, version, champion), beats, minute):
                 verb = "beats" if beats else "no longer beats"
                 changes.append(
                     Verdict(
@@ -69,7 +74,7 @@ class Judge:
         own = metrics(champ.kind, champ.window(w))
         if own["minutes"] >= self.min_minutes:
             below = spec.better(own[f"baseline_{key}"], own[key])
-            if self._flipped(("below", spec.name, champion), below):
+            if self._flipped(("below", spec.name, champion), below, minute):
                 state = "is below its baseline" if below else "is back above its baseline"
                 changes.append(
                     Verdict(
@@ -81,8 +86,19 @@ class Judge:
                 )
         return changes
 
-    def _flipped(self, key: tuple[str, ...], now: bool) -> bool:
-        """Record a verdict; whether it is news (first judgement true, or any change)."""
+    def _flipped(self, key: tuple[str, ...], now: bool, minute: int) -> bool:
+        """Record a verdict at `minute`; whether it is news: a first judgement that holds, or a change
+        that has held for `hold` minutes."""
         before = self.held.get(key)
+        if before is None:
+            self.held[key] = now
+            return now
+        if now == before:
+            self.pending.pop(key, None)
+            return False
+        since = self.pending.setdefault(key, minute)
+        if minute - since < self.hold:
+            return False
         self.held[key] = now
-        return now != before if before is not None else now
+        del self.pending[key]
+        return True

@@ -50,6 +50,14 @@ def monitor(
             "(default: $BTCFLOW_MONITOR_MIN_MINUTES, 30).",
         ),
     ] = None,
+    hold_minutes: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Minutes of event time a changed verdict must hold before it is printed (and, with "
+            "--promote, handed to the gate) (default: $BTCFLOW_MONITOR_HOLD_MINUTES, 5).",
+        ),
+    ] = None,
     refresh: Annotated[
         float | None,
         typer.Option(
@@ -103,6 +111,7 @@ def monitor(
         "challengers": challengers,
         "windows": windows,
         "min_minutes": min_minutes,
+        "hold_minutes": hold_minutes,
         "refresh_s": refresh,
         "log_interval_s": log_interval,
         "host": metrics_host,
@@ -122,7 +131,7 @@ def monitor(
 
         forbid_jvm_imports()
     from monitoring.monitor import monitor as run_monitor
-    from monitoring.monitor import promotion_gate
+    from monitoring.promotion import promotion_gate
 
     def report(line: str) -> None:
         typer.echo(f"{time.strftime('%H:%M:%S')} {line}")

@@ -156,12 +156,30 @@ def test_a_challenger_beating_production_is_said_once_then_its_end_once() -> Non
     logs["1"].add(
         np.array([3]), {"actual": np.array([0.0]), "predicted": np.array([0.0]), "baseline": np.array([0.0])}
     )
-    lines = [v.line for v in judge.judge(spec, "1", logs)]
-    assert any(line.startswith("btc-close v2 no longer beats Production v1") for line in lines)
+    assert not [v for v in judge.judge(spec, "1", logs) if "beats" in v.line]  # a flip must hold first
+    for minute in range(4, 9):  # v2 stays worse: said once the flip has held for 5 minutes
+        for version, predicted in (("1", 0.0), ("2", 1e6)):
+            logs[version].add(
+                np.array([minute]),
+                {"actual": np.array([0.0]), "predicted": np.array([predicted]), "baseline": np.array([0.0])},
+            )
+        lines = [v.line for v in judge.judge(spec, "1", logs) if "beats" in v.line]
+        assert bool(lines) == (minute == 8), minute
+    assert lines[0].startswith("btc-close v2 no longer beats Production v1")
+
+
+def test_a_flip_that_does_not_hold_is_never_said() -> None:
+    judge = Judge(window=60, min_minutes=1, hold=5)
+    assert judge._flipped(("k",), True, 0)  # a first judgement that holds is said at once
+    assert not judge._flipped(("k",), False, 1)  # flips...
+    assert not judge._flipped(("k",), True, 3)  # ...and back before 5 minutes: nothing said
+    assert not judge._flipped(("k",), False, 4)
+    assert not judge._flipped(("k",), False, 8)
+    assert judge._flipped(("k",), False, 9)  # held from minute 4 to 9
 
 
 def test_production_below_its_baseline_and_back() -> None:
-    spec, judge = SPECS["close"], Judge(window=60, min_minutes=2)
+    spec, judge = SPECS["close"], Judge(window=60, min_minutes=2, hold=0)
     logs = {"1": close_log([5.0, 5.0], [1.0, 1.0], [1.0, 1.0])}
     (line,) = [v.line for v in judge.judge(spec, "1", logs)]
     assert line.startswith("btc-close Production v1 is below its baseline live: rmse 4 vs 0 for the previous")

@@ -21,7 +21,8 @@ import pandas as pd
 import pytest
 from kafka import KafkaProducer
 
-from monitoring.monitor import Monitor, promotion_gate
+from monitoring.monitor import Monitor
+from monitoring.promotion import promotion_gate
 from monitoring.scoring import Lineup
 from monitoring.settings import MonitorSettings
 from pipeline.broker import ensure_topic
