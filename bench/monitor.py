@@ -108,10 +108,24 @@ class Samples:
             watcher.close()
 
 
-def start_monitor(env: dict[str, str], group: str, rows: int, port: int, log: Path) -> subprocess.Popen:
+def start_monitor(env: dict[str, str], group: str, port: int, log: Path) -> subprocess.Popen:
+    """Open-ended (stopped by SIGTERM once the samples saw every row scored, so /metrics shows the end)."""
     command = [BTCFLOW, "-v", "monitor", "--topic", TOPIC, "--group", group, "--from-beginning"]
-    command += ["--max-minutes", str(rows), "--idle-timeout", "60", "--metrics-port", str(port)]
+    command += ["--idle-timeout", "120", "--metrics-port", str(port)]
     return subprocess.Popen(command, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def until_scored(samples: Samples, rows: int, proc: subprocess.Popen) -> None:
+    """Wait until a sample saw every row scored (or the monitor died, or the deadline), then SIGTERM it:
+    the stop flag ends the loop, which prints its summary."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        if samples.rows and samples.rows[-1][2] >= rows:
+            break
+        time.sleep(0.05)
+    if proc.poll() is None:
+        proc.terminate()
+    proc.wait(timeout=60)
 
 
 def wait_serving(url: str, proc: subprocess.Popen, log: Path) -> None:
@@ -174,7 +188,7 @@ def live(tmp: Path, env: dict[str, str], bootstrap: str, csv: Path, rows: int, r
     """The monitor beside a paced producer: does it keep up?"""
     port, log = free_port(), tmp / "monitor-live.log"
     url = f"http://127.0.0.1:{port}/metrics"
-    proc = start_monitor(env, "bench-live", rows, port, log)
+    proc = start_monitor(env, "bench-live", port, log)
     stop = threading.Event()
     try:
         wait_serving(url, proc, log)
@@ -184,7 +198,7 @@ def live(tmp: Path, env: dict[str, str], bootstrap: str, csv: Path, rows: int, r
         settings = PipelineSettings(kafka_bootstrap=bootstrap, topic=TOPIC)
         sent = produce(settings, csv, pacing=Pacing(rate=rate), progress=False)
         produced_at = time.monotonic() - samples.started
-        proc.wait(timeout=DEADLINE_S)
+        until_scored(samples, rows, proc)
         stop.set()
         sampler.join(timeout=10)
     finally:
@@ -217,14 +231,14 @@ def backlog(tmp: Path, env: dict[str, str], bootstrap: str, rows: int, rate: flo
     """A new group reading the same rows already in the topic: the monitor's own ceiling."""
     port, log = free_port(), tmp / "monitor-backlog.log"
     url = f"http://127.0.0.1:{port}/metrics"
-    proc = start_monitor(env, "bench-backlog", rows, port, log)
+    proc = start_monitor(env, "bench-backlog", port, log)
     stop = threading.Event()
     try:
         wait_serving(url, proc, log)
         samples = Samples(url, bootstrap, psutil.Process(proc.pid), every_s=0.05)
         sampler = threading.Thread(target=samples.run, args=(stop,), daemon=True)
         sampler.start()
-        proc.wait(timeout=DEADLINE_S)
+        until_scored(samples, rows, proc)
         stop.set()
         sampler.join(timeout=10)
     finally:
