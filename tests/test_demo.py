@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +41,13 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     for answer in ("predicted_close", "predicted_high", "predicted_low", "predicted_trend", "Production"):
         assert answer in out
     assert "gateway stopped" in out
+    # the gate says how each best version did against its naive baseline on the unseen rows
+    assert all(f"{name} v" in out for name in ("btc-close", "btc-high-low", "btc-trend"))
+    assert len(re.findall(r"\(baseline [0-9.e+-]+: (beats|does not beat) it\)", out)) == 3, out[-3000:]
+    # a coherent candle: High >= Open >= Low
+    open_ = float(re.search(r"predict/high_low\?open=([0-9.e+-]+)&", out).group(1))
+    high = float(re.search(r"'predicted_high': ([0-9.e+-]+)", out).group(1))
+    low = float(re.search(r"'predicted_low': ([0-9.e+-]+)", out).group(1))
+    assert high >= open_ >= low
+    # the short live-scoring run: every minute of the held-out tail scored
+    assert re.search(r"monitored [0-9,]+ minutes \([0-9,]+ rows read, 0 bad messages\)", out), out[-3000:]

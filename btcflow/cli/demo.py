@@ -25,6 +25,7 @@ from btcflow.cli import output
 console = output.console()
 
 TRAINED_BATCHES = 3  # cumulative 1, 1+2, 1+2+3; batch 4 (the tail) is the unseen promotion window
+LIVE_MINUTES = 3_000  # the tail replayed for `btcflow monitor`: two days in a few seconds (batch 4 at most)
 
 
 def _step(title: str) -> None:
@@ -139,6 +140,59 @@ def _serve(example: dict[str, float], workers: int) -> None:
     console.print("gateway stopped; `btcflow serve` runs it on http://127.0.0.1:8000 until Ctrl-C")
 
 
+def _tail(source: Path, rows: int, out: Path) -> Path:
+    """The header and the last `rows` lines of `source`: minutes of the held-out batch, none trained on."""
+    from collections import deque
+
+    with source.open("rb") as f:
+        header = f.readline()
+        last = deque(f, maxlen=rows)
+    out.write_bytes(header + b"".join(last))
+    return out
+
+
+def _monitor(source: Path, minutes: int) -> None:
+    """Replay the file's last minutes into a topic of their own at 1,000 rows/s, scored live as they come."""
+    import threading
+
+    from btcflow.cli.monitor import print_table
+    from monitoring.monitor import monitor
+    from monitoring.settings import MonitorSettings
+    from pipeline.broker import delete_topic
+    from pipeline.producer import produce
+    from pipeline.replay import Pacing
+    from pipeline.settings import PipelineSettings
+    from training.settings import TrainingSettings
+
+    pipeline = PipelineSettings()
+    live = pipeline.model_copy(update={"topic": f"{pipeline.topic}-live"})
+    _step(f"7. live scoring: the last {minutes:,} minutes again, into '{live.topic}', by btcflow monitor")
+    delete_topic(live.bootstrap, live.topic)
+    tail = _tail(source, minutes, live.data_dir / "live_tail.csv")
+    producer = threading.Thread(
+        target=produce, args=(live, tail), kwargs={"pacing": Pacing(rate=1000.0), "progress": False}
+    )
+    producer.start()
+    try:
+        summary = monitor(
+            live,
+            TrainingSettings(),
+            MonitorSettings(port=0, log_interval_s=0.25),  # a few seconds of stream: chart points often
+            max_minutes=minutes,
+            idle_timeout_s=30.0,
+            from_beginning=True,
+            report=console.print,
+        )
+    finally:
+        producer.join()
+    console.print(summary.line())
+    print_table(summary.rows)
+    console.print(
+        "the live metrics are in MLflow beside the training runs (runs monitor-*, charts by minute); "
+        "`btcflow monitor` follows 'bitcoin-topic' live"
+    )
+
+
 def _last_row(batch_dir: Path) -> dict[str, float]:
     import pyarrow.parquet as pq
 
@@ -175,8 +229,9 @@ def demo(
         ),
     ] = False,
 ) -> None:
-    """Run everything end to end: data, broker, produce + consume, train, promote, serve, predict."""
+    """Run everything end to end: data, broker, produce + consume, train, promote, serve, predict, monitor."""
     from pipeline.settings import PipelineSettings
+    from pipeline.store import read_manifest
 
     started = time.monotonic()
     workers = 1
@@ -186,9 +241,11 @@ def demo(
         _step("0. the stack: Kafka cluster, Spark cluster, MLflow tracking server")
         console.print(up(), markup=False, highlight=False)
         workers = 2
-    _ingest(rows, input_path, batch_rows, seed)
+    source = _ingest(rows, input_path, batch_rows, seed)
     _train()
     _serve(_last_row(PipelineSettings().batch_dir), workers)
+    held_out = read_manifest(PipelineSettings().batch_dir)[-1].rows
+    _monitor(source, min(LIVE_MINUTES, held_out))
     if stack:
         console.print(
             "the stack keeps running (`btcflow stack status`, `btcflow stack down`); `btcflow stack up` "
