@@ -1,13 +1,14 @@
 """The optional prediction log: every answered prediction as one JSON message on a Kafka topic.
 
 A request only appends what it answered to a bounded queue, under a lock held for an append, and never
-waits: when the queue is full the rows are dropped and counted. One thread per process owns the
-kafka-python producer (kafka-python directly: `serving` imports nothing of `pipeline`), turns queued
-answers into messages every few milliseconds and sends them. A broker that is down costs the thread, not a
-request: it tries to connect again every few seconds and drops (and counts) what arrives meanwhile.
-At most `capacity` rows wait in the queue and `capacity` more in the producer, unacknowledged.
+waits: when the queue is full the rows are dropped and counted. A thread of the gateway turns the queue into
+JSON lines every few milliseconds and writes them to a pipe; the process at its other end
+(serving.publisher) owns the kafka-python producer. kafka-python's per-record Python, run in the gateway's
+own process, would hold the GIL against the event loop (measured: a quarter of the GET rate); here the
+gateway pays the JSON and a write. The publisher's counts come back on its stdout. A publisher that dies
+is started again after a pause, and whatever it held is counted dropped.
 
-A message (no key, so kafka-python's sticky partitioner needs no hashing):
+A message (no key):
 `{"time": "2026-01-02T03:04:05.678901+00:00", "model": {"name", "version", "run_id"},
   "inputs": {"open": 4.58, "volume": 1.5}, "outputs": {"predicted_high": 4.63, "predicted_low": 4.55}}`
 """
@@ -15,27 +16,29 @@ A message (no key, so kafka-python's sticky partitioner needs no hashing):
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.codec import has_lz4
-from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from serving.metrics import Metrics
 
 log = logging.getLogger("serving")
 
-TICK_S = 0.05  # how often the sender thread looks at the queue: a message's latency, not a request's
-RETRY_S = 5.0  # between attempts to reach a broker that did not answer
-CONNECT_TIMEOUT_S = 2.0  # one attempt to reach it
-DELIVERY_TIMEOUT_S = 30.0  # a message the broker has not acknowledged by then is dropped
+TICK_S = 0.05  # how often the thread looks at the queue: a message's latency, not a request's
+RESTART_S = 5.0  # before starting a publisher again after one died
+PIPE_BYTES = 1 << 20  # the pipe to the publisher: about 8,000 messages in flight, where Linux allows it
+ROOT = Path(__file__).resolve().parents[1]  # the folder holding the `serving` package, for the publisher
 
 Answered = tuple[float, Mapping[str, str], Mapping[str, Sequence[Any]], Mapping[str, Sequence[Any]], int]
 
@@ -44,6 +47,7 @@ def messages(item: Answered) -> list[bytes]:
     """One JSON message per row of an answered request (when, model ref, input and output columns, rows).
 
     orjson writes the datetime itself (RFC 3339, microseconds): a third of the cost of `isoformat()`.
+    orjson never writes a raw newline, so the messages travel to the publisher as lines.
     """
     at, model, inputs, outputs, rows = item
     when = datetime.fromtimestamp(at, UTC)
@@ -65,7 +69,7 @@ def messages(item: Answered) -> list[bytes]:
 
 
 class PredictionLog:
-    """Answered predictions to `topic`, sent by a thread of its own between `start()` and `stop()`."""
+    """Answered predictions to `topic`, fed by a thread of its own between `start()` and `stop()`."""
 
     def __init__(self, topic: str, bootstrap: str, capacity: int, metrics: Metrics | None = None) -> None:
         self.topic = topic
@@ -77,7 +81,6 @@ class PredictionLog:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._in_flight: deque[Any] = deque()  # the producer's futures, oldest first
         self._flush_s = 5.0
         self._dropped = self.metrics.log_dropped
         self._sent = self.metrics.log_sent
@@ -99,7 +102,7 @@ class PredictionLog:
                 return
         self._dropped.inc(rows)
 
-    # -- the sender thread -----------------------------------------------------------------------------
+    # -- the thread ------------------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
             self._stopping.clear()
@@ -107,11 +110,11 @@ class PredictionLog:
             self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Send what is queued, wait up to `timeout_s` for the broker to take it, then close."""
+        """Hand over what is queued; the publisher waits up to `timeout_s` for the broker, then exits."""
         if self._thread is not None:
             self._flush_s = timeout_s
             self._stopping.set()
-            self._thread.join(timeout_s + CONNECT_TIMEOUT_S + 5.0)
+            self._thread.join(2 * timeout_s + 5.0)
             self._thread = None
 
     def _take(self) -> list[Answered]:
@@ -121,122 +124,97 @@ class PredictionLog:
         return taken
 
     def _run(self) -> None:
-        producer: KafkaProducer | None = None
-        partitions: list[int] = []
-        retry_at = 0.0
-        down = False
+        publisher: PublisherProcess | None = None
+        restart_at = 0.0
         while True:
             stopping = self._stopping.wait(TICK_S)
-            self._settle()
-            if len(self._in_flight) < self.capacity or stopping:
-                taken = self._take()
-                if taken and producer is None and time.monotonic() >= retry_at:
-                    producer, partitions = self._connect()
-                    if producer is None:
-                        retry_at = time.monotonic() + RETRY_S
-                        if not down:
-                            log.warning(
-                                "prediction log: Kafka at %s not reachable; dropping predictions and "
-                                "trying again every %.0fs",
-                                self.bootstrap,
-                                RETRY_S,
-                            )
-                        down = True
-                    elif down:
-                        log.warning("prediction log: Kafka at %s reachable again", self.bootstrap)
-                        down = False
-                if producer is not None:
-                    partitions.append(partitions.pop(0))  # each tick's messages to the next partition
-                    self._send(producer, partitions[0], taken)
-                elif taken:
-                    self._dropped.inc(sum(item[4] for item in taken))
+            taken = self._take()
+            if publisher is not None and not publisher.alive():
+                log.warning("prediction log: its publisher exited; starting another in %.0fs", RESTART_S)
+                self._count(publisher.finish(0.0))
+                publisher, restart_at = None, time.monotonic() + RESTART_S
+            if publisher is None and time.monotonic() >= restart_at and not stopping:
+                publisher = PublisherProcess(self.topic, self.bootstrap, self.capacity, self._flush_s)
+            if taken:
+                lines = [m for item in taken for m in messages(item)]
+                if publisher is None or not publisher.write(lines):
+                    self._dropped.inc(len(lines))
+            if publisher is not None:
+                self._count(publisher.read_counts())
             self.metrics.log_queue.set(self._waiting)
             if stopping:
                 break
-        if producer is not None:
-            self._close(producer, self._flush_s)
-        self._settle()
+        if publisher is not None:
+            self._count(publisher.finish(self._flush_s + 5.0))
         self.metrics.log_queue.set(0)
 
-    def _connect(self) -> tuple[KafkaProducer | None, list[int]]:
-        """A producer and the topic's partitions, the topic created if missing (the embedded broker creates
-        none by itself); (None, []) when the broker does not answer."""
-        try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=self.bootstrap,
-                client_id="btcflow-gateway-log",
-                bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
-                request_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
-            )
-            try:
-                brokers = len(admin.describe_cluster()["brokers"]) or 1
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    spec = {"num_partitions": 1, "replication_factor": min(3, brokers)}
-                    admin.create_topics({self.topic: spec})
-            finally:
-                admin.close()
-            producer = KafkaProducer(
-                bootstrap_servers=self.bootstrap,
-                client_id="btcflow-gateway-log",
-                acks=1,  # best effort: a log, not the record of truth
-                enable_idempotence=False,
-                linger_ms=20,
-                batch_size=256 * 1024,
-                compression_type="lz4" if has_lz4() else None,
-                max_block_ms=int(CONNECT_TIMEOUT_S * 1000),
-                bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
-                request_timeout_ms=int(DELIVERY_TIMEOUT_S * 1000 / 3),
-                delivery_timeout_ms=int(DELIVERY_TIMEOUT_S * 1000),
-                reconnect_backoff_max_ms=1_000,
-                metrics_enabled=False,
-            )
-        except KafkaError:
-            return None, []
-        try:
-            return producer, sorted(producer.partitions_for(self.topic))
-        except KafkaError:
-            with contextlib.suppress(KafkaError):
-                producer.close(timeout=0)
-            return None, []
-
-    def _send(self, producer: KafkaProducer, partition: int, taken: list[Answered]) -> None:
-        """Each message to `partition`: naming it skips kafka-python's partitioner, a tenth of `send`."""
-        send, in_flight, topic = producer.send, self._in_flight, self.topic
-        for item in taken:
-            for i, value in enumerate(messages(item)):
-                try:
-                    in_flight.append(send(topic, value, partition=partition))
-                except KafkaError:  # no metadata within max_block_ms: the broker went away
-                    self._dropped.inc(item[4] - i)
-                    break
-
-    def _settle(self) -> None:
-        """Count the messages the broker acknowledged (sent) or that failed (dropped), oldest first."""
-        in_flight, sent, failed = self._in_flight, 0, 0
-        while in_flight and in_flight[0].is_done:
-            if in_flight.popleft().succeeded():
-                sent += 1
-            else:
-                failed += 1
+    def _count(self, delta: tuple[int, int]) -> None:
+        sent, dropped = delta
         if sent:
             self._sent.inc(sent)
-        if failed:
-            self._dropped.inc(failed)
+        if dropped:
+            self._dropped.inc(dropped)
 
-    def _close(self, producer: KafkaProducer, timeout_s: float) -> None:
-        """Flush within `timeout_s`; what the broker has not taken by then fails (counted as dropped).
 
-        kafka-python's `close` flushes first and raises when that times out, leaving the producer open:
-        its sender thread is stopped without sending first, then `close` has nothing left to wait for.
-        """
-        flushed = True
+class PublisherProcess:
+    """One `python -m serving.publisher` process and the counts it reported (as deltas since last read)."""
+
+    def __init__(self, topic: str, bootstrap: str, capacity: int, flush_s: float) -> None:
+        paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        cmd = [sys.executable, "-m", "serving.publisher", topic, bootstrap, str(capacity), str(flush_s)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        with contextlib.suppress(OSError, AttributeError):  # Linux only; else the default 64 KiB
+            fcntl.fcntl(self.proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[attr-defined]
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.written = 0  # lines handed over
+        self.reported = (0, 0)  # its last cumulative (sent, dropped)
+        self.counted = (0, 0)  # what this side already counted of them
+        self._partial = b""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def write(self, lines: list[bytes]) -> bool:
+        """Hand lines over (the pipe holds ~1 MiB; when full, this thread waits). False: it is gone."""
+        assert self.proc.stdin is not None
         try:
-            producer.flush(timeout=timeout_s)
-        except KafkaError:
-            flushed = False
-            sender = getattr(producer, "_sender", None)
-            if sender is not None:
-                sender.force_close()
-                sender.join(timeout_s)
-        with contextlib.suppress(KafkaError):
-            producer.close(timeout=timeout_s if flushed else 0)
+            self.proc.stdin.write(b"\n".join(lines) + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+        self.written += len(lines)
+        return True
+
+    def read_counts(self) -> tuple[int, int]:
+        """(sent, dropped) it reported since the last call."""
+        assert self.proc.stdout is not None
+        with contextlib.suppress(BlockingIOError, OSError, ValueError):
+            while chunk := self.proc.stdout.read(65536):
+                self._partial += chunk
+        *lines, self._partial = self._partial.split(b"\n")
+        if lines:
+            sent, dropped = lines[-1].split()
+            self.reported = (int(sent), int(dropped))
+        delta = (self.reported[0] - self.counted[0], self.reported[1] - self.counted[1])
+        self.counted = self.reported
+        return delta
+
+    def finish(self, timeout_s: float) -> tuple[int, int]:
+        """Close its input, let it flush up to `timeout_s` (killed after), and return the last deltas;
+        lines it took and never reported are counted dropped."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        os.set_blocking(self.proc.stdout.fileno(), True)
+        self._partial += self.proc.stdout.read() or b""  # it exited: everything up to its end
+        sent, dropped = self.read_counts()
+        self.proc.stdout.close()
+        lost = self.written - self.reported[0] - self.reported[1]
+        return sent, dropped + max(0, lost)
