@@ -13,6 +13,7 @@ from typing import Any
 
 from serving.errors import UnsupportedModel
 from serving.evaluate import Evaluator
+from serving.stages import Candle
 from training.specs import SPECS as MODEL_SPECS
 
 
@@ -56,13 +57,20 @@ def check(spec: Spec, version: str, evaluator: Evaluator) -> None:
     Inputs: the columns the pipeline reads (the numpy engine knows them from its stages; the spark
     engine does not say, and the probe below finds a missing column). Outputs: one probe row and a
     probe batch of two, through both evaluation paths: `prediction` a number (close, trend) or a
-    [high, low] pair (high_low); trend also a `probability` pair.
+    [high, low] pair around the Open (high_low); trend also a `probability` pair. A high_low pipeline
+    must end in training's candle stage, the one that makes every answer a coherent candle.
     """
     wanted = sorted(spec.inputs.values())
     label = f"{spec.name} version {version}"
     if evaluator.inputs is not None and sorted(evaluator.inputs) != wanted:
         raise UnsupportedModel(
             f"{label} reads columns {sorted(evaluator.inputs)}, but {spec.name} takes {wanted}: not served"
+        )
+    stages = getattr(getattr(evaluator, "pipeline", None), "stages", None)  # the numpy engine knows them
+    if spec.output == "high_low" and stages is not None and not any(isinstance(s, Candle) for s in stages):
+        raise UnsupportedModel(
+            f"{label} predicts price levels without high_low's candle stage, so High >= Open >= Low is "
+            "not guaranteed (trained before btcflow learned the candle's shape): not served; train a new one"
         )
     for rows in (1, 2):
         try:
@@ -78,6 +86,11 @@ def check(spec: Spec, version: str, evaluator: Evaluator) -> None:
         if not all((_is_pair if pair else _is_number)(p) for p in prediction):
             shape = "a [high, low] vector" if pair else "a number"
             raise UnsupportedModel(f"{label}: `prediction` is not {shape} ({prediction[0]!r}): not served")
+        if pair and not all(high >= PROBE["Open"] >= low for high, low in prediction):
+            raise UnsupportedModel(
+                f"{label}: answers High {prediction[0][0]!r} and Low {prediction[0][1]!r} for "
+                f"Open {PROBE['Open']}, not a candle around it: not served"
+            )
         if spec.output == "classification":
             probability = out.get("probability")
             if not isinstance(probability, list) or not all(_is_pair(p) for p in probability):
