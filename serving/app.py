@@ -227,7 +227,7 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
             yield
         finally:
             if prediction_log is not None:
-                await run_in_threadpool(prediction_log.stop)
+                await prediction_log.stop()
             gw.stop()
 
     app = FastAPI(

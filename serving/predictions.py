@@ -1,12 +1,13 @@
 """The optional prediction log: every answered prediction as one JSON message on a Kafka topic.
 
 A request only appends what it answered to a bounded queue, under a lock held for an append, and never
-waits: when the queue is full the rows are dropped and counted. A thread of the gateway turns the queue into
-JSON lines every few milliseconds and writes them to a pipe; the process at its other end
-(serving.publisher) owns the kafka-python producer. kafka-python's per-record Python, run in the gateway's
-own process, would hold the GIL against the event loop (measured: a quarter of the GET rate); here the
-gateway pays the JSON and a write. The publisher's counts come back on its stdout. A publisher that dies
-is started again after a pause, and whatever it held is counted dropped.
+waits: when the queue is full the rows are dropped and counted. Every few milliseconds a task on the app's
+event loop turns the queue into JSON lines and writes what the pipe takes, never waiting on it, to a
+publisher process (serving.publisher) that owns the kafka-python producer; the publisher's counts come
+back on its stdout. Why so: kafka-python's ~20 µs of Python per record, in a thread of the gateway, held
+the GIL against the event loop and cost the GET rate a quarter (twice its CPU share); even a thread doing
+only the JSON cost more than the same work done by the loop itself, between requests. A publisher that
+dies is started again after a pause, and whatever it held is counted dropped.
 
 A message (no key):
 `{"time": "2026-01-02T03:04:05.678901+00:00", "model": {"name", "version", "run_id"},
@@ -15,10 +16,12 @@ A message (no key):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import logging
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -35,7 +38,8 @@ from serving.metrics import Metrics
 
 log = logging.getLogger("serving")
 
-TICK_S = 0.05  # how often the thread looks at the queue: a message's latency, not a request's
+TICK_S = 0.05  # how often the pump looks at the queue: a message's latency, not a request's
+FLUSH_S = 5.0  # at stop, the most the publisher waits for the broker to acknowledge what it holds
 RESTART_S = 5.0  # before starting a publisher again after one died
 PIPE_BYTES = 1 << 20  # the pipe to the publisher: about 8,000 messages in flight, where Linux allows it
 ROOT = Path(__file__).resolve().parents[1]  # the folder holding the `serving` package, for the publisher
@@ -69,7 +73,7 @@ def messages(item: Answered) -> list[bytes]:
 
 
 class PredictionLog:
-    """Answered predictions to `topic`, fed by a thread of its own between `start()` and `stop()`."""
+    """Answered predictions to `topic`, pumped to a publisher process between `start()` and `stop()`."""
 
     def __init__(self, topic: str, bootstrap: str, capacity: int, metrics: Metrics | None = None) -> None:
         self.topic = topic
@@ -78,10 +82,11 @@ class PredictionLog:
         self.metrics = metrics or Metrics()
         self._queue: deque[Answered] = deque()
         self._waiting = 0  # rows in the queue
-        self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._flush_s = 5.0
+        self._lock = threading.Lock()  # the spark engine answers from the threadpool
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._publisher: PublisherProcess | None = None
+        self._restart_at = 0.0
         self._dropped = self.metrics.log_dropped
         self._sent = self.metrics.log_sent
 
@@ -102,51 +107,51 @@ class PredictionLog:
                 return
         self._dropped.inc(rows)
 
-    # -- the thread ------------------------------------------------------------------------------------
+    # -- the pump, a task on the app's event loop ---------------------------------------------------
     def start(self) -> None:
-        if self._thread is None:
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, name="btcflow-prediction-log", daemon=True)
-            self._thread.start()
+        """Start pumping (call it on the app's event loop: the lifespan)."""
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.get_running_loop().create_task(self._pump(), name="btcflow-prediction-log")
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Hand over what is queued; the publisher waits up to `timeout_s` for the broker, then exits."""
-        if self._thread is not None:
-            self._flush_s = timeout_s
-            self._stopping.set()
-            self._thread.join(2 * timeout_s + 5.0)
-            self._thread = None
+    async def stop(self) -> None:
+        """Hand over what is queued, then let the publisher flush (FLUSH_S at most) and exit."""
+        if self._task is None:
+            return
+        self._stopping = True
+        await self._task
+        self._task = None
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:  # blocking waits: off the event loop
+            self._count(await asyncio.to_thread(publisher.finish, FLUSH_S))
+        self.metrics.log_queue.set(0)
 
-    def _take(self) -> list[Answered]:
+    async def _pump(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(TICK_S)
+            self._tick()
+
+    def _tick(self) -> None:
+        """Hand the queue to the publisher as JSON lines (without waiting: what the pipe does not take
+        stays with the publisher's handle, up to `capacity` lines), and count what it reported."""
         with self._lock:
             taken, self._queue = list(self._queue), deque()
             self._waiting = 0
-        return taken
-
-    def _run(self) -> None:
-        publisher: PublisherProcess | None = None
-        restart_at = 0.0
-        while True:
-            stopping = self._stopping.wait(TICK_S)
-            taken = self._take()
-            if publisher is not None and not publisher.alive():
-                log.warning("prediction log: its publisher exited; starting another in %.0fs", RESTART_S)
-                self._count(publisher.finish(0.0))
-                publisher, restart_at = None, time.monotonic() + RESTART_S
-            if publisher is None and time.monotonic() >= restart_at and not stopping:
-                publisher = PublisherProcess(self.topic, self.bootstrap, self.capacity, self._flush_s)
-            if taken:
-                lines = [m for item in taken for m in messages(item)]
-                if publisher is None or not publisher.write(lines):
-                    self._dropped.inc(len(lines))
-            if publisher is not None:
-                self._count(publisher.read_counts())
-            self.metrics.log_queue.set(self._waiting)
-            if stopping:
-                break
+        publisher = self._publisher
+        if publisher is not None and not publisher.alive():
+            log.warning("prediction log: its publisher exited; starting another in %.0fs", RESTART_S)
+            self._count(publisher.finish(0.0))
+            publisher = self._publisher = None
+            self._restart_at = time.monotonic() + RESTART_S
+        if publisher is None and time.monotonic() >= self._restart_at and not self._stopping:
+            publisher = self._publisher = PublisherProcess(self.topic, self.bootstrap, self.capacity)
+        if taken:
+            lines = [m for item in taken for m in messages(item)]
+            if publisher is None or not publisher.hand_over(lines):  # gone, or `capacity` lines behind
+                self._dropped.inc(len(lines))
         if publisher is not None:
-            self._count(publisher.finish(self._flush_s + 5.0))
-        self.metrics.log_queue.set(0)
+            self._count(publisher.read_counts())
+        self.metrics.log_queue.set(self._waiting)
 
     def _count(self, delta: tuple[int, int]) -> None:
         sent, dropped = delta
@@ -157,18 +162,23 @@ class PredictionLog:
 
 
 class PublisherProcess:
-    """One `python -m serving.publisher` process and the counts it reported (as deltas since last read)."""
+    """One `python -m serving.publisher` process, what is still to be written to it, and its counts."""
 
-    def __init__(self, topic: str, bootstrap: str, capacity: int, flush_s: float) -> None:
+    def __init__(self, topic: str, bootstrap: str, capacity: int) -> None:
         paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-        cmd = [sys.executable, "-m", "serving.publisher", topic, bootstrap, str(capacity), str(flush_s)]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        cmd = [sys.executable, "-m", "serving.publisher", topic, bootstrap, str(capacity), str(FLUSH_S)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0)
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin.fileno(), self.proc.stdout.fileno()
         with contextlib.suppress(OSError, AttributeError):  # Linux only; else the default 64 KiB
-            fcntl.fcntl(self.proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[attr-defined]
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        self.written = 0  # lines handed over
+            fcntl.fcntl(self.stdin, fcntl.F_SETPIPE_SZ, PIPE_BYTES)  # type: ignore[attr-defined]
+        os.set_blocking(self.stdin, False)
+        os.set_blocking(self.stdout, False)
+        self.capacity = capacity
+        self.unwritten = bytearray()  # handed over, not yet taken by the pipe
+        self.unwritten_lines = 0
+        self.handed = 0  # lines handed over in all
         self.reported = (0, 0)  # its last cumulative (sent, dropped)
         self.counted = (0, 0)  # what this side already counted of them
         self._partial = b""
@@ -176,22 +186,33 @@ class PublisherProcess:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def write(self, lines: list[bytes]) -> bool:
-        """Hand lines over (the pipe holds ~1 MiB; when full, this thread waits). False: it is gone."""
-        assert self.proc.stdin is not None
-        try:
-            self.proc.stdin.write(b"\n".join(lines) + b"\n")
-            self.proc.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError):
+    def hand_over(self, lines: list[bytes]) -> bool:
+        """Take lines: written as far as the pipe takes them now, the rest kept for the next call. False
+        (nothing taken: the caller drops them) when `capacity` lines already wait here. Lines taken by a
+        process that is gone are counted dropped by `finish()`."""
+        if self.unwritten_lines >= self.capacity:
+            self._write()
             return False
-        self.written += len(lines)
+        self.unwritten += b"\n".join(lines) + b"\n"
+        self.unwritten_lines += len(lines)
+        self.handed += len(lines)
+        self._write()
         return True
+
+    def _write(self) -> None:
+        if not self.unwritten:
+            return
+        try:
+            written = os.write(self.stdin, self.unwritten)
+        except OSError:  # the pipe is full (BlockingIOError), or the process is gone
+            return
+        self.unwritten_lines -= self.unwritten.count(b"\n", 0, written)
+        del self.unwritten[:written]
 
     def read_counts(self) -> tuple[int, int]:
         """(sent, dropped) it reported since the last call."""
-        assert self.proc.stdout is not None
-        with contextlib.suppress(BlockingIOError, OSError, ValueError):
-            while chunk := self.proc.stdout.read(65536):
+        with contextlib.suppress(BlockingIOError, OSError):
+            while chunk := os.read(self.stdout, 65536):
                 self._partial += chunk
         *lines, self._partial = self._partial.split(b"\n")
         if lines:
@@ -202,19 +223,21 @@ class PublisherProcess:
         return delta
 
     def finish(self, timeout_s: float) -> tuple[int, int]:
-        """Close its input, let it flush up to `timeout_s` (killed after), and return the last deltas;
-        lines it took and never reported are counted dropped."""
+        """Write what is left, close its input, let it flush (killed `timeout_s` + 5 s after), and return
+        the last deltas; lines it never reported on are counted dropped."""
+        deadline = time.monotonic() + timeout_s + 5.0
+        while self.unwritten and time.monotonic() < deadline and self.alive():
+            select.select([], [self.stdin], [], max(0.0, min(0.1, deadline - time.monotonic())))
+            self._write()
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError):
             self.proc.stdin.close()
         try:
-            self.proc.wait(timeout_s)
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-        os.set_blocking(self.proc.stdout.fileno(), True)
-        self._partial += self.proc.stdout.read() or b""  # it exited: everything up to its end
-        sent, dropped = self.read_counts()
+        sent, dropped = self.read_counts()  # it exited: everything it wrote is in the pipe
         self.proc.stdout.close()
-        lost = self.written - self.reported[0] - self.reported[1]
+        lost = self.handed - self.reported[0] - self.reported[1]
         return sent, dropped + max(0, lost)

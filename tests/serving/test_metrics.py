@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import httpx
-from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from serving.launch import running_gateway

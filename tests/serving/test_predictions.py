@@ -1,15 +1,18 @@
 """The prediction log on the session's real broker: every answered row arrives as one JSON message on a fresh
-topic; with no broker behind the address, requests still answer at once and the rows are counted dropped."""
+topic; with no broker behind the address, requests still answer at once and the rows are counted dropped; a
+killed publisher process costs only the rows answered while it was gone, and is replaced."""
 
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
 from btcflow.processes import free_port
+from serving import predictions
 from serving.app import create_app
 from serving.models import Gateway
 from serving.settings import ServingSettings
@@ -88,3 +91,40 @@ def test_an_unreachable_broker_never_holds_a_request_and_drops_are_counted(store
         assert value(found, "btcflow_prediction_log_sent_total") == 0
         stopping = time.monotonic()
     assert time.monotonic() - stopping < 5.0, "stopping the log must not wait for an absent broker"
+
+
+def test_a_killed_publisher_costs_only_what_it_held_and_is_replaced(
+    store: Store, kafka_broker: str, topic: str
+) -> None:
+    """SIGKILL the publisher process: rows answered meanwhile are dropped and counted (none lost from the
+    counts), and RESTART_S later a new publisher sends again."""
+    client = app_client(store, prediction_topic=topic, kafka_bootstrap=kafka_broker)
+
+    def counts(at_least: tuple[float, float], timeout_s: float) -> tuple[float, float]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = samples(client.get("/metrics").text)
+            sent = value(found, "btcflow_prediction_log_sent_total")
+            now = (sent, value(found, "btcflow_prediction_log_dropped_total"))
+            if (now[0] >= at_least[0] and now[1] >= at_least[1]) or time.monotonic() > deadline:
+                return now
+            time.sleep(0.1)
+
+    with client:
+        log = client.app.state.prediction_log  # type: ignore[attr-defined]
+        for _ in range(3):
+            client.get("/predict/close", params=GET["close"])
+        assert counts((3, 0), 30) == (3, 0)
+        first = log._publisher.proc
+        first.send_signal(signal.SIGKILL)
+        first.wait(5)
+        for _ in range(2):
+            client.get("/predict/close", params=GET["close"])
+        assert counts((3, 2), 10) == (3, 2)
+        deadline = time.monotonic() + predictions.RESTART_S + 10
+        while (log._publisher is None or log._publisher.proc is first) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for _ in range(2):
+            client.get("/predict/close", params=GET["close"])
+        assert counts((5, 2), 30) == (5, 2)
+    assert len(read_back(kafka_broker, topic, 5, 30)) == 5
