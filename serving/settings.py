@@ -80,9 +80,9 @@ class ServingSettings(BaseSettings):
         None,
         description="Set: every answered prediction (a GET, each row of a POST) "
         "goes to this Kafka topic as one JSON message (time, model name/version/run_id, inputs, outputs), "
-        "created if missing. Sent from a queue by a thread of each worker: a request never waits for Kafka; "
-        "when the queue is full or the broker is down the rows are dropped and counted in /metrics. Unset: "
-        "no log.",
+        "created if missing. Each worker queues them and a publisher process of its own sends them: a "
+        "request never waits for Kafka; when the queue is full or the broker is down the rows are dropped "
+        "and counted in /metrics. Unset: no log.",
     )
     kafka_bootstrap: str = Field(
         "127.0.0.1:9092",
@@ -92,7 +92,7 @@ class ServingSettings(BaseSettings):
     prediction_queue: int = Field(
         10_000,
         ge=1,
-        description="Most predictions (rows) waiting in a worker's queue for the "
-        "prediction log, and most more the broker has not yet acknowledged; beyond, rows are dropped and "
-        "counted.",
+        description="Most predictions (rows) waiting in a worker's queue for the prediction log; as many "
+        "more may wait for the publisher's pipe, and as many again for the broker's acknowledgement. "
+        "Beyond, rows are dropped and counted.",
     )
