@@ -5,9 +5,9 @@ waits: when the queue is full the rows are dropped and counted. Every few millis
 event loop turns the queue into JSON lines and writes what the pipe takes, never waiting on it, to a
 publisher process (serving.publisher) that owns the kafka-python producer; the publisher's counts come
 back on its stdout. Why so: kafka-python's ~20 µs of Python per record, in a thread of the gateway, held
-the GIL against the event loop and cost the GET rate a quarter (twice its CPU share); even a thread doing
-only the JSON cost more than the same work done by the loop itself, between requests. A publisher that
-dies is started again after a pause, and whatever it held is counted dropped.
+the GIL against the event loop and cost the GET rate a quarter (twice its CPU share). What is left here,
+the JSON and a write, runs on the loop itself between requests, with no thread to hand the GIL to. A
+publisher that dies is started again after a pause, and whatever it held is counted dropped.
 
 A message (no key):
 `{"time": "2026-01-02T03:04:05.678901+00:00", "model": {"name", "version", "run_id"},
@@ -129,7 +129,11 @@ class PredictionLog:
     async def _pump(self) -> None:
         while not self._stopping:
             await asyncio.sleep(TICK_S)
-            self._tick()
+            try:
+                self._tick()
+            except Exception:  # the log must never take the gateway down: say it, wait, go on
+                log.exception("prediction log: pumping failed; trying again in %.0fs", RESTART_S)
+                self._restart_at = time.monotonic() + RESTART_S
 
     def _tick(self) -> None:
         """Hand the queue to the publisher as JSON lines (without waiting: what the pipe does not take
