@@ -87,8 +87,6 @@ class Monitor:
     # -- setting up -------------------------------------------------------------------------------
     def start(self) -> None:
         """Reach MLflow (exit 3 if not), load the lineup (exit 3 if the registry does not answer), serve."""
-        from mlflow import MlflowClient
-
         from training.tracking import connect
 
         experiment_id = connect(self.training)
@@ -96,8 +94,7 @@ class Monitor:
             changes = self.lineup.refresh()
         except StoreDown as exc:
             raise RegistryUnavailable(str(exc)) from exc
-        client = MlflowClient(tracking_uri=self.training.tracking_uri)
-        self.runs = MonitorRuns(client, experiment_id, self.settings.log_interval_s)
+        self.runs = MonitorRuns(self.lineup.client(), experiment_id, self.settings.log_interval_s)
         self._lineup_changed(changes)
         if not self.lineup.all():
             self.report("no registered version can be scored yet: waiting for the registry")

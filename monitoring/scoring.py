@@ -11,11 +11,8 @@ JVM. A version that cannot be evaluated is said once and skipped; one that fails
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +22,7 @@ from btcflow.dataset import COLUMNS
 from monitoring.truth import Ready, minutes
 from serving import specs
 from serving.errors import RegistryUnavailable, UnsupportedModel
-from serving.evaluate import Evaluator, NumpyEvaluator
+from serving.evaluate import Evaluator
 from serving.registry import Registry
 from training.specs import SPECS, ModelSpec
 
@@ -93,17 +90,10 @@ class Lineup:
     _loaded: dict[tuple[str, str], Member] = field(default_factory=dict)
     _refused: dict[tuple[str, str], str] = field(default_factory=dict)  # never evaluable: not tried again
     _warned: set[tuple[str, str]] = field(default_factory=set)
-    _client: Any = None
 
     def __post_init__(self) -> None:
-        self.downloads = Registry(self.tracking_uri)
-
-    def client(self) -> Any:
-        if self._client is None:
-            from mlflow import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-        return self._client
+        self.registry = Registry(self.tracking_uri)
+        self.client = self.registry.client
 
     def all(self) -> list[Member]:
         return [m for kind in self.members for m in self.members[kind]]
@@ -176,10 +166,6 @@ class Lineup:
 
     def _load(self, kind: str, version: str) -> Evaluator:
         spec = specs.SPECS[kind]
-        tmp = Path(tempfile.mkdtemp(prefix=f"btcflow-monitor-{kind}-v{version}-"))
-        try:  # the numpy engine reads everything into memory: the download can go right after
-            evaluator = NumpyEvaluator(self.downloads.download(spec.name, version, tmp))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        evaluator = self.registry.numpy_evaluator(spec.name, version)
         specs.check(spec, version, evaluator)
         return evaluator

@@ -15,13 +15,10 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,7 +32,7 @@ from serving.errors import (
     ServingError,
     UnsupportedModel,
 )
-from serving.evaluate import Evaluator, NumpyEvaluator, SparkEvaluator
+from serving.evaluate import Evaluator, SparkEvaluator
 from serving.following import Follower
 from serving.registry import Registry
 from serving.settings import ServingSettings
@@ -267,11 +264,7 @@ class Gateway:
         assert self.registry is not None
         if self.settings.serving_engine == "spark":
             return SparkEvaluator(f"models:/{spec.name}/{version}", self.settings.tracking_uri)
-        tmp = Path(tempfile.mkdtemp(prefix=f"btcflow-{spec.kind}-v{version}-"))
-        try:  # everything is read into memory: the download can go right after
-            return NumpyEvaluator(self.registry.download(spec.name, version, tmp))
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return self.registry.numpy_evaluator(spec.name, version)
 
     def _swap(self, kind: str, loaded: Loaded) -> None:
         self._loaded = {**self._loaded, kind: loaded}  # one reference assignment: atomic for readers

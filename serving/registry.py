@@ -7,12 +7,15 @@ mlflow is imported on first use, never at import time.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from btcflow import registry
 from serving.errors import RegistryUnavailable
+from serving.evaluate import NumpyEvaluator
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,8 @@ class Registry:
         self.tracking_uri = tracking_uri
         self._client: Any = None
 
-    def _mlflow(self) -> Any:
+    def client(self) -> Any:
+        """MLflow's client for this store, made on first use."""
         if self._client is None:
             from mlflow import MlflowClient
 
@@ -41,7 +45,7 @@ class Registry:
     def production(self, name: str) -> Candidate | None:
         """The Production version; None when the registry answers there is none; else RegistryUnavailable."""
         try:
-            found = registry.production(self._mlflow(), name)
+            found = registry.production(self.client(), name)
         except registry.StoreUnavailable as exc:
             raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc.detail}") from exc
         return Candidate(found.version, found.run_id, found.stage) if found else None
@@ -50,9 +54,17 @@ class Registry:
         """Copy the version's MLflow model directory (MLmodel, sparkml/...) into `dst`."""
         import mlflow.artifacts
 
-        source = self._mlflow().get_model_version_download_uri(name, version)
+        source = self.client().get_model_version_download_uri(name, version)
         return Path(
             mlflow.artifacts.download_artifacts(
                 artifact_uri=source, dst_path=str(dst), tracking_uri=self.tracking_uri
             )
         )
+
+    def numpy_evaluator(self, name: str, version: str) -> NumpyEvaluator:
+        """The version read into the numpy engine (the gateway's and the monitor's), no file left behind."""
+        tmp = Path(tempfile.mkdtemp(prefix=f"btcflow-{name}-v{version}-"))
+        try:  # everything is read into memory: the download can go right after
+            return NumpyEvaluator(self.download(name, version, tmp))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,7 @@ from btcflow.registry import is_absent
 from training import data
 from training.errors import BadInput, TrackingUnavailable, TrainingError
 from training.history import Record
-from training.registry import Promotion, _client, before, move_production, production_state, versions
+from training.registry import Promotion, before, move_production, production_state, registry_client, versions
 from training.settings import TrainingSettings
 from training.specs import ModelSpec, get_spec
 
@@ -152,7 +152,7 @@ def promote_best(
     from training.train import first_value, prepare
 
     spec = get_spec(model)
-    client = _client(settings)
+    client = registry_client(settings)
     state = production_state(client, spec)
     champion = state.model_version
     every = versions(client, spec)

@@ -45,7 +45,7 @@ class Promotion:
     repaired: bool = False  # stage and alias were apart and now agree
 
 
-def _client(settings: TrainingSettings) -> MlflowClient:
+def registry_client(settings: TrainingSettings) -> MlflowClient:
     from mlflow import MlflowClient
 
     connect(settings)
@@ -194,7 +194,7 @@ def promote_version(settings: TrainingSettings, model: str, version: str | int) 
     """
     spec = get_spec(model)
     name, wanted = spec.registered_name, str(version)
-    client = _client(settings)
+    client = registry_client(settings)
     try:
         found = registry.answer(lambda: client.get_model_version(name, wanted))
     except StoreUnavailable as exc:
@@ -243,7 +243,7 @@ def rollback(settings: TrainingSettings, model: str) -> Promotion:
     """
     spec = get_spec(model)
     name = spec.registered_name
-    client = _client(settings)
+    client = registry_client(settings)
     state = production_state(client, spec)
     if state.current is None:
         raise BadInput(f"{name} has no Production version to roll back")
@@ -281,12 +281,12 @@ def _history(client: MlflowClient, spec: ModelSpec) -> list[history.Record]:
 def promotions(settings: TrainingSettings, model: str) -> list[history.Record]:
     """Every recorded promotion of the model, newest first (empty when it was never registered)."""
     spec = get_spec(model)
-    return _history(_client(settings), spec)
+    return _history(registry_client(settings), spec)
 
 
 def stages(settings: TrainingSettings, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """(registered name, version) → current stage, for summary tables."""
-    client = _client(settings)
+    client = registry_client(settings)
     return {(name, v): client.get_model_version(name, v).current_stage or "None" for name, v in pairs}
 
 

@@ -20,6 +20,7 @@ import httpx
 import pandas as pd
 import pytest
 from kafka import KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.monitor import Monitor
 from monitoring.promotion import promotion_gate
@@ -45,13 +46,13 @@ def v2_stretch(path: Path, rows: int = ROWS) -> pd.DataFrame:
 
 
 def metric(page: str, name: str, **labels: str) -> float | None:
-    """A sample's value on a Prometheus page (labels in any order), None when absent."""
-    for line in page.splitlines():
-        if not line.startswith(name + ("{" if labels else " ")):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if labels else {}
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
+    """A sample's value on a Prometheus page (these labels among its own; none if none given), else None."""
+    for family in text_string_to_metric_families(page):
+        for sample in family.samples:
+            if sample.name == name and (
+                labels.items() <= sample.labels.items() if labels else not sample.labels
+            ):
+                return sample.value
     return None
 
 
