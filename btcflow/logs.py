@@ -1,0 +1,175 @@
+"""What reaches the terminal: btcflow's own lines, and the libraries' and the JVM's only when asked.
+
+One level for the whole process tree, `BTCFLOW_LOG_LEVEL` (`warning` by default, `info`, `debug`; `--verbose`
+and `--debug` raise it). `configure` sets it once at the command line's entry and exports it, so the children
+btcflow starts (the demo's consumer, the gateway and its workers) follow the same level without flags.
+
+- `warning`: warnings and errors only. Spark, MLflow, Kafka, py4j, alembic, uvicorn and httpx at warnings
+  at most (kafka-python's retries at none: btcflow's own error says it once); MLflow's bare prints
+  ("Successfully registered model", "Created version", "View run", artifact progress bars) off; the JVM's
+  own stderr (its launch warnings, netlib's BLAS probe, Spark's log4j console) in a file under
+  `<data_dir>/logs`.
+- `info`: btcflow's packages also say what each step does; the libraries stay at warnings.
+- `debug`: everything, from every library, and the JVM on the terminal as it writes.
+
+Only the standard library is imported here: the CLI calls `configure` before every command, `--help` too.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
+
+ENV = "BTCFLOW_LOG_LEVEL"
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+DEFAULT = "warning"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+OWN = ("btcflow", "pipeline", "training", "serving", "monitoring")  # btcflow's packages' loggers
+FOREIGN = ("mlflow", "alembic", "sqlalchemy", "huey", "py4j", "uvicorn", "httpx", "httpcore", "urllib3")
+CHATTY = ("kafka",)  # kafka-python logs every failed connection attempt; btcflow's errors say it once
+MLFLOW_STREAM_MODULE = "mlflow.utils.logging_utils"  # home of the stream MLflow's bare prints go through
+
+
+def level_from(debug: bool = False, verbose: bool = False) -> int:
+    """The most talkative of --debug, --verbose and BTCFLOW_LOG_LEVEL; ValueError naming a bad value."""
+    return min(
+        logging.DEBUG if debug else logging.WARNING,
+        logging.INFO if verbose else logging.WARNING,
+        env_level(),
+    )
+
+
+def env_level() -> int:
+    """BTCFLOW_LOG_LEVEL as a logging level (warning when unset); ValueError for anything else."""
+    text = os.environ.get(ENV, "").strip().lower() or DEFAULT
+    if text not in LEVELS:
+        raise ValueError(f"{ENV}={os.environ[ENV]!r}: use one of {', '.join(LEVELS)}")
+    return LEVELS[text]
+
+
+def name_of(level: int) -> str:
+    """The BTCFLOW_LOG_LEVEL value for a level (one of LEVELS' keys)."""
+    return next((name for name, value in LEVELS.items() if value >= level), DEFAULT)
+
+
+def configure(level: int) -> None:
+    """Set this process's logging for `level` and export the level (and MLflow's switches) to its children.
+
+    MLflow is told not to configure its own loggers (they would reset to INFO at `import mlflow`, which
+    commands import only when they run): its records go through the root handler, at the level set here.
+    Its bare prints bypass logging; they are switched off right after MLflow's module for them loads.
+    """
+    os.environ[ENV] = name_of(level)
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
+    debug = level <= logging.DEBUG
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "false" if debug else "true"  # "View run ..."
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true" if debug else "false"
+    logging.basicConfig(format=FORMAT)
+    logging.getLogger().setLevel(level)
+    for name in OWN:
+        logging.getLogger(name).setLevel(level)
+    for name in FOREIGN:
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else max(level, logging.WARNING))
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.CRITICAL)
+    after_import(MLFLOW_STREAM_MODULE, _mlflow_prints)
+
+
+def _mlflow_prints(module: ModuleType) -> None:
+    """MLflow's bare prints (`eprint`: registration, progress) show when its logger would show INFO."""
+    module.MLFLOW_LOGGING_STREAM.enabled = logging.getLogger("mlflow").isEnabledFor(logging.INFO)
+
+
+def jvm_log_dir(data_dir: Path) -> Path:
+    """Where the JVM's own output goes when it is kept off the terminal."""
+    return data_dir / "logs"
+
+
+_jvm_log: Path | None = None  # this process's JVM log file, named at its first Spark start
+
+
+@contextmanager
+def jvm_output(log_dir: Path | None) -> Iterator[Path | None]:
+    """While the block runs, fd 2 is a log file in `log_dir`, so a JVM started in it writes there for life.
+
+    pyspark starts its JVM (spark-submit) with the process's own fd 2, and nothing in its launch can be told
+    to be quiet: the JVM's "Using incubator modules", netlib's failed probes for a native BLAS, and then
+    log4j's console, which Spark's own setting keeps at warnings. Pointing fd 2 elsewhere only for the
+    launch keeps all of it in `spark-<time>-<pid>.log` and the terminal free; Python's own sys.stderr is
+    flushed before and given back after. Yields that file's path, or None when nothing is redirected (no
+    `log_dir`, or the level is debug). A JVM already running keeps writing where it started.
+    """
+    global _jvm_log
+    if log_dir is None or env_level() <= logging.DEBUG:
+        yield None
+        return
+    if _jvm_log is None:  # one file per process: a second start (pyspark reuses its JVM) appends nothing
+        _jvm_log = log_dir.resolve() / f"spark-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path = _jvm_log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with path.open("ab") as log:
+            os.dup2(log.fileno(), 2)
+        yield path
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs `then(module)` right after `name` is first imported, and leaves sys.meta_path.
+
+    The only way to act on a module's objects without importing it (MLflow takes seconds to import, and
+    the CLI configures logging before every command, --help included): the first finder asked for `name`,
+    it hands the search to the other finders and wraps the found loader's exec_module.
+    """
+
+    def __init__(self, name: str, then: Callable[[ModuleType], None]) -> None:
+        self.name = name
+        self.then = then
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            spec = finder.find_spec(fullname, path, target)  # type: ignore[attr-defined]
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            run(module)
+            self.then(module)
+
+        setattr(loader, "exec_module", exec_module)  # noqa: B010 - on this module's own loader only
+        return spec
+
+
+def after_import(name: str, then: Callable[[ModuleType], None]) -> None:
+    """`then(module)` now if `name` is imported already, else once it is (one pending call per name)."""
+    if name in sys.modules:
+        then(sys.modules[name])
+        return
+    pending = [f for f in sys.meta_path if isinstance(f, _AfterImport) and f.name == name]
+    for finder in pending:
+        sys.meta_path.remove(finder)
+    sys.meta_path.insert(0, _AfterImport(name, then))
