@@ -6,7 +6,6 @@ contract's exit status (2 bad input, 3 a service unreachable), or a traceback wi
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -26,17 +25,26 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show the full traceback when a command fails."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each step does (INFO level)."),
+    debug: bool = typer.Option(
+        False,
+        "--debug",
+        help="Show the full traceback when a command fails, and every library's and the JVM's output "
+        "(BTCFLOW_LOG_LEVEL=debug).",
+    ),
+    verbose: bool = typer.Option(
+        False,
+        "--verbose",
+        "-v",
+        help="Log what each step does (BTCFLOW_LOG_LEVEL=info). The default, BTCFLOW_LOG_LEVEL=warning, "
+        "shows btcflow's own lines only; Spark's JVM writes to $BTCFLOW_DATA_DIR/logs/spark-*.log.",
+    ),
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not debug:  # kafka-python logs every failed connection attempt; our errors say it once
-        logging.getLogger("kafka").setLevel(logging.CRITICAL)
-    if not (debug or verbose):  # MLflow narrates every artifact move at INFO
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from btcflow import logs  # one level for this command and the processes it starts
+
+    try:
+        logs.configure(logs.level_from(debug, verbose))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 for module in (broker, produce, consume, spark, tracking, stack, train, serve, monitor, demo):
