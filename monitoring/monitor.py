@@ -1,7 +1,7 @@
 """`btcflow monitor`'s loop: read each poll, score it with every version in the lineup, judge, publish.
 
 Bounded like every loop here: `max_minutes` rows scored, `idle_timeout_s` without a message, or the stop
-flag (SIGINT/SIGTERM, pipeline.running). Once a second the live metrics go to /metrics, the verdicts are
+flag (SIGINT/SIGTERM, btcflow.signals). Once a second the live metrics go to /metrics, the verdicts are
 judged (and a changed one said in one line), and the scored offsets are committed; every `log_interval_s`
 they go to MLflow; every `refresh_s` the registry is asked again. A registry that stops answering keeps the
 lineup as loaded (said once); one that does not answer at start is exit 3. With a `gate` (--promote), a
@@ -20,6 +20,7 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
+from btcflow.signals import stop_on_signals
 from monitoring.errors import BadInput, RegistryUnavailable
 from monitoring.exporter import Exporter
 from monitoring.promotion import Gate
@@ -31,7 +32,6 @@ from monitoring.truth import Truth
 from monitoring.verdicts import Judge
 from monitoring.windows import RollingLog, live
 from pipeline.broker import admin_client, ensure_topic
-from pipeline.running import stop_on_signals
 from pipeline.settings import PipelineSettings
 from serving.errors import RegistryUnavailable as StoreDown
 from training.settings import TrainingSettings

@@ -23,18 +23,20 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from btcflow.progress import RowProgress
+from btcflow.signals import stop_on_signals
 from pipeline.batching import BatchPolicy, OpenBatch
 from pipeline.broker import admin_client, ensure_topic
 from pipeline.errors import BrokerUnavailable
 from pipeline.group import POLL_RECORDS, Rebalances, open_consumer, start_offsets, topic_id
 from pipeline.messages import Rejected, parse_values, text
-from pipeline.running import ConsumeProgress, stop_on_signals
 from pipeline.settings import PipelineSettings
 from pipeline.store import BatchStore, Format, StaleBatch
 
 log = logging.getLogger("pipeline")
 
 PROBE_S = 30.0  # after this long without a message, check the broker still answers (kafka-python retries)
+COUNTS = ("batches", "rejected")  # beside the rows on the progress line
 POLL_MS = 500  # longest wait inside one poll: bounds how late a stop, a window or an idle timeout is seen
 
 
@@ -174,7 +176,7 @@ class BatchingConsumer:
         seen_generation = 0
         last_message = last_probe = self.clock()
         try:
-            with stop_on_signals(stop), ConsumeProgress(progress) as bar:
+            with stop_on_signals(stop), RowProgress(progress, "consuming", counts=COUNTS) as bar:
                 while not stop.is_set() and (max_batches is None or self.batches < max_batches):
                     wait = POLL_MS / 1000
                     left = self.batch.seconds_left()
@@ -203,8 +205,8 @@ class BatchingConsumer:
                     if silent >= PROBE_S and now - last_probe >= PROBE_S:
                         last_probe = now
                         admin_client(self.settings.bootstrap).close()  # gone: BrokerUnavailable, exit 3
-                    bar.update(self.rows_read, self.clock() - started, self.batches, self.rejected)
-                bar.update(self.rows_read, self.clock() - started, self.batches, self.rejected)
+                    bar.update(self.rows_read, batches=self.batches, rejected=self.rejected)
+                bar.update(self.rows_read, batches=self.batches, rejected=self.rejected)
         except KafkaError as exc:  # poll, offsets: an infrastructure failure is exit 3, not a bug
             detail = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise BrokerUnavailable(

@@ -19,12 +19,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from btcflow.progress import RowProgress
+from btcflow.signals import stop_on_signals
 from pipeline.broker import ensure_topic
 from pipeline.delivery import DELIVERY_TIMEOUT_S, backstop
 from pipeline.errors import BadInput, PipelineError
-from pipeline.replay import Pacing, ProduceSummary, Replay, parse_jitter, send_slice
+from pipeline.replay import Pacing, ProduceSummary, Progress, Replay, parse_jitter, send_slice
 from pipeline.resume import Resume, resume_points
-from pipeline.running import Show, progress_bar, stop_on_signals
 from pipeline.settings import PipelineSettings
 from pipeline.slices import Slice, slices
 
@@ -70,21 +71,29 @@ def produce(
     job = Replay(settings.bootstrap, settings.topic, path, header, pacing, bulk, deadline_s)
     by_rows = pacing.limit is not None  # the bar counts rows under --limit, else bytes
     total = pacing.limit if pacing.limit is not None else path.stat().st_size
-    with stop_on_signals(threading.Event()) as stop, progress_bar(progress, total) as show:
+    bar = RowProgress(progress, "producing", total=total, transient=True)
+    with stop_on_signals() as stop, bar:
+
+        def report(sent: int, rejected: int, skipped: int, read_bytes: int) -> None:
+            """The bar's position is the bytes read (rows under --limit); `skipping` while a resumed
+            run reads past the rows the topic already holds."""
+            rows = sent + rejected + skipped
+            label = "skipping" if skipped and not sent + rejected else "producing"
+            bar.update(rows, done=rows if by_rows else read_bytes, label=label)
+
         if workers == 1:
-
-            def report(sent: int, rejected: int, skipped: int, read_bytes: int) -> None:
-                rows = sent + rejected + skipped
-                show(rows, rows if by_rows else read_bytes, skipped > 0 and not sent + rejected)
-
             summary = send_slice(job, parts[0], stop, report, resumes[0])
         else:
-            summary = _run_workers(job, parts, resumes, stop, show, by_rows)
+            summary = _run_workers(job, parts, resumes, stop, report)
     return replace(summary, resumed=resume)
 
 
 def _run_workers(
-    job: Replay, parts: list[Slice], resumes: list[Resume], stop: threading.Event, show: Show, by_rows: bool
+    job: Replay,
+    parts: list[Slice],
+    resumes: list[Resume],
+    stop: threading.Event,
+    report: Progress,
 ) -> ProduceSummary:
     """One process per slice; the parent draws the bar from shared counters and forwards a stop."""
     ctx = mp.get_context("spawn")
@@ -109,9 +118,7 @@ def _run_workers(
                     os.kill(proc.pid, signal.SIGTERM)
         with contextlib.suppress(Exception):
             outcomes.append(results.get(timeout=0.2))
-        sums = [sum(counters[4 * i + k] for i in range(len(parts))) for k in range(4)]
-        rows = sums[0] + sums[1] + sums[2]
-        show(rows, rows if by_rows else sums[3], sums[2] > 0 and not sums[0] + sums[1])
+        report(*(sum(counters[4 * i + k] for i in range(len(parts))) for k in range(4)))
         if len(outcomes) < len(procs) and not any(p.is_alive() for p in procs) and results.empty():
             raise PipelineError("a producer worker died without a word (see the log)")
     for proc in procs:

@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import secrets
 import shutil
-import signal
 import socket
 import tempfile
 import time
@@ -27,6 +26,7 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from btcflow.signals import stop_on_signals
 from serving import metrics, webhooks
 from serving.errors import ServingError
 from serving.settings import ServingSettings
@@ -158,40 +158,33 @@ def supervise(
     """
     listening_socket(host, port, reuse_port=False).close()
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no threads or JVM state inherited
-    stopping = False
-
-    def stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
 
     def start() -> tuple[BaseProcess, float]:
         proc = spawn.Process(target=worker, args=(host, port, access_log), name="btcflow-gateway-worker")
         proc.start()
         return proc, time.monotonic()
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    running = [start() for _ in range(workers)]
-    try:
-        while not stopping:
-            wait([proc.sentinel for proc, _ in running], timeout=0.5)
-            for i, (proc, started) in enumerate(running):
-                if proc.is_alive() or stopping:
-                    continue
-                code = proc.exitcode or 0
-                if code > 0 and time.monotonic() - started < EARLY_EXIT_S:  # failed (not killed): again
-                    raise GatewayFailed(f"a gateway worker exited with status {code} as it started")
-                say(f"gateway worker {proc.pid} exited with status {proc.exitcode}: starting another")
-                if metrics_dir is not None and proc.pid is not None:
-                    metrics.worker_gone(proc.pid, metrics_dir)
-                running[i] = start()
-    finally:
-        for proc, _ in running:
-            if proc.is_alive():
-                proc.terminate()  # SIGTERM: uvicorn finishes the requests in flight
-        for proc, _ in running:
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(5)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with stop_on_signals() as stop:
+        running = [start() for _ in range(workers)]
+        try:
+            while not stop.is_set():
+                wait([proc.sentinel for proc, _ in running], timeout=0.5)
+                for i, (proc, started) in enumerate(running):
+                    if proc.is_alive() or stop.is_set():
+                        continue
+                    code = proc.exitcode or 0
+                    if code > 0 and time.monotonic() - started < EARLY_EXIT_S:  # failed (not killed): again
+                        raise GatewayFailed(f"a gateway worker exited with status {code} as it started")
+                    say(f"gateway worker {proc.pid} exited with status {proc.exitcode}: starting another")
+                    if metrics_dir is not None and proc.pid is not None:
+                        metrics.worker_gone(proc.pid, metrics_dir)
+                    running[i] = start()
+        finally:
+            for proc, _ in running:
+                if proc.is_alive():
+                    proc.terminate()  # SIGTERM: uvicorn finishes the requests in flight
+            for proc, _ in running:
+                proc.join(30)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(5)

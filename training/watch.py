@@ -8,12 +8,11 @@ saw, so a restarted watcher trains only what is missing. The loop is bounded (`m
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from btcflow.signals import stop_on_signals
 from training import data
 from training.data import Batch, Scheme
 from training.gate import promote_best
@@ -29,35 +28,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("training")
 
 
-class _Stop:
-    """Set by SIGINT/SIGTERM (main thread only); the loop checks it between steps.
-
-    A context manager: the handlers it installs are the caller's again on exit, so a library
-    caller (a test session, the demo) gets its Ctrl-C back once the watch ends.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Stop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("signal %s: stopping after the current step", signum)
-        self.requested = True
-
-
 def trained_upto(spec: ModelSpec, scheme: Scheme) -> int:
     """The last batch a registered version of this model saw under this scheme (0: none)."""
     from mlflow import MlflowClient
@@ -68,6 +38,10 @@ def trained_upto(spec: ModelSpec, scheme: Scheme) -> int:
         if v.tags.get("btcflow.scheme") == scheme
     ]
     return max(done, default=0)
+
+
+def _stopping(signum: int) -> None:
+    log.warning("signal %s: stopping after the current step", signum)
 
 
 def _selection(manifest: list[Batch], batch: Batch, scheme: Scheme) -> list[Batch]:
@@ -98,10 +72,10 @@ def watch(
     specs = [get_spec(m) for m in models]
     connect(settings)
     done = {spec.name: trained_upto(spec, scheme) for spec in specs}
-    with _Stop() as stop:
+    with stop_on_signals(on_signal=_stopping) as stop:
         results: list[TrainResult] = []
         seen, last_progress = 0, time.monotonic()
-        while not stop.requested:
+        while not stop.is_set():
             manifest = data.read_manifest(settings.batch_dir, required=False)
             pending = [b for b in manifest if b.batch > min(done.values())]
             if pending:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import threading
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -118,21 +117,21 @@ def consume(
 def _run_instances(count: int, member_args: list[str], out_dir: Path, show: bool) -> None:
     """N members with the same options, one summary line each; the exit status is the worst of theirs.
     The progress line follows the dataset: rows and batches the manifest lists, rejects kept."""
-    import time
-
+    from btcflow.progress import RowProgress
+    from btcflow.signals import stop_on_signals
+    from pipeline.consumer import COUNTS
     from pipeline.group import run_members
-    from pipeline.running import ConsumeProgress, stop_on_signals
     from pipeline.store import BatchStore
 
-    store, started = BatchStore(out_dir), time.monotonic()
+    store = BatchStore(out_dir)
     listed, rejected = len(store.entries), store.rejected_count()  # what this run found
 
-    with stop_on_signals(threading.Event()) as stop, ConsumeProgress(show, f"{count} members") as bar:
+    with stop_on_signals() as stop, RowProgress(show, f"{count} members", counts=COUNTS) as bar:
 
         def tick() -> None:
             new = store.entries[listed:]
-            seconds = time.monotonic() - started
-            bar.update(sum(e.rows for e in new), seconds, len(new), store.rejected_count() - rejected)
+            rows = sum(e.rows for e in new)
+            bar.update(rows, batches=len(new), rejected=store.rejected_count() - rejected)
 
         results = run_members(count, member_args, stop, tick)
     for member, (status, line) in enumerate(results, start=1):
