@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from btcflow.tracking import MLRUNS_DIR, default_tracking_uri
 from training.spark_settings import event_log_dir
 from training.specs import EXPERIMENT
 
@@ -28,7 +29,7 @@ class TrainingSettings(BaseSettings):
         description="MLflow tracking store (env MLFLOW_TRACKING_URI, no prefix). Unset: SQLite in "
         "<mlruns_dir>/mlflow.db with artifacts in <mlruns_dir>/artifacts.",
     )
-    mlruns_dir: Path = Field(Path("mlruns"), description="Home of the default embedded MLflow store.")
+    mlruns_dir: Path = Field(MLRUNS_DIR, description="Home of the default embedded MLflow store.")
     experiment: str = Field(EXPERIMENT, description="MLflow experiment every training run goes to.")
     test_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of the selected rows, the latest by Timestamp, kept for testing."
@@ -59,9 +60,7 @@ class TrainingSettings(BaseSettings):
 
     @property
     def tracking_uri(self) -> str:
-        if self.tracking_uri_env:
-            return self.tracking_uri_env
-        return f"sqlite:///{(self.mlruns_dir / 'mlflow.db').resolve()}"
+        return self.tracking_uri_env or default_tracking_uri(self.mlruns_dir)
 
     @property
     def artifact_location(self) -> str | None:
