@@ -2,7 +2,9 @@
 
 Training reads `manifest.json` through `btcflow.dataset`, the format the consumer writes with (it never
 imports `pipeline`): the manifest is the truth of which batches are closed, so a file it does not list
-is never read.
+is never read, and a file it lists is read only once its bytes match the manifest's sha256
+(`verify_batches`). Both checks, and whether the selection holds enough rows for each model, run on the
+manifest alone, before Spark or the tracking store is touched.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from btcflow import dataset
 from btcflow.dataset import COLUMNS, BatchEntry
 from training.errors import BadInput
-from training.specs import SPREADS
+from training.specs import SPREADS, ModelSpec
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -43,6 +45,47 @@ def read_manifest(directory: Path, *, required: bool = True) -> list[Batch]:
         path = directory / dataset.MANIFEST
         raise BadInput(f"no manifest at {path}: run `btcflow consume` first (or set BTCFLOW_DATA_DIR)")
     return entries
+
+
+def verify_batches(directory: Path, batches: list[Batch]) -> None:
+    """BadInput naming the first batch whose file is missing or not the bytes its manifest entry records.
+
+    The check itself is btcflow.dataset.verify (the format's owner, beside the writer's hash): once per
+    file per process, so calling this again before each read costs a stat per file.
+    """
+    for batch in batches:
+        try:
+            dataset.verify(directory, batch)
+        except dataset.BatchFileError as exc:
+            raise BadInput(str(exc)) from None
+
+
+def short_of_rows(spec: ModelSpec, batches: list[Batch]) -> str | None:
+    """Why `batches` cannot train `spec` by the manifest's row counts, naming them; None when they can.
+
+    The manifest's count is an upper bound (rows without a label or after a gap drop out later, and
+    `time_cutoff` says so then), so this refuses only what could never train.
+    """
+    rows = sum(b.rows for b in batches)
+    if rows >= spec.min_rows:
+        return None
+    if len(batches) == 1:
+        what = f"batch {batches[0].batch} ({batches[0].file}) holds"
+    else:
+        what = f"batches {','.join(str(b.batch) for b in batches)} hold"
+    return (
+        f"{what} {rows:,} rows; {spec.name} needs at least {spec.min_rows:,} "
+        "(a time split with rows to fit and rows to test)"
+    )
+
+
+def check_rows(specs: list[ModelSpec], batches: list[Batch]) -> None:
+    """BadInput for an empty selection, or one with fewer rows than a model needs: before Spark starts."""
+    if not batches:
+        raise BadInput("no batch selected: nothing to train on")
+    for spec in specs:
+        if (short := short_of_rows(spec, batches)) is not None:
+            raise BadInput(short)
 
 
 def parse_spec(spec: str, available: list[int]) -> list[int]:
@@ -160,10 +203,8 @@ def spark_schema():  # noqa: ANN201 - pyspark type, imported lazily
 
 def read_batches(spark: SparkSession, directory: Path, batches: list[Batch]) -> DataFrame:
     """The selected batches as one DataFrame with the Kaggle columns as doubles (explicit schema)."""
+    verify_batches(directory, batches)  # done already before Spark started: a stat per file now
     paths = [str((directory / b.file).resolve()) for b in batches]
-    for path in paths:
-        if not Path(path).exists():
-            raise BadInput(f"batch file {path} is listed in the manifest but missing")
     parquet = [p for p in paths if p.endswith(".parquet")]
     csv = [p for p in paths if not p.endswith(".parquet")]
     frames = []

@@ -171,8 +171,10 @@ def promote_best(
         )
     compared = ([champion] if champion else []) + challengers  # the champion first: its failure stops all
     cutoff = max(_train_max_ts(client, v) or 0.0 for v in compared)  # a champion not ours: trust it
+    held_out = _window_batches(settings, cutoff)
+    data.verify_batches(settings.batch_dir, held_out)  # before Spark: a changed file is exit 2, nothing read
     spark = spark or data.session(settings)
-    base = data.read_batches(spark, settings.batch_dir, _window_batches(settings, cutoff))
+    base = data.read_batches(spark, settings.batch_dir, held_out)
     window = prepare(spec, base.where(base.Timestamp > cutoff)).cache()
     try:
         rows = window.count()

@@ -48,6 +48,10 @@ class ModelSpec:
     primary_metric: str = "rmse"
     higher_is_better: bool = False
     baseline: str = ""  # what the naive baseline predicts, for humans (run description, README)
+    # The fewest rows a selection must hold, checked against the manifest's counts before Spark starts:
+    # ten give the time split (the latest 20% by default) 2 rows to test on and 8 to fit, the floor at
+    # which every estimator fits and every metric is defined (data.time_cutoff refuses fewer usable rows).
+    min_rows: int = 10
 
     def better(self, a: float, b: float) -> bool:
         """Whether metric value `a` beats `b` for this model's primary metric (strictly)."""
@@ -65,6 +69,7 @@ SPECS: dict[str, ModelSpec] = {
             labels=("Close",),
             params={"maxIter": 100, "regParam": 0.0, "elasticNetParam": 0.0},
             baseline="the last Close of the training rows",
+            min_rows=10,  # a line needs two points, r2 two test rows: the time split's floor covers both
         ),
         ModelSpec(
             name="high_low",
@@ -79,6 +84,7 @@ SPECS: dict[str, ModelSpec] = {
             metrics=tuple(f"{m}_{t}" for t in ("high", "low") for m in REGRESSION_METRICS),
             primary_metric="rmse",  # the mean of rmse_high and rmse_low
             baseline="Open for both High and Low (a candle of no range)",
+            min_rows=10,  # a forest fits a handful of rows; the time split's floor decides
         ),
         ModelSpec(
             name="trend",
@@ -91,6 +97,7 @@ SPECS: dict[str, ModelSpec] = {
             primary_metric="roc_auc",
             higher_is_better=True,
             baseline="the training set's majority class (its class share as probability for log_loss)",
+            min_rows=11,  # the last minute has no next minute to label it: ten labelled rows need eleven
         ),
     )
 }

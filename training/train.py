@@ -290,8 +290,9 @@ def train_models(
 ) -> list[TrainResult]:
     """Train every model on every selection the scheme makes of SPEC `batches`; one version each.
 
-    Checks everything cheap first (models, SPEC, manifest, tracking store) so bad input fails
-    before Spark starts. Each selection is read once and cached for all models.
+    Checks everything that needs neither Spark nor the tracking store first (models, SPEC, manifest,
+    each selection's rows against each model's minimum, every selected file's sha256), so bad input
+    fails before anything is logged or Spark starts. Each selection is read once and cached for all models.
     """
     specs = [get_spec(m) for m in models]
     manifest = data.read_manifest(settings.batch_dir)
@@ -300,6 +301,9 @@ def train_models(
     if missing := [n for n in numbers if n not in by_number]:
         raise BadInput(f"batch {missing[0]} is not in the manifest")
     plan = data.selections(numbers, scheme)
+    for selection in plan or [[]]:  # no selection at all is refused too
+        data.check_rows(specs, [by_number[n] for n in selection])
+    data.verify_batches(settings.batch_dir, [by_number[n] for n in numbers])
     connect(settings)
     spark = spark or data.session(settings)
     results: list[TrainResult] = []

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from btcflow.dataset import MANIFEST
 from btcflow.signals import stop_on_signals
 from training import data
 from training.data import Batch, Scheme
@@ -48,6 +49,20 @@ def _selection(manifest: list[Batch], batch: Batch, scheme: Scheme) -> list[Batc
     return [b for b in manifest if b.batch <= batch.batch] if scheme == "cumulative" else [batch]
 
 
+def _enough_rows(specs: list[ModelSpec], chosen: list[Batch], scheme: Scheme) -> list[ModelSpec]:
+    """The specs `chosen` holds enough rows for, saying why for the others. Unlike `btcflow train`, an
+    unattended loop must not die on a short batch (an idle consumer's tail): segment mode skips it for
+    that model (it never grows), cumulative mode waits for the next batch to grow the prefix."""
+    ready = []
+    for spec in specs:
+        short = data.short_of_rows(spec, chosen)
+        if short is None:
+            ready.append(spec)
+        else:
+            log.warning("%s: %s", short, "skipped" if scheme == "segment" else "waiting for the next batch")
+    return ready
+
+
 def watch(
     settings: TrainingSettings,
     models: list[str],
@@ -72,23 +87,33 @@ def watch(
     specs = [get_spec(m) for m in models]
     connect(settings)
     done = {spec.name: trained_upto(spec, scheme) for spec in specs}
+    if not (settings.batch_dir / MANIFEST).exists():  # said once: a wrong BTCFLOW_DATA_DIR would wait forever
+        log.warning("no manifest in %s yet: waiting for `btcflow consume`", settings.batch_dir)
     with stop_on_signals(on_signal=_stopping) as stop:
         results: list[TrainResult] = []
-        seen, last_progress = 0, time.monotonic()
+        seen, looked, last_progress = 0, 0, time.monotonic()
         while not stop.is_set():
             manifest = data.read_manifest(settings.batch_dir, required=False)
-            pending = [b for b in manifest if b.batch > min(done.values())]
+            pending = [b for b in manifest if b.batch > max(min(done.values()), looked)]
             if pending:
                 targets = [pending[-1]] if scheme == "cumulative" else pending[:1]
                 for batch in targets:
-                    todo = [s for s in specs if done[s.name] < batch.batch]
-                    spark = spark or data.session(settings)
                     chosen = _selection(manifest, batch, scheme)
-                    for result in train_selection(spark, settings, todo, chosen, scheme, overrides):
+                    todo = [s for s in specs if done[s.name] < batch.batch]
+                    ready = _enough_rows(todo, chosen, scheme)
+                    looked = batch.batch
+                    seen += len(pending) if scheme == "cumulative" else 1
+                    if scheme == "segment":  # skipped ones for good: a restart says so again
+                        done.update({s.name: batch.batch for s in todo if s not in ready})
+                    if not ready:
+                        continue
+                    data.verify_batches(settings.batch_dir, chosen)  # exit 2: never train on unvouched bytes
+                    spark = spark or data.session(settings)
+                    for result in train_selection(spark, settings, ready, chosen, scheme, overrides):
                         results.append(result)
                         if report:
                             report(result)
-                    for spec in todo:
+                    for spec in ready:
                         done[spec.name] = batch.batch
                         if promote:
                             promotion = promote_best(
@@ -96,7 +121,6 @@ def watch(
                             )
                             if report:
                                 report(promotion)
-                    seen += len(pending) if scheme == "cumulative" else 1
                 last_progress = time.monotonic()
                 if max_batches is not None and seen >= max_batches:
                     break
