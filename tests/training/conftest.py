@@ -1,9 +1,14 @@
 """Training fixtures: one local[1] SparkSession per session, batches written by the real batch store,
-and a fresh MLflow SQLite store per test (or per module where a test only reads a trained store)."""
+a fresh MLflow SQLite store per test (or per module where a test only reads a trained store), and the
+`btcflow` command run in process."""
 
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -64,3 +69,39 @@ def spark() -> Iterator[object]:
 def store_settings(tmp_path: Path) -> TrainingSettings:
     """Settings on a temporary data dir and a temporary MLflow store (SQLite, artifacts beside it)."""
     return training_settings(tmp_path)
+
+
+@contextmanager
+def logging_kept() -> Iterator[None]:
+    """Put back every logger's level and the root's handlers: main() sets them for the process
+    (basicConfig, mlflow and kafka at WARNING and above), which would last the whole test session."""
+    manager = logging.Logger.manager
+    levels = {name: lg.level for name, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}
+    root_level, root_handlers = logging.root.level, list(logging.root.handlers)
+    try:
+        yield
+    finally:
+        for name, lg in list(manager.loggerDict.items()):
+            if isinstance(lg, logging.Logger):
+                lg.setLevel(levels.get(name, logging.NOTSET))
+        logging.root.setLevel(root_level)
+        for handler in [h for h in logging.root.handlers if h not in root_handlers]:
+            logging.root.removeHandler(handler)
+
+
+@pytest.fixture
+def btcflow(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator:
+    """The command's entry point in process (fast): returns its exit status, stdout and stderr."""
+    from btcflow.cli import main
+
+    def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(sys, "argv", ["btcflow", *args])
+        with pytest.raises(SystemExit) as done:
+            main()
+        printed = capsys.readouterr()
+        return subprocess.CompletedProcess(args, done.value.code, printed.out, printed.err)
+
+    with logging_kept():
+        yield run

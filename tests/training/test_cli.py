@@ -7,13 +7,11 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import minute_table, write_batches
+from tests.training.conftest import logging_kept, minute_table, write_batches
 
 
 def closed_port() -> int:
@@ -28,42 +26,6 @@ def btcflow_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProc
     return subprocess.run(
         [sys.executable, "-m", "btcflow.cli", *args], capture_output=True, text=True, env=full, timeout=60
     )
-
-
-@contextmanager
-def logging_kept() -> Iterator[None]:
-    """Put back every logger's level and the root's handlers: main() sets them for the process
-    (basicConfig, mlflow and kafka at WARNING and above), which would last the whole test session."""
-    manager = logging.Logger.manager
-    levels = {name: lg.level for name, lg in manager.loggerDict.items() if isinstance(lg, logging.Logger)}
-    root_level, root_handlers = logging.root.level, list(logging.root.handlers)
-    try:
-        yield
-    finally:
-        for name, lg in list(manager.loggerDict.items()):
-            if isinstance(lg, logging.Logger):
-                lg.setLevel(levels.get(name, logging.NOTSET))
-        logging.root.setLevel(root_level)
-        for handler in [h for h in logging.root.handlers if h not in root_handlers]:
-            logging.root.removeHandler(handler)
-
-
-@pytest.fixture
-def btcflow(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator:
-    """The command's entry point in process (fast): returns (exit status, stderr)."""
-    from btcflow.cli import main
-
-    def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        monkeypatch.setattr(sys, "argv", ["btcflow", *args])
-        with pytest.raises(SystemExit) as done:
-            main()
-        printed = capsys.readouterr()
-        return subprocess.CompletedProcess(args, done.value.code, printed.out, printed.err)
-
-    with logging_kept():
-        yield run
 
 
 @pytest.fixture
