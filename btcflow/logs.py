@@ -65,7 +65,8 @@ def configure(level: int) -> None:
 
     MLflow is told not to configure its own loggers (they would reset to INFO at `import mlflow`, which
     commands import only when they run): its records go through the root handler, at the level set here.
-    Its bare prints bypass logging; they are switched off right after MLflow's module for them loads.
+    Its bare prints bypass logging: right after MLflow's module for them loads, they are made INFO records
+    of its logger (`_PrintsToLog`), so they follow its level too.
     """
     os.environ[ENV] = name_of(level)
     os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
@@ -80,40 +81,76 @@ def configure(level: int) -> None:
         logging.getLogger(name).setLevel(logging.NOTSET if debug else max(level, logging.WARNING))
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.CRITICAL)
-    after_import(MLFLOW_STREAM_MODULE, _mlflow_prints)
+    after_import(MLFLOW_STREAM_MODULE, _route_mlflow_prints)
 
 
-def _mlflow_prints(module: ModuleType) -> None:
-    """MLflow's bare prints (`eprint`: registration, progress) show when its logger would show INFO."""
-    module.MLFLOW_LOGGING_STREAM.enabled = logging.getLogger("mlflow").isEnabledFor(logging.INFO)
+class _PrintsToLog:
+    """A text stream whose every line is an INFO record of the `mlflow` logger.
+
+    MLflow's `eprint` ("Successfully registered model", "Created version", ...) prints to the stream object
+    `MLFLOW_LOGGING_STREAM` of mlflow.utils.logging_utils, which it looks up at each call. That stream's own
+    on/off switch is no use: MLflow's autologging helpers switch it back on when they end, as
+    `log_model` does on its way. Replacing the object makes the prints follow the logger's level.
+    """
+
+    def __init__(self) -> None:
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            if line.strip():
+                logging.getLogger("mlflow").info(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _route_mlflow_prints(module: ModuleType) -> None:
+    names = vars(module)  # mlflow.utils.logging_utils, whose `eprint` reads this global at each call
+    if not isinstance(names.get("MLFLOW_LOGGING_STREAM"), _PrintsToLog):
+        names["MLFLOW_LOGGING_STREAM"] = _PrintsToLog()
 
 
 def jvm_log_dir(data_dir: Path) -> Path:
-    """Where the JVM's own output goes when it is kept off the terminal."""
+    """Where the JVM's own output goes when it is kept off the terminal: `<data_dir>/logs`."""
     return data_dir / "logs"
 
 
-_jvm_log: Path | None = None  # this process's JVM log file, named at its first Spark start
+def jvm_log_dir_from_env() -> Path | None:
+    """`$BTCFLOW_DATA_DIR/logs` in a process btcflow's command line configured (it exports
+    BTCFLOW_LOG_LEVEL), for a JVM started where no settings name the data folder (the gateway's Spark
+    engine); None elsewhere (a test, a notebook), which keeps the JVM's output where it always went."""
+    if ENV not in os.environ:
+        return None
+    return jvm_log_dir(Path(os.environ.get("BTCFLOW_DATA_DIR") or "data"))
+
+
+_STARTED = time.strftime("%Y%m%d-%H%M%S")
+
+
+def jvm_log(log_dir: Path) -> Path:
+    """This process's JVM log in `log_dir`: one file per process, as pyspark starts one JVM per process."""
+    return log_dir.resolve() / f"spark-{_STARTED}-{os.getpid()}.log"
 
 
 @contextmanager
 def jvm_output(log_dir: Path | None) -> Iterator[Path | None]:
-    """While the block runs, fd 2 is a log file in `log_dir`, so a JVM started in it writes there for life.
+    """While the block runs, fd 2 is `jvm_log(log_dir)`, so a JVM started in it writes there for life.
 
-    pyspark starts its JVM (spark-submit) with the process's own fd 2, and nothing in its launch can be told
-    to be quiet: the JVM's "Using incubator modules", netlib's failed probes for a native BLAS, and then
-    log4j's console, which Spark's own setting keeps at warnings. Pointing fd 2 elsewhere only for the
-    launch keeps all of it in `spark-<time>-<pid>.log` and the terminal free; Python's own sys.stderr is
-    flushed before and given back after. Yields that file's path, or None when nothing is redirected (no
-    `log_dir`, or the level is debug). A JVM already running keeps writing where it started.
+    pyspark starts its JVM (spark-submit) with the process's own fd 2, and nothing in that launch can be
+    told to be quiet: the JVM's "Using incubator modules", netlib's failed probes for a native BLAS, and then
+    log4j's console (at warnings by Spark's settings). Pointing fd 2 at a file only for the launch keeps all
+    of it there and the terminal free; Python's own sys.stderr is flushed before and given back after. Yields
+    the file, or None when nothing is redirected (no `log_dir`, or the level is debug). A JVM already
+    running keeps writing where it started: a second Spark session of the process (pyspark reuses its JVM)
+    appends nothing.
     """
-    global _jvm_log
     if log_dir is None or env_level() <= logging.DEBUG:
         yield None
         return
-    if _jvm_log is None:  # one file per process: a second start (pyspark reuses its JVM) appends nothing
-        _jvm_log = log_dir.resolve() / f"spark-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    path = _jvm_log
+    path = jvm_log(log_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     saved = os.dup(2)
