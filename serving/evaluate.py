@@ -49,7 +49,15 @@ class SparkEvaluator:
         import mlflow.spark
         from pyspark.sql import SparkSession
 
-        self.spark = SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+        from btcflow import logs
+
+        builder = (
+            SparkSession.builder.master("local[1]")
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")  # a bar per request is no log line
+        )
+        with logs.jvm_output(logs.jvm_log_dir_from_env()):  # the JVM's launch noise off the gateway's log
+            self.spark = builder.getOrCreate()
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         self.model = mlflow.spark.load_model(model_uri)

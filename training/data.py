@@ -129,14 +129,19 @@ def spark_session(
     event_dir: Path | None = None,
     executor_memory: str = "1g",
     executor_cores: int | None = None,
+    log_dir: Path | None = None,
 ) -> SparkSession:
     """The process's one SparkSession, quiet (no UI, WARN logs), local mode or a standalone cluster.
 
     `event_dir` turns Spark's event log on (the history server replays it). On a cluster the executors
     run this very interpreter (same packages), and a driver talking to a master on 127.0.0.1 binds
     127.0.0.1 too; a remote master needs the driver on an address its executors reach, Spark's default.
+    `log_dir` takes the JVM's own output off the terminal (btcflow.logs.jvm_output) unless the level is
+    debug.
     """
     from pyspark.sql import SparkSession
+
+    from btcflow import logs
 
     local = master.startswith("local")
     loopback = local or all(
@@ -178,13 +183,17 @@ def spark_session(
             builder = builder.config("spark.driver.host", "127.0.0.1").config(
                 "spark.driver.bindAddress", "127.0.0.1"
             )
-    spark = builder.getOrCreate()
+    with logs.jvm_output(log_dir):
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
 
 
 def session(settings: TrainingSettings) -> SparkSession:
-    """The SparkSession the settings describe, with the event log on: what every training run uses."""
+    """The SparkSession the settings describe, with the event log on and the JVM's output in
+    <data_dir>/logs: what every training run uses."""
+    from btcflow import logs
+
     return spark_session(
         settings.spark_master,
         settings.spark_driver_memory,
@@ -192,6 +201,7 @@ def session(settings: TrainingSettings) -> SparkSession:
         event_dir=settings.event_dir,
         executor_memory=settings.spark_executor_memory,
         executor_cores=settings.spark_executor_cores,
+        log_dir=logs.jvm_log_dir(settings.data_dir),
     )
 
 
