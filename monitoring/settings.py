@@ -10,41 +10,54 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from monitoring import defaults
+
 
 class MonitorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BTCFLOW_MONITOR_", extra="ignore")
 
     group: str = Field(
-        "btcflow-monitor",
+        defaults.GROUP,
         description="Consumer group of `btcflow monitor`, apart from the batcher's: it reads every "
         "minute without taking any from the batch files. A restart resumes at its committed offsets.",
     )
-    host: str = Field("127.0.0.1", description="Address the monitor's Prometheus /metrics binds.")
+    host: str = Field(defaults.HOST, description="Address the monitor's Prometheus /metrics binds.")
     port: int = Field(
-        9464, ge=0, le=65535, description="Port of the monitor's /metrics; 0: a free port, printed at start."
+        defaults.PORT,
+        ge=0,
+        le=65535,
+        description="Port of the monitor's /metrics; 0: a free port, printed at start.",
     )
     windows: Annotated[tuple[int, ...], NoDecode] = Field(
-        (60, 1440),
+        defaults.WINDOWS,
         description="Rolling windows in minutes (comma-separated). Live metrics cover the last N minutes "
         "of event time; the first window is the one the champion/challenger verdicts use.",
     )
     challengers: int = Field(
-        2, ge=0, description="Newest versions above Production scored beside it, per model (shadow)."
+        defaults.CHALLENGERS,
+        ge=0,
+        description="Newest versions above Production scored beside it, per model (shadow).",
     )
     min_minutes: int = Field(
-        30, ge=1, description="Minutes both sides must have scored in the first window before a verdict."
+        defaults.MIN_MINUTES,
+        ge=1,
+        description="Minutes both sides must have scored in the first window before a verdict.",
     )
     hold_minutes: int = Field(
-        5,
+        defaults.HOLD_MINUTES,
         ge=0,
         description="Minutes of event time a changed verdict must hold before it is said (and handed to "
         "the gate): a noisy window would otherwise flip back and forth.",
     )
     refresh_s: float = Field(
-        30.0, gt=0, description="Seconds between looks at the registry for a new Production or challenger."
+        defaults.REFRESH_S,
+        gt=0,
+        description="Seconds between looks at the registry for a new Production or challenger.",
     )
     log_interval_s: float = Field(
-        5.0, gt=0, description="Least seconds between two logs of live metrics to MLflow (once more at stop)."
+        defaults.LOG_INTERVAL_S,
+        gt=0,
+        description="Least seconds between two logs of live metrics to MLflow (once more at stop).",
     )
 
     @field_validator("windows", mode="before")

@@ -5,6 +5,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pipeline import defaults
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -16,19 +18,19 @@ class PipelineSettings(BaseSettings):
         description="Kafka bootstrap servers. Unset: the embedded cluster's nodes on 127.0.0.1. "
         "Set: btcflow uses that cluster and starts nothing.",
     )
-    topic: str = Field("bitcoin-topic", description="Topic the producer writes and the consumer reads.")
+    topic: str = Field(defaults.TOPIC, description="Topic the producer writes and the consumer reads.")
     partitions: int = Field(
         1, ge=1, description="Partitions for a topic btcflow creates; 1 keeps the file's order end to end."
     )
     consumer_group: str = Field(
-        "btcflow-batcher",
+        defaults.CONSUMER_GROUP,
         description="Consumer group of `btcflow consume`: its members on one --out write one dataset. "
         "Its committed offsets are informational: the manifest says where to resume, and a partition "
         "it does not list starts at the beginning.",
     )
     data_dir: Path = Field(Path("data"), description="Input CSV and batch/ output live here.")
     broker_nodes: int = Field(
-        1,
+        defaults.BROKER_NODES,
         ge=1,
         description="Nodes of the embedded cluster (each a broker and a KRaft controller voter); "
         "`btcflow broker start --nodes N` overrides it. With 3 or more, topics btcflow creates get "
@@ -48,7 +50,9 @@ class PipelineSettings(BaseSettings):
         REPO_ROOT / ".cache" / "kafka",
         description="Where `btcflow broker setup` puts the Kafka jars resolved by Maven.",
     )
-    broker_heap: str = Field("512m", description="JVM heap (-Xmx) of each node of the embedded cluster.")
+    broker_heap: str = Field(
+        defaults.BROKER_HEAP, description="JVM heap (-Xmx) of each node of the embedded cluster."
+    )
 
     @property
     def embedded(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,3 +49,54 @@ def test_broker_start_with_an_external_cluster_starts_nothing(tmp_path) -> None:
     assert done.returncode == 0
     assert done.stdout.strip() == "127.0.0.1:9"
     assert not (tmp_path / "kafka").exists()
+
+
+HEAVY = (
+    "pyspark",
+    "mlflow",
+    "kafka",
+    "pandas",
+    "numpy",
+    "fastapi",
+    "pydantic_settings",
+    "pydantic",
+    "pyarrow",
+)
+
+# Runs every command line's --help through btcflow.cli.main in one fresh interpreter and records, after
+# each, the heavy packages loaded so far (the first command that loads one names the culprit). Last, a
+# control: importing the pipeline's settings must show pydantic_settings, or the probe sees nothing.
+HELP_PROBE = """
+import contextlib, io, json, sys
+from btcflow.cli import command_paths, main
+
+heavy = set(sys.argv[1:])
+loaded = lambda: sorted(m for m in sys.modules if m.partition(".")[0] in heavy)
+report = {}
+for path in command_paths():
+    sys.argv, out, status = ["btcflow", *path, "--help"], io.StringIO(), None
+    try:
+        with contextlib.redirect_stdout(out):
+            main()
+    except SystemExit as exc:
+        status = exc.code
+    usage = "Usage" in out.getvalue()
+    report[" ".join(path) or "(root)"] = {"status": status, "usage": usage, "heavy": loaded()}
+import pipeline.settings
+report["(control)"] = {"status": 0, "usage": True, "heavy": loaded()}
+print(json.dumps(report))
+"""
+
+
+def test_help_of_every_command_imports_nothing_heavy() -> None:
+    """`btcflow [command ...] --help` must answer fast (bench/cli.py times it): the command modules import
+    Kafka, Spark, MLflow, pandas, FastAPI and the settings classes only inside the commands."""
+    done = subprocess.run(
+        [sys.executable, "-c", HELP_PROBE, *HEAVY], capture_output=True, text=True, timeout=120, check=True
+    )
+    report = json.loads(done.stdout.splitlines()[-1])
+    control = report.pop("(control)")
+    assert "pydantic_settings" in control["heavy"], control  # the probe does see an import
+    assert {"(root)", "train", "broker start", "stack up", "monitor", "demo"} <= set(report)
+    assert {path: r for path, r in report.items() if r["status"] != 0 or not r["usage"]} == {}
+    assert {path: r["heavy"] for path, r in report.items() if r["heavy"]} == {}

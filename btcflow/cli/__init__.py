@@ -12,8 +12,10 @@ import sys
 import typer
 
 from btcflow.cli import broker, consume, demo, monitor, produce, serve, spark, stack, tracking, train
+from btcflow.cli.groups import QuickHelpGroup
 
 app = typer.Typer(
+    cls=QuickHelpGroup,
     help="Replay a Bitcoin minute file through Kafka into batch files, train Spark ML models "
     "tracked in MLflow, and serve the Production models over HTTP.",
     no_args_is_help=True,
@@ -49,6 +51,17 @@ def _root(
 
 for module in (broker, produce, consume, spark, tracking, stack, train, serve, monitor, demo):
     module.register(app)
+
+
+def command_paths() -> list[tuple[str, ...]]:
+    """Every command line that has a --help: the root, each group and each command in it, in order.
+    For tests and bench/cli.py, which check that every one of them answers quickly."""
+
+    def walk(command: object, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        subcommands = getattr(command, "commands", {})  # a group's; typer's click has no public type here
+        return [path] + [p for name, sub in subcommands.items() for p in walk(sub, (*path, name))]
+
+    return walk(typer.main.get_command(app), ())
 
 
 def _known_errors() -> tuple[type[Exception], ...]:

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
-from pipeline.broker import EmbeddedCluster, admin_client, setup_jars
-from pipeline.settings import PipelineSettings
+from btcflow.cli.groups import group
+from pipeline import defaults
 
-_FIELDS = PipelineSettings.model_fields
-DEFAULT_NODES = _FIELDS["broker_nodes"].default
-DEFAULT_HEAP = _FIELDS["broker_heap"].default
+if TYPE_CHECKING:
+    from pipeline.settings import PipelineSettings
 
-broker_app = typer.Typer(
+broker_app = group(
     help="The embedded Apache Kafka cluster (KRaft, each node a broker and a controller) on 127.0.0.1.",
-    no_args_is_help=True,
 )
 
 
@@ -26,6 +26,9 @@ def _external(settings: PipelineSettings) -> str:
 @broker_app.command("setup")
 def setup() -> None:
     """Resolve the Kafka jars with Maven into the cache (once; again only when the pom changes)."""
+    from pipeline.broker import setup_jars
+    from pipeline.settings import PipelineSettings
+
     settings = PipelineSettings()
     libs = setup_jars(settings.kafka_jars)
     typer.echo(f"Kafka jars ready in {libs}")
@@ -35,7 +38,7 @@ def setup() -> None:
     "start",
     help="Start the embedded cluster (idempotent) and print its bootstrap list once every node answers.\n\n"
     "Nodes already running are left alone; the others (a stopped or killed one) are started. "
-    f"Each node is one JVM with a heap of BTCFLOW_BROKER_HEAP ({DEFAULT_HEAP} per node by default); "
+    f"Each node is one JVM with a heap of BTCFLOW_BROKER_HEAP ({defaults.BROKER_HEAP} per node by default); "
     "node i listens on BTCFLOW_BROKER_PORT + 2(i-1), its controller on the next port, and keeps its "
     "files in <BTCFLOW_DATA_DIR>/kafka/node-<i>/.\n\n"
     "With BTCFLOW_KAFKA_BOOTSTRAP set, starts nothing and prints that address.",
@@ -45,11 +48,14 @@ def start(
         None,
         "--nodes",
         min=1,
-        help=f"Nodes of the cluster. Default: BTCFLOW_BROKER_NODES, else {DEFAULT_NODES}.",
+        help=f"Nodes of the cluster. Default: BTCFLOW_BROKER_NODES, else {defaults.BROKER_NODES}.",
         show_default=False,
     ),
     timeout: float = typer.Option(90.0, help="Seconds to wait for every node to answer."),
 ) -> None:
+    from pipeline.broker import EmbeddedCluster
+    from pipeline.settings import PipelineSettings
+
     settings = PipelineSettings()
     if not settings.embedded:
         typer.echo(_external(settings), err=True)
@@ -63,6 +69,9 @@ def start(
 @broker_app.command("stop")
 def stop() -> None:
     """Stop every node of the embedded cluster cleanly (SIGTERM, SIGKILL after 30 s)."""
+    from pipeline.broker import EmbeddedCluster
+    from pipeline.settings import PipelineSettings
+
     settings = PipelineSettings()
     if not settings.embedded:
         typer.echo(_external(settings))
@@ -74,6 +83,9 @@ def stop() -> None:
 @broker_app.command("status")
 def status() -> None:
     """List every node (id, address, pid, running or not) and the active controller; exit 3 unless all run."""
+    from pipeline.broker import EmbeddedCluster, admin_client
+    from pipeline.settings import PipelineSettings
+
     settings = PipelineSettings()
     if not settings.embedded:
         admin_client(settings.bootstrap).close()  # BrokerUnavailable (exit 3) when it does not answer

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.settings import PipelineSettings
+from pipeline import defaults
 
 
 class FileFormat(StrEnum):
@@ -34,7 +34,7 @@ def consume(
     topic: Annotated[str | None, typer.Option(help="Topic to read (default: $BTCFLOW_TOPIC).")] = None,
     group: Annotated[
         str | None,
-        typer.Option(help="Consumer group (default: $BTCFLOW_CONSUMER_GROUP, btcflow-batcher)."),
+        typer.Option(help=f"Consumer group (default: $BTCFLOW_CONSUMER_GROUP, {defaults.CONSUMER_GROUP})."),
     ] = None,
     max_batches: Annotated[
         int | None, typer.Option(min=1, help="Stop after writing this many batches (per member).")
@@ -73,6 +73,8 @@ def consume(
     Without --max-batches or --idle-timeout it runs until Ctrl-C/SIGTERM; the open batch is then
     not written, and the next run reads its rows again from the offsets the manifest records.
     """
+    from pipeline.settings import PipelineSettings
+
     settings = PipelineSettings()
     if topic:
         settings = settings.model_copy(update={"topic": topic})

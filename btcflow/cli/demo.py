@@ -15,24 +15,28 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from btcflow.cli import output
-
-console = output.console()
 
 TRAINED_BATCHES = 3  # cumulative 1, 1+2, 1+2+3; batch 4 (the tail) is the unseen promotion window
 LIVE_MINUTES = 3_000  # the tail replayed for `btcflow monitor`: two days in a few seconds (batch 4 at most)
 
 
+def _say(*objects: Any, **options: Any) -> None:
+    """Print through rich (markup, tables), imported only once the demo runs."""
+    output.console().print(*objects, **options)
+
+
 def _step(title: str) -> None:
-    console.rule(f"[bold]{title}")
+    output.console().rule(f"[bold]{title}")
 
 
 def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: int) -> Path:
+    from rich.table import Table
+
     from pipeline.broker import EmbeddedCluster, delete_topic
     from pipeline.producer import produce
     from pipeline.settings import PipelineSettings
@@ -47,16 +51,16 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
             _step(f"1. generate {rows:,} Kaggle-shaped rows")
             started = time.monotonic()
             synth(rows, source, seed)
-            console.print(f"wrote {source} in {time.monotonic() - started:.1f} s")
+            _say(f"wrote {source} in {time.monotonic() - started:.1f} s")
     total = rows if input_path is None else _count_rows(source)
     size = batch_rows or math.ceil(total * 0.3)
 
     _step("2. Kafka broker")
     if settings.embedded:
         cluster = EmbeddedCluster.from_settings(settings)
-        console.print(f"Kafka at {cluster.start()} ({cluster.nodes} node(s), logs in {cluster.home}/node-*/)")
+        _say(f"Kafka at {cluster.start()} ({cluster.nodes} node(s), logs in {cluster.home}/node-*/)")
     else:
-        console.print(f"using the cluster at {settings.bootstrap}")
+        _say(f"using the cluster at {settings.bootstrap}")
     # The demo starts from nothing: an empty topic and no batches, so a rerun never doubles rows.
     delete_topic(settings.bootstrap, settings.topic)
     shutil.rmtree(settings.batch_dir, ignore_errors=True)
@@ -71,13 +75,13 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
     )
     try:
         summary = produce(settings, source, progress=sys.stderr.isatty())
-        console.print(f"producer: {summary.line()}")
+        _say(f"producer: {summary.line()}")
         out, _ = consumer.communicate(timeout=600)
     finally:  # whatever happened to the producer, no consumer is left behind
         if consumer.poll() is None:
             consumer.terminate()
             consumer.wait(timeout=30)
-    console.print(f"consumer: {out.strip().splitlines()[-1] if out.strip() else 'no output'}")
+    _say(f"consumer: {out.strip().splitlines()[-1] if out.strip() else 'no output'}")
     if consumer.returncode != 0:
         raise typer.Exit(consumer.returncode)
 
@@ -92,8 +96,8 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
             _utc(e.max_ts),
             ", ".join(f"p{p}: {a}-{b}" for p, (a, b) in e.offsets.items()),
         )
-    console.print(table)
-    console.print(f"manifest: {settings.batch_dir / 'manifest.json'}")
+    _say(table)
+    _say(f"manifest: {settings.batch_dir / 'manifest.json'}")
     if len(entries) <= TRAINED_BATCHES:
         raise typer.BadParameter(
             f"the demo needs more than {TRAINED_BATCHES} batches (got {len(entries)}): lower --batch-rows"
@@ -123,9 +127,9 @@ def _train() -> None:
     results = train_models(settings, list(SPECS), f"1-{TRAINED_BATCHES}", "cumulative")
     _step("5. promote with the champion/challenger gate (window: the batches after the last trained)")
     for name in SPECS:
-        console.print(promote_best(settings, name).message)
+        _say(promote_best(settings, name).message)
     print_summary(summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results])))
-    console.print(f"compare the runs in the MLflow UI: {settings.ui_command()}")
+    _say(f"compare the runs in the MLflow UI: {settings.ui_command()}")
 
 
 def _serve(example: dict[str, float], workers: int) -> None:
@@ -135,9 +139,9 @@ def _serve(example: dict[str, float], workers: int) -> None:
     _step(f"6. the gateway ({workers} worker(s)), on a free port")
     with running_gateway(ServingSettings(), port=0, workers=workers) as base:
         for curl, status, answer in call_routes(base, example):
-            console.print(f"{curl}\n  → {status} {answer}")
-        console.print(f"interactive docs: {base}/docs")
-    console.print("gateway stopped; `btcflow serve` runs it on http://127.0.0.1:8000 until Ctrl-C")
+            _say(f"{curl}\n  → {status} {answer}")
+        _say(f"interactive docs: {base}/docs")
+    _say("gateway stopped; `btcflow serve` runs it on http://127.0.0.1:8000 until Ctrl-C")
 
 
 def _tail(source: Path, rows: int, out: Path) -> Path:
@@ -181,13 +185,13 @@ def _monitor(source: Path, minutes: int) -> None:
             max_minutes=minutes,
             idle_timeout_s=30.0,
             from_beginning=True,
-            report=console.print,
+            report=_say,
         )
     finally:
         producer.join()
-    console.print(summary.line())
+    _say(summary.line())
     print_table(summary.rows)
-    console.print(
+    _say(
         "the live metrics are in MLflow beside the training runs (runs monitor-*, charts by minute); "
         "`btcflow monitor` follows 'bitcoin-topic' live"
     )
@@ -239,7 +243,7 @@ def demo(
         from btcflow.cli.stack import up
 
         _step("0. the stack: Kafka cluster, Spark cluster, MLflow tracking server")
-        console.print(up(), markup=False, highlight=False)
+        _say(up(), markup=False, highlight=False)
         workers = 2
     source = _ingest(rows, input_path, batch_rows, seed)
     _train()
@@ -247,11 +251,11 @@ def demo(
     held_out = read_manifest(PipelineSettings().batch_dir)[-1].rows
     _monitor(source, min(LIVE_MINUTES, held_out))
     if stack:
-        console.print(
+        _say(
             "the stack keeps running (`btcflow stack status`, `btcflow stack down`); `btcflow stack up` "
             "prints the exports that point btcflow's commands at it"
         )
-    console.rule(f"[bold]done in {time.monotonic() - started:.0f} s")
+    _step(f"done in {time.monotonic() - started:.0f} s")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,12 +6,14 @@ from typing import Annotated, Any
 
 import typer
 
+from monitoring import defaults
+
 
 def monitor(
     topic: Annotated[str | None, typer.Option(help="Topic to read (default: $BTCFLOW_TOPIC).")] = None,
     group: Annotated[
         str | None,
-        typer.Option(help="Consumer group (default: $BTCFLOW_MONITOR_GROUP, btcflow-monitor)."),
+        typer.Option(help=f"Consumer group (default: $BTCFLOW_MONITOR_GROUP, {defaults.GROUP})."),
     ] = None,
     max_minutes: Annotated[
         int | None, typer.Option(min=1, help="Stop after scoring this many minutes (rows).")
@@ -32,14 +34,14 @@ def monitor(
         typer.Option(
             min=0,
             help="Newest versions above Production scored beside it in shadow, per model "
-            "(default: $BTCFLOW_MONITOR_CHALLENGERS, 2).",
+            f"(default: $BTCFLOW_MONITOR_CHALLENGERS, {defaults.CHALLENGERS}).",
         ),
     ] = None,
     windows: Annotated[
         str | None,
         typer.Option(
             help="Rolling windows in minutes of event time, comma-separated; the first one judges "
-            "(default: $BTCFLOW_MONITOR_WINDOWS, 60,1440).",
+            f"(default: $BTCFLOW_MONITOR_WINDOWS, {','.join(map(str, defaults.WINDOWS))}).",
         ),
     ] = None,
     min_minutes: Annotated[
@@ -47,7 +49,7 @@ def monitor(
         typer.Option(
             min=1,
             help="Minutes both sides must have scored in the first window before a verdict "
-            "(default: $BTCFLOW_MONITOR_MIN_MINUTES, 30).",
+            f"(default: $BTCFLOW_MONITOR_MIN_MINUTES, {defaults.MIN_MINUTES}).",
         ),
     ] = None,
     hold_minutes: Annotated[
@@ -55,7 +57,8 @@ def monitor(
         typer.Option(
             min=0,
             help="Minutes of event time a changed verdict must hold before it is printed (and, with "
-            "--promote, handed to the gate) (default: $BTCFLOW_MONITOR_HOLD_MINUTES, 5).",
+            "--promote, handed to the gate) "
+            f"(default: $BTCFLOW_MONITOR_HOLD_MINUTES, {defaults.HOLD_MINUTES}).",
         ),
     ] = None,
     refresh: Annotated[
@@ -63,7 +66,7 @@ def monitor(
         typer.Option(
             min=0.1,
             help="Seconds between looks at the registry for a new Production or challenger "
-            "(default: $BTCFLOW_MONITOR_REFRESH_S, 30).",
+            f"(default: $BTCFLOW_MONITOR_REFRESH_S, {defaults.REFRESH_S:g}).",
         ),
     ] = None,
     log_interval: Annotated[
@@ -71,12 +74,14 @@ def monitor(
         typer.Option(
             min=0.1,
             help="Least seconds between two logs of live metrics to MLflow; once more at stop "
-            "(default: $BTCFLOW_MONITOR_LOG_INTERVAL_S, 5).",
+            f"(default: $BTCFLOW_MONITOR_LOG_INTERVAL_S, {defaults.LOG_INTERVAL_S:g}).",
         ),
     ] = None,
     metrics_host: Annotated[
         str | None,
-        typer.Option(help="Address of the Prometheus /metrics (default: $BTCFLOW_MONITOR_HOST, 127.0.0.1)."),
+        typer.Option(
+            help=f"Address of the Prometheus /metrics (default: $BTCFLOW_MONITOR_HOST, {defaults.HOST})."
+        ),
     ] = None,
     metrics_port: Annotated[
         int | None,
@@ -84,7 +89,7 @@ def monitor(
             min=0,
             max=65535,
             help="Port of /metrics; 0 picks a free one, printed at start "
-            "(default: $BTCFLOW_MONITOR_PORT, 9464).",
+            f"(default: $BTCFLOW_MONITOR_PORT, {defaults.PORT}).",
         ),
     ] = None,
     promote: Annotated[

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from pipeline.settings import PipelineSettings
+from btcflow.cli.groups import group
+from pipeline import defaults
 
-data_app = typer.Typer(help="Input data: generate a Kaggle-shaped Bitcoin minute file.", no_args_is_help=True)
+data_app = group(help="Input data: generate a Kaggle-shaped Bitcoin minute file.")
 
 
 @data_app.command("synth")
@@ -38,7 +39,8 @@ def produce(
         Path, typer.Option("--input", help="CSV file to replay: generated, or the real Kaggle file.")
     ],
     topic: Annotated[
-        str | None, typer.Option("--topic", help="Topic to write (default: BTCFLOW_TOPIC, bitcoin-topic).")
+        str | None,
+        typer.Option("--topic", help=f"Topic to write (default: BTCFLOW_TOPIC, {defaults.TOPIC})."),
     ] = None,
     rate: Annotated[
         float | None,
@@ -93,6 +95,7 @@ def produce(
     """
     from pipeline.producer import Pacing, parse_jitter
     from pipeline.producer import produce as replay
+    from pipeline.settings import PipelineSettings
 
     settings = PipelineSettings()
     if topic:

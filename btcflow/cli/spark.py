@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import typer
 
-spark_app = typer.Typer(
+from btcflow.cli.groups import group
+
+spark_app = group(
     help="A Spark standalone cluster on 127.0.0.1 from pyspark's own distribution: a master, workers "
     "and the history server. Train on it with BTCFLOW_SPARK_MASTER=spark://127.0.0.1:7077.",
-    no_args_is_help=True,
 )
 
 

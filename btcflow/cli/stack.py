@@ -14,30 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from btcflow.cli.groups import group
 
 DEFAULT_NODES = 3
 DEFAULT_SPARK_WORKERS = 2
+DEFAULT_DIR = Path("data/stack")  # BTCFLOW_STACK_DIR; StackSettings (stack_settings.py) reads these two
+DEFAULT_BROKER_PORT = 9192  # BTCFLOW_STACK_BROKER_PORT: clear of the embedded defaults' 9092
 
-stack_app = typer.Typer(
+stack_app = group(
     help="The whole stack on 127.0.0.1: a Kafka cluster, a Spark standalone cluster (with its history "
-    "server) and an MLflow tracking server on PostgreSQL, with its files in data/stack/.",
-    no_args_is_help=True,
+    f"server) and an MLflow tracking server on PostgreSQL, with its files in {DEFAULT_DIR}/.",
 )
-
-
-class StackSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BTCFLOW_STACK_", extra="ignore")
-
-    dir: Path = Field(
-        Path("data/stack"),
-        description="The stack's data dir (the BTCFLOW_DATA_DIR of every command pointed at it): Kafka, "
-        "Spark, PostgreSQL, MLflow artifacts and the batches, apart from the embedded defaults' data/.",
-    )
-    broker_port: int = Field(
-        9192, description="Client port of the stack's Kafka node 1 (node i: + 2(i-1)), clear of 9092."
-    )
 
 
 def point_at_stack(nodes: int | None = None) -> dict[str, str]:
@@ -46,6 +34,7 @@ def point_at_stack(nodes: int | None = None) -> dict[str, str]:
     The node count is `nodes`, else the one the stack's Kafka storage was formatted with, else 3.
     The Spark and MLflow addresses are their own settings' (BTCFLOW_SPARK_PORT, BTCFLOW_TRACKING_PORT).
     """
+    from btcflow.cli.stack_settings import StackSettings
     from pipeline.broker import EmbeddedCluster
     from pipeline.settings import PipelineSettings
 
@@ -103,8 +92,9 @@ def up(nodes: int = DEFAULT_NODES, spark_workers: int = DEFAULT_SPARK_WORKERS) -
 @stack_app.command(
     "up",
     help="Start the Kafka cluster, the Spark cluster and the MLflow server (idempotent); print the exports."
-    "\n\nParts already running are left alone. Files go to BTCFLOW_STACK_DIR (data/stack), apart from the "
-    "embedded defaults; Kafka listens on BTCFLOW_STACK_BROKER_PORT (9192) and up, the Spark master on "
+    "\n\nParts already running are left alone. Files go to BTCFLOW_STACK_DIR "
+    f"({DEFAULT_DIR}), apart from the embedded defaults; Kafka listens on BTCFLOW_STACK_BROKER_PORT "
+    f"({DEFAULT_BROKER_PORT}) and up, the Spark master on "
     "BTCFLOW_SPARK_PORT (7077; web UI 8080, history server 18080), MLflow on BTCFLOW_TRACKING_PORT (5000) "
     "with PostgreSQL on BTCFLOW_POSTGRES_PORT (5433).",
 )

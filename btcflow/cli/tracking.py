@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import typer
 
-tracking_app = typer.Typer(
+from btcflow.cli.groups import group
+
+tracking_app = group(
     help="The MLflow tracking server on 127.0.0.1: PostgreSQL backend store, artifacts proxied over HTTP.",
-    no_args_is_help=True,
 )
 
 

@@ -1,0 +1,25 @@
+"""The stack's own settings (environment, prefix BTCFLOW_STACK_), apart from `btcflow/cli/stack.py` so
+that its commands' help needs no pydantic-settings; the defaults are stack.py's constants, shown there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from btcflow.cli.stack import DEFAULT_BROKER_PORT, DEFAULT_DIR
+
+
+class StackSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BTCFLOW_STACK_", extra="ignore")
+
+    dir: Path = Field(
+        DEFAULT_DIR,
+        description="The stack's data dir (the BTCFLOW_DATA_DIR of every command pointed at it): Kafka, "
+        "Spark, PostgreSQL, MLflow artifacts and the batches, apart from the embedded defaults' data/.",
+    )
+    broker_port: int = Field(
+        DEFAULT_BROKER_PORT,
+        description="Client port of the stack's Kafka node 1 (node i: + 2(i-1)), clear of 9092.",
+    )
