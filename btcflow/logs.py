@@ -61,15 +61,12 @@ def name_of(level: int) -> str:
 
 
 def configure(level: int) -> None:
-    """Set this process's logging for `level` and export the level (and MLflow's switches) to its children.
+    """Set this process's logging for `level`, and export the level to the processes it starts.
 
-    MLflow is told not to configure its own loggers (they would reset to INFO at `import mlflow`, which
-    commands import only when they run): its records go through the root handler, at the level set here.
-    Its bare prints bypass logging: right after MLflow's module for them loads, they are made INFO records
-    of its logger (`_PrintsToLog`), so they follow its level too.
+    MLflow is imported only by the commands that need it, after this: `_import_mlflow` makes that import
+    leave its loggers to this configuration and its bare prints follow it too.
     """
     os.environ[ENV] = name_of(level)
-    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
     debug = level <= logging.DEBUG
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "false" if debug else "true"  # "View run ..."
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true" if debug else "false"
@@ -81,7 +78,30 @@ def configure(level: int) -> None:
         logging.getLogger(name).setLevel(logging.NOTSET if debug else max(level, logging.WARNING))
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.CRITICAL)
-    after_import(MLFLOW_STREAM_MODULE, _route_mlflow_prints)
+    if "mlflow" in sys.modules:  # imported before (a test, a notebook): its loggers keep their handler
+        _route_mlflow_prints(sys.modules[MLFLOW_STREAM_MODULE])
+    else:
+        wrap_import("mlflow", _import_mlflow)
+
+
+def _import_mlflow(run: Callable[[], None]) -> None:
+    """`import mlflow`, told not to configure its loggers; then its bare prints made log records.
+
+    Configured, MLflow's loggers would get a handler of their own and the level of MLFLOW_LOGGING_LEVEL
+    (INFO), whatever `configure` said: unconfigured, they go through the root handler at its levels. The
+    switch is an environment variable read during that import only, so it is set for it alone: the
+    processes btcflow starts (`mlflow server` under `btcflow tracking`) keep MLflow's own logging.
+    """
+    previous = os.environ.get("MLFLOW_CONFIGURE_LOGGING")
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
+    try:
+        run()
+    finally:
+        if previous is None:
+            del os.environ["MLFLOW_CONFIGURE_LOGGING"]
+        else:
+            os.environ["MLFLOW_CONFIGURE_LOGGING"] = previous
+    _route_mlflow_prints(sys.modules[MLFLOW_STREAM_MODULE])
 
 
 class _PrintsToLog:
@@ -164,17 +184,17 @@ def jvm_output(log_dir: Path | None) -> Iterator[Path | None]:
         os.close(saved)
 
 
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs `then(module)` right after `name` is first imported, and leaves sys.meta_path.
+class _ImportWrapper(importlib.abc.MetaPathFinder):
+    """Runs the first import of module `name` inside `around` (which must call the `run` it is given).
 
-    The only way to act on a module's objects without importing it (MLflow takes seconds to import, and
-    the CLI configures logging before every command, --help included): the first finder asked for `name`,
-    it hands the search to the other finders and wraps the found loader's exec_module.
+    The only way to act on a module's import without importing it now (MLflow takes seconds, and the CLI
+    configures logging before every command, --help included): the first finder asked for `name`, it
+    leaves sys.meta_path, hands the search to the other finders and wraps the found loader's exec_module.
     """
 
-    def __init__(self, name: str, then: Callable[[ModuleType], None]) -> None:
+    def __init__(self, name: str, around: Callable[[Callable[[], None]], None]) -> None:
         self.name = name
-        self.then = then
+        self.around = around
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -194,19 +214,14 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         run = loader.exec_module
 
         def exec_module(module: ModuleType) -> None:
-            run(module)
-            self.then(module)
+            self.around(lambda: run(module))
 
         setattr(loader, "exec_module", exec_module)  # noqa: B010 - on this module's own loader only
         return spec
 
 
-def after_import(name: str, then: Callable[[ModuleType], None]) -> None:
-    """`then(module)` now if `name` is imported already, else once it is (one pending call per name)."""
-    if name in sys.modules:
-        then(sys.modules[name])
-        return
-    pending = [f for f in sys.meta_path if isinstance(f, _AfterImport) and f.name == name]
-    for finder in pending:
+def wrap_import(name: str, around: Callable[[Callable[[], None]], None]) -> None:
+    """Run the coming first import of `name` inside `around` (the latest call's `around` for a name)."""
+    for finder in [f for f in sys.meta_path if isinstance(f, _ImportWrapper) and f.name == name]:
         sys.meta_path.remove(finder)
-    sys.meta_path.insert(0, _AfterImport(name, then))
+    sys.meta_path.insert(0, _ImportWrapper(name, around))

@@ -19,7 +19,7 @@ import pytest
 from btcflow import logs
 
 REGISTER_TWICE = """
-import logging, sys
+import logging, os, sys
 from pathlib import Path
 from btcflow import logs
 
@@ -27,6 +27,8 @@ logs.configure(logs.level_from())  # as the CLI does before any command: BTCFLOW
 import mlflow
 from mlflow.utils import logging_utils
 
+assert "MLFLOW_CONFIGURE_LOGGING" not in os.environ  # set for the import only: children configure MLflow
+assert not logging.getLogger("mlflow").handlers  # its records go through the root handler
 logging_utils.enable_logging()  # as MLflow's autologging helpers do on their way out, log_model's too
 store, model = Path(sys.argv[1]), Path(sys.argv[1]) / "model"
 model.mkdir()
