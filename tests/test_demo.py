@@ -10,6 +10,20 @@ from pathlib import Path
 
 from pipeline.broker import free_port_pair
 
+# Lines of the JVM, Spark, MLflow, alembic, uvicorn and Kafka that the default level keeps off the terminal
+FOREIGN = re.compile(
+    r"Using incubator modules|netlib|JNI_OnLoad|log4j|setLogLevel|NativeCodeLoader"
+    r"|^\d\d/\d\d/\d\d \d\d:\d\d:\d\d (INFO|WARN|ERROR) "  # Spark's own console layout
+    r"|^\[Stage \d+|Successfully registered model|Created version '|Creating a new version"
+    r"|View run|View experiment|alembic|Context impl|Running upgrade|Uvicorn running|Started server process"
+    r"|Application startup|Waiting for application|HTTP Request:|INFO (mlflow|kafka|py4j|uvicorn|httpx)",
+    re.MULTILINE,
+)
+# what btcflow itself may write to stderr: its error line, or a record of its own packages' loggers
+OWN_STDERR = re.compile(
+    r"btcflow: |\S+ \S+ (WARNING|ERROR|CRITICAL) (btcflow|pipeline|training|serving|monitoring)\b"
+)
+
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     env = {
@@ -21,6 +35,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         "COLUMNS": "200",  # rich wraps at 80 columns off a terminal
     }
     env.pop("BTCFLOW_KAFKA_BOOTSTRAP", None)
+    env.pop("BTCFLOW_LOG_LEVEL", None)  # the default level, whatever the shell running the tests says
     cli = [sys.executable, "-m", "btcflow.cli"]
     try:
         done = subprocess.run(
@@ -51,3 +66,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert high >= open_ >= low
     # the short live-scoring run: every minute of the held-out tail scored
     assert re.search(r"monitored [0-9,]+ minutes \([0-9,]+ rows read, 0 bad messages\)", out), out[-3000:]
+    # quiet: only btcflow's own lines, the JVM's output in the log file the demo names
+    foreign = [m.group(0) for m in FOREIGN.finditer(out + done.stderr)]
+    assert not foreign, foreign
+    strays = [line for line in done.stderr.splitlines() if not OWN_STDERR.match(line)]
+    assert not strays, strays
+    jvm_log = re.search(r"Spark's own output \(the JVM's warnings\):\s+(\S+)", out)
+    assert jvm_log and Path(jvm_log.group(1)).parent == (tmp_path / "data" / "logs").resolve(), out[-3000:]
+    assert Path(jvm_log.group(1)).is_file()

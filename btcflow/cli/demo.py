@@ -66,10 +66,11 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
     shutil.rmtree(settings.batch_dir, ignore_errors=True)
 
     _step(f"3. replay {source.name} through '{settings.topic}', batches of {size:,} rows")
+    # its summary line is read below; its stderr is ours, and it logs at our (exported) BTCFLOW_LOG_LEVEL
+    consume = ["consume", "--batch-rows", str(size), "--idle-timeout", "8", "--no-progress"]
     consumer = subprocess.Popen(
-        [sys.executable, "-m", "btcflow.cli", "consume", "--batch-rows", str(size), "--idle-timeout", "8"],
+        [sys.executable, "-m", "btcflow.cli", *consume],
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
         text=True,
         env=os.environ | {"BTCFLOW_TOPIC": settings.topic},
     )
@@ -115,6 +116,7 @@ def _utc(ts: float) -> str:
 
 
 def _train() -> None:
+    from btcflow import logs
     from btcflow.cli.train import print_summary
     from training.gate import promote_best
     from training.registry import stages
@@ -130,6 +132,8 @@ def _train() -> None:
         _say(promote_best(settings, name).message)
     print_summary(summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results])))
     _say(f"compare the runs in the MLflow UI: {settings.ui_command()}")
+    if (jvm_log := logs.jvm_log(logs.jvm_log_dir(settings.data_dir))).exists():
+        _say(f"Spark's own output (the JVM's warnings): {jvm_log}")
 
 
 def _serve(example: dict[str, float], workers: int) -> None:
