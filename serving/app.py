@@ -2,199 +2,42 @@
 
 `create_app(settings)` builds the app; the registry follower (and the prediction log's sender, when a topic is
 set) starts with the app and stops with it. Requests are counted for GET /metrics by serving.metrics.
-`app_from_env()` is the factory each worker process of `btcflow serve --workers N` calls. Every
-ServingError (and every request validation failure) leaves as the same JSON body with the error's status.
-Answers are serialised with orjson straight to bytes: the response models below document them for /docs.
+`app_from_env()` is the factory each worker process of `btcflow serve --workers N` calls. What the
+requests and answers hold is serving.schemas; serving.edge bounds request bodies and gives every error,
+expected or not, the one JSON shape of serving.errors.
 """
 
 import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import orjson
 from fastapi import Depends, FastAPI, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from serving import webhooks
-from serving.errors import BadInput, Forbidden, ServingError, Unauthorized
+from serving import edge, webhooks
+from serving.errors import Forbidden, Unauthorized
 from serving.evaluate import forbid_jvm_imports
 from serving.following import signal_change
 from serving.metrics import CONTENT_TYPE, Instrumented, Metrics
 from serving.models import SPECS, Gateway, Loaded
 from serving.predictions import PredictionLog
+from serving.schemas import (
+    DOCS,
+    ONE,
+    QUERIES,
+    JSONAnswer,
+    ModelsAnswer,
+    StatusAnswer,
+    batch_models,
+    errors,
+)
 from serving.settings import ServingSettings
 
-TS_MIN, TS_MAX = 1230768000.0, 4102444800.0  # 2009-01-01 and 2100-01-01 UTC
-# Far above any real price or minute volume, far below where a linear model's products overflow to inf/NaN.
-VALUE_MAX = 1e15
 FIRST_CHECK_S = 120.0  # a worker beside others waits this long at most for its first registry check
-Price = Annotated[
-    float,
-    Field(ge=0, le=VALUE_MAX, allow_inf_nan=False, description="USD, 0..1e15", examples=[42000.5]),
-]
-Volume = Annotated[
-    float,
-    Field(
-        ge=0,
-        le=VALUE_MAX,
-        allow_inf_nan=False,
-        description="BTC traded in the minute, 0..1e15",
-        examples=[3.2],
-    ),
-]
-Timestamp = Annotated[
-    float,
-    Field(
-        ge=TS_MIN,
-        le=TS_MAX,
-        allow_inf_nan=False,
-        description="Unix seconds, 2009..2100",
-        examples=[1325412060.0],
-    ),
-]
-
-
-class JSONAnswer(Response):
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
-# -- answers ---------------------------------------------------------------------------------------
-class ModelRef(BaseModel):
-    name: str = Field(examples=["btc-high-low"])
-    version: str = Field(examples=["3"])
-    run_id: str = Field(examples=["35c3f918a2064c04a0f206f7d3bb800f"])
-
-
-class CloseAnswer(BaseModel):
-    predicted_close: float = Field(examples=[4.61])
-    model: ModelRef
-
-
-class HighLowAnswer(BaseModel):
-    predicted_high: float = Field(examples=[4.63])
-    predicted_low: float = Field(examples=[4.55])
-    model: ModelRef
-
-
-class TrendAnswer(BaseModel):
-    predicted_trend: Literal["Up", "Down"]
-    probability_up: float = Field(ge=0, le=1, examples=[0.57])
-    model: ModelRef
-
-
-class ClosePrediction(BaseModel):
-    predicted_close: float
-
-
-class HighLowPrediction(BaseModel):
-    predicted_high: float
-    predicted_low: float
-
-
-class TrendPrediction(BaseModel):
-    predicted_trend: Literal["Up", "Down"]
-    probability_up: float
-
-
-class ModelStatus(BaseModel):
-    kind: str
-    name: str
-    version: str | None
-    stage: str | None = Field(description="Production, or alias:production when found by the alias only")
-    run_id: str | None
-    loaded_at: str | None
-    last_error: dict[str, str] | None = Field(description="The last version that failed to load, and why")
-
-
-class ModelsAnswer(BaseModel):
-    pid: int = Field(description="The gateway worker process that answered (each follows the registry)")
-    engine: str
-    tracking_uri: str
-    checked_at: str | None
-    registry_error: str | None
-    models: list[ModelStatus]
-
-
-class ErrorAnswer(BaseModel):
-    error: str = Field(examples=["bad_input"])
-    message: str = Field(examples=["open: Input should be greater than or equal to 0"])
-    field: str | None = Field(None, examples=["open"])
-    model: str | None = Field(None, examples=["btc-close"])
-
-
-# -- requests --------------------------------------------------------------------------------------
-class CloseRow(BaseModel):
-    timestamp: Annotated[Timestamp, Field(description="Unix seconds of the minute, 2009..2100")]
-
-
-class HighLowRow(BaseModel):
-    open: Annotated[Price, Field(description="Open price of the minute, USD")]
-    volume: Annotated[Volume, Field(description="Volume of the minute, BTC")]
-
-
-class TrendRow(BaseModel):
-    open: Annotated[Price, Field(description="Open price of the minute, USD")]
-    close: Annotated[Price, Field(description="Close price of the minute, USD", examples=[4.6])]
-    volume: Annotated[Volume, Field(description="Volume of the minute, BTC")]
-
-
-ROWS: dict[str, type[BaseModel]] = {"close": CloseRow, "high_low": HighLowRow, "trend": TrendRow}
-EXAMPLES = {
-    "close": {"timestamp": 1325412060.0},
-    "high_low": {"open": 4.58, "volume": 1.5},
-    "trend": {"open": 4.58, "close": 4.6, "volume": 1.5},
-}
-DOCS = {
-    "close": "Predicted Close of the minute at `timestamp` (btc-close).",
-    "high_low": "Predicted High and Low of a minute from its Open and Volume (btc-high-low).",
-    "trend": "Whether the next minute closes higher (Up) or not (Down), with P(Up) (btc-trend).",
-}
-ONE = {"close": CloseAnswer, "high_low": HighLowAnswer, "trend": TrendAnswer}
-EACH = {"close": ClosePrediction, "high_low": HighLowPrediction, "trend": TrendPrediction}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    422: {"model": ErrorAnswer, "description": "Bad input; `field` names it"},
-    503: {"model": ErrorAnswer, "description": "No Production version loaded; `model` names it"},
-}
-
-
-def _batch_models(kind: str, max_rows: int) -> tuple[type[BaseModel], type[BaseModel]]:
-    """Request and answer models of a POST, with this app's row limit in the schema."""
-    row, each = ROWS[kind], EACH[kind]
-    example: dict[str, Any] = {"rows": [EXAMPLES[kind], EXAMPLES[kind]]}
-    request = create_model(
-        f"{row.__name__}s",
-        __config__=ConfigDict(json_schema_extra={"examples": [example]}),
-        rows=(list[row], Field(min_length=1, max_length=max_rows, description=f"1 to {max_rows} rows")),  # type: ignore[valid-type]
-    )
-    answer = create_model(f"{each.__name__}s", predictions=(list[each], ...), model=(ModelRef, ...))  # type: ignore[valid-type]
-    return request, answer
-
-
-def _field(loc: tuple[Any, ...]) -> str:
-    """('query', 'open') -> 'open'; ('body', 'rows', 3, 'open') -> 'rows[3].open'; ('body',) -> 'body'."""
-    parts = [p for p in loc[1:] if p != "__root__"] if len(loc) > 1 else list(loc)
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "body"
-
-
-def _bad_input(exc: RequestValidationError) -> BadInput:
-    first = exc.errors()[0]
-    loc = tuple(first.get("loc", ("body",)))
-    if first.get("type") == "json_invalid":
-        return BadInput("body", "not a JSON document")
-    if first.get("type") == "missing" and loc == ("body",):
-        return BadInput("body", 'missing: send {"rows": [...]} as JSON')
-    return BadInput(_field(loc), str(first.get("msg", "invalid")))
 
 
 def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> FastAPI:
@@ -236,21 +79,14 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         version="1",
         lifespan=lifespan,
         default_response_class=JSONAnswer,
+        responses=errors(500),  # any route, on a bug
     )
     app.state.gateway = gw
     app.state.metrics = metrics
     app.state.prediction_log = prediction_log
-    if metrics is not None:
+    edge.install(app, settings.body_limit)
+    if metrics is not None:  # outside the edge: its 413s and 500s are counted too
         app.add_middleware(Instrumented, metrics=metrics)
-
-    @app.exception_handler(ServingError)
-    async def _serving_error(request: Request, exc: ServingError) -> Response:
-        return JSONAnswer(exc.body(), status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        bad = _bad_input(exc)
-        return JSONAnswer(bad.body(), status_code=bad.status_code)
 
     def many(kind: str, rows: list[BaseModel]) -> JSONAnswer:
         fields = SPECS[kind].inputs
@@ -282,9 +118,11 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         route.__doc__ = DOCS[kind]
         return route
 
-    for kind, row_model in ROWS.items():
-        route = app.get(f"/predict/{kind}", response_model=ONE[kind], responses=ERRORS, tags=["predict"])
-        route(single_route(kind, row_model))
+    for kind, query_model in QUERIES.items():
+        route = app.get(
+            f"/predict/{kind}", response_model=ONE[kind], responses=errors(422, 503), tags=["predict"]
+        )
+        route(single_route(kind, query_model))
 
     def batch_route(kind: str, request_model: type[BaseModel]) -> Any:
         # plain def: up to max_rows rows of numpy (or a Spark job) run in the threadpool, so other
@@ -296,11 +134,11 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         return post
 
     for kind in SPECS:
-        request_model, answer_model = _batch_models(kind, settings.max_rows)
+        request_model, answer_model = batch_models(kind, settings.max_rows)
         app.post(
             f"/predict/{kind}",
             response_model=answer_model,
-            responses=ERRORS,
+            responses=errors(413, 422, 503),
             tags=["predict"],
             name=f"{kind}_batch",
         )(batch_route(kind, request_model))
@@ -310,12 +148,12 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         """The loaded version of each model, its stage and load time, and the last failed load if any."""
         return JSONAnswer(gw.status())
 
-    @app.get("/health", tags=["gateway"])
+    @app.get("/health", response_model=StatusAnswer, tags=["gateway"])
     async def health() -> Response:
         """200 while the process lives."""
         return JSONAnswer({"status": "ok"})
 
-    @app.get("/ready", tags=["gateway"], responses={503: {"model": ErrorAnswer}})
+    @app.get("/ready", response_model=StatusAnswer, tags=["gateway"], responses=errors(503))
     async def ready() -> Response:
         """200 once all three Production models are loaded, else 503 naming those missing."""
         gw.ready()
@@ -351,7 +189,7 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
             response_model=ModelsAnswer,
             tags=["gateway"],
             dependencies=[Depends(admin)],
-            responses={401: {"model": ErrorAnswer}, 403: {"model": ErrorAnswer}},
+            responses=errors(401, 403, 413),
         )
         def reload() -> Response:
             """Check the registry now (retrying versions that failed before) and answer the new status."""
@@ -363,7 +201,7 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         @app.post(
             webhooks.ROUTE,
             tags=["gateway"],
-            responses={401: {"model": ErrorAnswer, "description": "Bad or stale signature"}},
+            responses={**errors(413), 401: {**errors(401)[401], "description": "Bad or stale signature"}},
         )
         async def mlflow_webhook(request: Request) -> Response:
             """MLflow's registry webhook: an alias of one of our models moved, so every worker checks now."""

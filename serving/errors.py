@@ -1,8 +1,9 @@
 """One root exception for the serving package; each carries its HTTP status and CLI exit status.
 
-The app has one handler that turns any ServingError into the same JSON body:
-`{"error": <code>, "message": <one line>, ...details}` (details: `field` for bad input, `model` for a
-missing model), so clients and tests branch on `error`, never on message text.
+Every error the gateway answers has the same JSON body, `{"error": <code>, "message": <one line>,
+...details}` (details: `field` for bad input, `model` for a missing model, `missing` while not ready,
+`error_id` for a bug), so clients and tests branch on `error`, never on message text. serving.edge turns
+these, the framework's own errors (404, 405, request validation) and any unexpected exception into it.
 """
 
 from __future__ import annotations
@@ -93,3 +94,51 @@ class Forbidden(ServingError):
 
     status_code = 403
     code = "forbidden"
+
+
+class NotFound(ServingError):
+    """No route at this path."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ServingError):
+    """A route exists at this path, but not for this method; the answer's Allow header lists those that do."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class BodyTooLarge(ServingError):
+    """A request body over the configured limit, refused before it is read whole or parsed."""
+
+    status_code = 413
+    code = "body_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"request body over {limit:,} bytes (BTCFLOW_MAX_BODY_BYTES); send fewer rows per request"
+        )
+
+
+class HTTPProblem(ServingError):
+    """Any other status the framework itself answers (400 for a body it could not read, ...)."""
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status_code, self.code = status_code, code
+
+
+class InternalError(ServingError):
+    """An exception nothing expected (a bug): the answer and the log line carry the same id."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(self, error_id: str) -> None:
+        super().__init__(f"unexpected error {error_id}; the gateway's log has its traceback under that id")
+        self.error_id = error_id
+
+    def details(self) -> dict[str, Any]:
+        return {"error_id": self.error_id}

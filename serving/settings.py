@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+BYTES_PER_ROW = 256  # what max_body_bytes allows per row when unset
+
 
 def default_tracking_uri() -> str:
     """The embedded store of models.md: SQLite file `mlruns/mlflow.db` under the working directory."""
@@ -35,6 +37,14 @@ class ServingSettings(BaseSettings):
         None, description="Bearer token for POST /admin/reload. Unset: the route does not exist."
     )
     max_rows: int = Field(10_000, ge=1, description="Most rows one POST may carry (more: 422).")
+    max_body_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Largest request body the gateway reads: a larger one is answered 413 before it is "
+        f"parsed (its Content-Length, or its bytes as they stream in). Unset: {BYTES_PER_ROW} bytes per "
+        "row of max_rows (2,560,000 at 10,000 rows), room for the widest row, a trend row of 24-character "
+        "JSON numbers (~100 bytes, ~130 indented).",
+    )
     host: str = Field("127.0.0.1", description="Address `btcflow serve` binds by default.")
     port: int = Field(8000, ge=1, le=65535, description="Port `btcflow serve` listens on by default.")
     workers: int = Field(
@@ -96,3 +106,8 @@ class ServingSettings(BaseSettings):
         "more may wait for the publisher's pipe, and as many again for the broker's acknowledgement. "
         "Beyond, rows are dropped and counted.",
     )
+
+    @property
+    def body_limit(self) -> int:
+        """The largest request body read: max_body_bytes, else room for max_rows of the widest row."""
+        return self.max_body_bytes if self.max_body_bytes is not None else self.max_rows * BYTES_PER_ROW

@@ -401,8 +401,8 @@ def test_a_slow_post_does_not_stall_other_requests(store: Store) -> None:
 
 def test_request_fields_cover_exactly_each_models_inputs() -> None:
     """Names and input columns come from training.specs; the request models must carry exactly those."""
-    from serving.app import ROWS
     from serving.models import SPECS
+    from serving.schemas import ROWS
     from training.specs import SPECS as MODEL_SPECS
 
     assert set(SPECS) == set(ROWS) == set(MODEL_SPECS)
