@@ -1,16 +1,17 @@
 """What reaches the terminal: btcflow's own lines, and the libraries' and the JVM's only when asked.
 
 One level for the whole process tree, `BTCFLOW_LOG_LEVEL` (`warning` by default, `info`, `debug`; `--verbose`
-and `--debug` raise it). `configure` sets it once at the command line's entry and exports it, so the children
-btcflow starts (the demo's consumer, the gateway and its workers) follow the same level without flags.
+and `--debug` raise it). `configure` sets it once at the command line's entry and exports it, so the btcflow
+commands it starts (the demo's consumer, the gateway) follow the same level without flags.
 
 - `warning`: warnings and errors only. Spark, MLflow, Kafka, py4j, alembic, uvicorn and httpx at warnings
   at most (kafka-python's retries at none: btcflow's own error says it once); MLflow's bare prints
-  ("Successfully registered model", "Created version", "View run", artifact progress bars) off; the JVM's
-  own stderr (its launch warnings, netlib's BLAS probe, Spark's log4j console) in a file under
-  `<data_dir>/logs`.
+  ("Successfully registered model", "Created version") made INFO records of its logger, so off, and its
+  "View run" lines and artifact progress bars off; the JVM's own stderr (its launch warnings, netlib's BLAS
+  probe, Spark's log4j console) in a file under `<data_dir>/logs`.
 - `info`: btcflow's packages also say what each step does; the libraries stay at warnings.
-- `debug`: everything, from every library, and the JVM on the terminal as it writes.
+- `debug`: everything, from every library (py4j's trace of each call into the JVM aside), and the JVM's
+  output on the terminal as it writes.
 
 Only the standard library is imported here: the CLI calls `configure` before every command, `--help` too.
 """
@@ -33,7 +34,8 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 DEFAULT = "warning"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 OWN = ("btcflow", "pipeline", "training", "serving", "monitoring")  # btcflow's packages' loggers
-FOREIGN = ("mlflow", "alembic", "sqlalchemy", "huey", "py4j", "uvicorn", "httpx", "httpcore", "urllib3")
+FOREIGN = ("mlflow", "alembic", "sqlalchemy", "huey", "uvicorn", "httpx", "httpcore", "urllib3")
+WIRE = ("py4j",)  # at DEBUG, every command sent to the JVM: ~3,500 records for one small model; INFO at most
 CHATTY = ("kafka",)  # kafka-python logs every failed connection attempt; btcflow's errors say it once
 MLFLOW_STREAM_MODULE = "mlflow.utils.logging_utils"  # home of the stream MLflow's bare prints go through
 
@@ -76,6 +78,8 @@ def configure(level: int) -> None:
         logging.getLogger(name).setLevel(level)
     for name in FOREIGN:
         logging.getLogger(name).setLevel(logging.NOTSET if debug else max(level, logging.WARNING))
+    for name in WIRE:
+        logging.getLogger(name).setLevel(max(level, logging.INFO if debug else logging.WARNING))
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.CRITICAL)
     if "mlflow" in sys.modules:  # imported before (a test, a notebook): its loggers keep their handler
