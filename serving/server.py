@@ -26,6 +26,7 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from btcflow import logs
 from btcflow.signals import stop_on_signals
 from serving import metrics, webhooks
 from serving.errors import ServingError
@@ -102,7 +103,7 @@ def serve(
                 port=port,
                 workers=1,
                 access_log=access_log,
-                log_level="warning",
+                log_level=logs.name_of(logs.env_level()),
             )
             return
         run_dir = tempfile.mkdtemp(prefix="btcflow-gateway-")
@@ -135,9 +136,11 @@ def worker(host: str, port: int, access_log: bool) -> None:
     """One worker process: the app from the environment, on its own SO_REUSEPORT socket of the shared port."""
     import uvicorn
 
+    level = logs.env_level()  # a fresh interpreter: the level the command line exported
+    logs.configure(level)
     sock = listening_socket(host, port, reuse_port=True)
     config = uvicorn.Config(
-        "serving.app:app_from_env", factory=True, access_log=access_log, log_level="warning"
+        "serving.app:app_from_env", factory=True, access_log=access_log, log_level=logs.name_of(level)
     )
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from btcflow import logs
 from training.specs import SPECS
 
 
@@ -108,6 +109,8 @@ def train(
         print_summary(
             summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results]))
         )
+    if (jvm_log := logs.jvm_log(logs.jvm_log_dir(settings.data_dir))).exists():
+        typer.echo(f"Spark's own output (the JVM's warnings): {jvm_log}")
     typer.echo(f"compare runs: {settings.ui_command()}")
 
 
