@@ -8,12 +8,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from btcflow.tracking import default_tracking_uri
+
 BYTES_PER_ROW = 256  # what max_body_bytes allows per row when unset
-
-
-def default_tracking_uri() -> str:
-    """The embedded store of models.md: SQLite file `mlruns/mlflow.db` under the working directory."""
-    return f"sqlite:///{Path('mlruns').resolve() / 'mlflow.db'}"
 
 
 class ServingSettings(BaseSettings):
