@@ -41,6 +41,9 @@ from tests.pipeline.ingest import (
 
 REPO = Path(__file__).resolve().parents[2]
 IDLE_S = 8.0  # only ends runs whose rows are all on the topic already; short ones misfire on a busy machine
+# Runs whose batch count is known end at --max-batches, the moment their last batch is written; IDLE_S is
+# then only their way out when a row is missing (the assertions after them say which). Only the tail test
+# waits on the idle timeout itself: closing the tail on idle is what it proves.
 
 
 def test_parse_values_keeps_good_rows_and_says_why_the_others_are_not() -> None:
@@ -97,7 +100,15 @@ def test_max_batches_stops_and_the_manifest_beats_the_groups_committed_offsets(
     consume(settings, out, batch_rows=1000, max_batches=1, progress=False, group_id=f"{topic}-behind")
     assert read_manifest(out)[-1].offsets == {"0": [2000, 2999]}
     commit(settings.bootstrap, f"{topic}-ahead", topic, 4000)  # committed ahead of it: no row skipped
-    consume(settings, out, batch_rows=1000, idle_timeout_s=IDLE_S, progress=False, group_id=f"{topic}-ahead")
+    consume(
+        settings,
+        out,
+        batch_rows=1000,
+        max_batches=1,  # 3000-3999: the two runs before wrote three batches
+        idle_timeout_s=IDLE_S,
+        progress=False,
+        group_id=f"{topic}-ahead",
+    )
     entries, got = read_batches(out)
     assert [e.rows for e in entries] == [1000, 1000, 1000, 1000]
     assert_contiguous(entries)
@@ -110,7 +121,13 @@ def test_a_fresh_folder_gets_every_row_whatever_the_group_committed(settings: Pi
     group = f"{settings.topic}-used"
     commit(settings.bootstrap, group, settings.topic, 2000)  # a group that already read into another folder
     summary = consume(
-        settings, settings.batch_dir, batch_rows=1000, idle_timeout_s=IDLE_S, progress=False, group_id=group
+        settings,
+        settings.batch_dir,
+        batch_rows=1000,
+        max_batches=3,
+        idle_timeout_s=IDLE_S,
+        progress=False,
+        group_id=group,
     )
     assert summary.rows == 3000
     entries, got = read_batches(settings.batch_dir)
@@ -122,9 +139,10 @@ def test_window_policy_closes_a_batch_per_burst(settings: PipelineSettings) -> N
     bursts = [make_rows(200, start=k * 200) for k in range(3)]
     out = settings.batch_dir
     done: list = []
+    stop = threading.Event()  # set once every burst's batch is listed: an idle timeout would be waited out
     worker = threading.Thread(
         target=lambda: done.append(
-            consume(settings, out, window_s=1.0, idle_timeout_s=15.0, progress=False, group_id=settings.topic)
+            consume(settings, out, window_s=1.0, progress=False, group_id=settings.topic, stop=stop)
         )
     )
     ensure_topic(settings.bootstrap, settings.topic)
@@ -143,6 +161,7 @@ def test_window_policy_closes_a_batch_per_burst(settings: PipelineSettings) -> N
             assert wait_for_batches(out, k + 1) == k + 1  # the window closed this burst's batch
     finally:
         producer.close(timeout=10)
+        stop.set()
     worker.join(timeout=90)
     assert not worker.is_alive() and done
     entries, got = read_batches(out)
@@ -158,7 +177,8 @@ def test_csv_batches_read_back_as_the_kaggle_file_does(settings: PipelineSetting
     consume(
         settings,
         out,
-        batch_rows=1000,
+        batch_rows=600,
+        max_batches=2,
         idle_timeout_s=IDLE_S,
         fmt="csv",
         progress=False,
@@ -175,9 +195,17 @@ def test_two_partitions_every_row_once_and_batches_sorted(settings: PipelineSett
     rows = make_rows(3000)
     send(settings.bootstrap, settings.topic, rows, partitions=2)
     out = settings.batch_dir
-    consume(settings, out, batch_rows=700, idle_timeout_s=IDLE_S, progress=False, group_id=settings.topic)
+    consume(
+        settings,
+        out,
+        batch_rows=750,
+        max_batches=4,
+        idle_timeout_s=IDLE_S,
+        progress=False,
+        group_id=settings.topic,
+    )
     entries, got = read_batches(out)  # checks each batch is sorted by Timestamp
-    assert sum(e.rows for e in entries) == 3000 and all(e.rows == 700 for e in entries[:-1])
+    assert [e.rows for e in entries] == [750, 750, 750, 750]
     assert {p for e in entries for p in e.offsets} == {"0", "1"}
     assert_contiguous(entries)
     assert_exactly(rows, got)
@@ -190,7 +218,13 @@ def test_bad_messages_are_counted_and_kept_with_their_reason(settings: PipelineS
     send(settings.bootstrap, settings.topic, make_rows(100, start=500))
     out = settings.batch_dir
     summary = consume(
-        settings, out, batch_rows=1000, idle_timeout_s=IDLE_S, progress=False, group_id=settings.topic
+        settings,
+        out,
+        batch_rows=600,  # the good rows: the batch closes on its last one, offset 602
+        max_batches=1,
+        idle_timeout_s=IDLE_S,
+        progress=False,
+        group_id=settings.topic,
     )
     assert (summary.rows, summary.rejected) == (600, 3)
     entries, got = read_batches(out)
@@ -210,6 +244,9 @@ def test_bad_messages_are_counted_and_kept_with_their_reason(settings: PipelineS
 def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
     settings: PipelineSettings, tmp_path: Path
 ) -> None:
+    """Each run joins a group of its own: the dataset, not the group, says where a run resumes, and a run
+    joining the group of a SIGKILLed one would first wait out its session (~10 s, every restart).
+    Partitions moving on once a dead member's session lapses is what test_group.py's kills prove."""
     n = 240_000
     rows = make_rows(n)
     ensure_topic(settings.bootstrap, settings.topic)
@@ -218,13 +255,14 @@ def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
     env = {**os.environ, "BTCFLOW_KAFKA_BOOTSTRAP": settings.bootstrap, "BTCFLOW_TOPIC": settings.topic}
     out = tmp_path / "batches"
     args = ["--out", str(out), "--batch-rows", "20000"]
+    runs = (["--group", f"{settings.topic}-run-{k}", *args] for k in range(100))
     rng = random.Random(7)
     kills = 0
     batches_at_kill: list[int] = []
     deadline = time.monotonic() + 300
     while kills < 6 and time.monotonic() < deadline:
         listed = wait_for_batches(out, 0)
-        proc = start_live(env, args)
+        proc = start_live(env, next(runs))
         if kills % 2:  # timed from the manifest, not the clock: this run has closed a batch of its own
             wait_for_batches(out, listed + 1, timeout_s=60)
         time.sleep(rng.uniform(0.0, 1.5))  # then anywhere in the next batch, or in its write
@@ -233,14 +271,15 @@ def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
         kills += 1
         batches_at_kill.append(wait_for_batches(out, 0))
     # a clean stop keeps the open batch for the next run instead of writing it
-    proc = start_live(env, args)
+    proc = start_live(env, next(runs))
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and stdout.startswith("consumed ")
     producer.join(timeout=120)
+    left = n // 20000 - wait_for_batches(out, 0)  # every batch is full: the rest is a known count
     final = subprocess.run(
-        consume_cli(*args, "--idle-timeout", str(IDLE_S)),
+        consume_cli(*next(runs), "--max-batches", str(max(left, 1)), "--idle-timeout", str(IDLE_S)),
         env=env,
         capture_output=True,
         text=True,
@@ -291,12 +330,19 @@ def test_kaggle_sample_through_the_real_producer_lands_once_with_equal_values(
 
     sent = produce(settings, kaggle_sample, progress=False)
     out = settings.batch_dir
+    size = -(-sent.sent // 3)  # three batches, the last one full when the count divides (9,999 rows do)
     summary = consume(
-        settings, out, batch_rows=4000, idle_timeout_s=IDLE_S, progress=False, group_id=settings.topic
+        settings,
+        out,
+        batch_rows=size,
+        max_batches=3,
+        idle_timeout_s=IDLE_S,
+        progress=False,
+        group_id=settings.topic,
     )
     assert summary.rows == sent.sent and summary.rejected == 0
     entries, got = read_batches(out)
-    assert [e.rows for e in entries] == [4000, 4000, sent.sent - 8000]
+    assert [e.rows for e in entries] == [size, size, sent.sent - 2 * size]
     assert_contiguous(entries)
     expected = pd.read_csv(kaggle_sample, float_precision="round_trip").dropna().to_numpy()
     assert_exactly(expected, got)
