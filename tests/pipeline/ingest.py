@@ -7,6 +7,7 @@ import hashlib
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ def send(
     topic: str,
     rows: np.ndarray,
     partitions: int = 1,
-    extra: list[bytes | None] = (),  # type: ignore[assignment]
+    extra: Sequence[bytes | None] = (),
 ) -> None:
     """Put rows on the topic in the contract's message format (key: Timestamp text, value: JSON),
     spread round-robin over `partitions`; `extra` values go to partition 0 after the rows."""
@@ -48,8 +49,8 @@ def send(
         for i, row in enumerate(rows.tolist()):
             value = orjson.dumps(dict(zip(COLUMNS, row, strict=True)))
             producer.send(topic, key=repr(row[0]).encode(), value=value, partition=i % partitions)
-        for value in extra:
-            producer.send(topic, key=b"bad", value=value, partition=0)
+        for bad in extra:
+            producer.send(topic, key=b"bad", value=bad, partition=0)
         producer.flush(timeout=120)
     finally:
         producer.close(timeout=10)
