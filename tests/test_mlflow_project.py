@@ -65,7 +65,8 @@ def test_mlflow_run_builds_the_project_env_with_uv_and_trains(tmp_path: Path) ->
     finally:
         shutil.rmtree(tmp_path / "envs", ignore_errors=True)  # 1.3 GB, linked from uv's cache
 
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    store = env["MLFLOW_TRACKING_URI"]
+    client = MlflowClient(store, registry_uri=store)  # not a registry URI an earlier test set globally
     project_run = client.search_runs(
         [client.get_experiment_by_name("btcflow").experiment_id],
         "tags.`mlflow.project.entryPoint` = 'train'",
