@@ -151,9 +151,14 @@ def spark_session(
     if loopback:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no lookup of the host's address
     java_options = f"-Dlog4j2.configurationFile={LOG4J}"
+    # Spark's Python workers (local mode too) and a cluster's executors start PYSPARK_PYTHON, else
+    # `python3` on PATH: another interpreter when this one is a venv's not on PATH (a second Python
+    # version fails at once with PYTHON_VERSION_MISMATCH). PySpark sends the driver's to the executors.
+    os.environ["PYSPARK_PYTHON"] = sys.executable
     builder = (
         SparkSession.builder.master(master)
         .appName("btcflow-train")
+        .config("spark.pyspark.python", sys.executable)
         .config("spark.driver.memory", driver_memory)
         .config("spark.driver.extraJavaOptions", java_options)
         .config("spark.sql.shuffle.partitions", str(partitions))
@@ -170,11 +175,8 @@ def spark_session(
             "spark.eventLog.dir", event_dir.as_uri()
         )
     if not local:
-        # PySpark sends the driver's PYSPARK_PYTHON to the executors as the Python to start
-        os.environ["PYSPARK_PYTHON"] = sys.executable
         builder = (
-            builder.config("spark.pyspark.python", sys.executable)
-            .config("spark.executor.memory", executor_memory)
+            builder.config("spark.executor.memory", executor_memory)
             .config("spark.executor.extraJavaOptions", java_options)
         )
         if executor_cores is not None:
