@@ -116,8 +116,7 @@ def _utc(ts: float) -> str:
 
 
 def _train() -> None:
-    from btcflow import logs
-    from btcflow.cli.train import print_summary
+    from btcflow.cli.train import print_summary, spark_log_line
     from training.gate import promote_best
     from training.registry import stages
     from training.settings import TrainingSettings
@@ -132,8 +131,8 @@ def _train() -> None:
         _say(promote_best(settings, name).message)
     print_summary(summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results])))
     _say(f"compare the runs in the MLflow UI: {settings.ui_command()}")
-    if (jvm_log := logs.jvm_log(logs.jvm_log_dir(settings.data_dir))).exists():
-        _say(f"Spark's own output (the JVM's warnings): {jvm_log}")
+    if line := spark_log_line(settings.data_dir):
+        _say(line)
 
 
 def _serve(example: dict[str, float], workers: int) -> None:

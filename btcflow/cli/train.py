@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -35,6 +36,12 @@ def print_summary(rows: list[dict]) -> None:
             *(str(row[k]) for k in ("model", "version", "batches", "metric", "value", "baseline", "stage"))
         )
     console().print(table)
+
+
+def spark_log_line(data_dir: Path) -> str | None:
+    """Where this process's Spark JVM wrote its own output, if it wrote any (`train` and the demo say it)."""
+    jvm_log = logs.jvm_log(logs.jvm_log_dir(data_dir))
+    return f"Spark's own output (the JVM's warnings): {jvm_log}" if jvm_log.exists() else None
 
 
 def train(
@@ -109,8 +116,8 @@ def train(
         print_summary(
             summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results]))
         )
-    if (jvm_log := logs.jvm_log(logs.jvm_log_dir(settings.data_dir))).exists():
-        typer.echo(f"Spark's own output (the JVM's warnings): {jvm_log}")
+    if line := spark_log_line(settings.data_dir):
+        typer.echo(line)
     typer.echo(f"compare runs: {settings.ui_command()}")
 
 
