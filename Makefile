@@ -48,7 +48,7 @@ bench: setup ## the benchmarks, printing figures and ratios (bench/serve.py load
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 lint: setup ## ruff and mypy on our packages
-	$(BIN)/ruff check btcflow pipeline training serving monitoring tests bench
+	$(BIN)/ruff check core services btcflow pipeline training serving monitoring tests bench
 	$(BIN)/mypy
 
 clean: ## stop btcflow's services (broker, stack) and remove generated data, runs and caches (keeps .venv)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from btcflow.cli import command_paths  # noqa: E402
+from btcflow.cli.main import command_paths  # noqa: E402
 
 GOAL_S = 0.3
 BARE_TYPER = """

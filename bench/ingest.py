@@ -34,13 +34,13 @@ import pyarrow.parquet as pq
 from kafka import KafkaConsumer, TopicPartition
 
 from pipeline.broker import ensure_topic, partition_leader
-from pipeline.cluster import EmbeddedCluster
-from pipeline.launcher import find_java, free_port_block
 from pipeline.producer import produce
 from pipeline.rows import FIELDS, RowChecker
 from pipeline.settings import PipelineSettings
 from pipeline.store import read_manifest
 from pipeline.synth import synth
+from services.kafka.cluster import EmbeddedCluster
+from services.kafka.launcher import find_java, free_port_block
 
 REPO = Path(__file__).resolve().parents[1]
 BTCFLOW = str(Path(sys.executable).with_name("btcflow"))

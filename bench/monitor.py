@@ -32,11 +32,12 @@ from kafka import KafkaConsumer, TopicPartition
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from btcflow.processes import free_port  # noqa: E402 - the repo is on sys.path just above
-from pipeline.broker import EmbeddedBroker, ensure_topic, free_port_pair  # noqa: E402
+from pipeline.broker import ensure_topic, free_port_pair  # noqa: E402
 from pipeline.producer import Pacing, produce  # noqa: E402
 from pipeline.settings import PipelineSettings  # noqa: E402
 from pipeline.synth import synth  # noqa: E402
+from services.kafka.cluster import EmbeddedBroker  # noqa: E402
+from services.processes import free_port  # noqa: E402 - the repo is on sys.path just above
 
 BTCFLOW = str(Path(sys.executable).with_name("btcflow"))
 TOPIC = "bench-monitor"
@@ -45,7 +46,7 @@ DEADLINE_S = 600  # no monitor run waits longer than this
 
 def build_store(root: Path) -> str:
     """Each model fitted twice on small frames: v1 promoted, v2 a challenger (Spark local[1])."""
-    from tests.serving import spark_models as sm
+    from bench import spark_models as sm
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     spark = sm.spark_session()

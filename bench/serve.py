@@ -45,7 +45,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from btcflow.processes import free_port  # noqa: E402 - the repo is on sys.path just above
+from services.processes import free_port  # noqa: E402 - the repo is on sys.path just above
 
 LUA = """
 local body_file = os.getenv("BENCH_BODY")
@@ -105,7 +105,7 @@ class Load:
 
 def build_store(root: Path) -> str:
     """Fit, log, register and promote the three models in a fresh store (Spark local[1])."""
-    from tests.serving import spark_models as sm
+    from bench import spark_models as sm
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
     spark = sm.spark_session()
@@ -257,8 +257,9 @@ def usage(gateway: int, broker: int | None) -> tuple[float, float, float]:
 
 def overhead(env: dict[str, str], args: argparse.Namespace, work: Path) -> None:
     """The GET rate with metrics off, on, and with the prediction log to a live broker or a closed port."""
-    from pipeline.broker import EmbeddedBroker, free_port_pair
     from pipeline.settings import PipelineSettings
+    from services.kafka.cluster import EmbeddedBroker
+    from services.kafka.launcher import free_port_pair
 
     broker = EmbeddedBroker(work / "kafka", PipelineSettings().kafka_jars, port=free_port_pair(), heap="512m")
     live = broker.start(timeout_s=120)

@@ -1,7 +1,7 @@
 """`btcflow monitor`'s loop: read each poll, score it with every version in the lineup, judge, publish.
 
 Bounded like every loop here: `max_minutes` rows scored, `idle_timeout_s` without a message, or the stop
-flag (SIGINT/SIGTERM, btcflow.signals). Once a second the live metrics go to /metrics, the verdicts are
+flag (SIGINT/SIGTERM, core.signals). Once a second the live metrics go to /metrics, the verdicts are
 judged (and a changed one said in one line), and the scored offsets are committed; every `log_interval_s`
 they go to MLflow; every `refresh_s` the registry is asked again. A registry that stops answering keeps the
 lineup as loaded (said once); one that does not answer at start is exit 3. With a `gate` (--promote), a
@@ -20,8 +20,8 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
-from btcflow.signals import stop_on_signals
-from monitoring.errors import BadInput, RegistryUnavailable
+from core.errors import BadInput, RegistryUnavailable
+from core.signals import stop_on_signals
 from monitoring.exporter import Exporter
 from monitoring.promotion import Gate
 from monitoring.runs import MonitorRuns
@@ -31,9 +31,9 @@ from monitoring.stream import POLL_RECORDS, Stream
 from monitoring.truth import Truth
 from monitoring.verdicts import Judge
 from monitoring.windows import RollingLog, live
-from pipeline.broker import admin_client, ensure_topic
+from pipeline.broker import ensure_topic
 from pipeline.settings import PipelineSettings
-from serving.errors import RegistryUnavailable as StoreDown
+from services.kafka.admin import admin_client
 from training.settings import TrainingSettings
 from training.specs import SPECS
 
@@ -90,10 +90,7 @@ class Monitor:
         from training.tracking import connect
 
         experiment_id = connect(self.training)
-        try:
-            changes = self.lineup.refresh()
-        except StoreDown as exc:
-            raise RegistryUnavailable(str(exc)) from exc
+        changes = self.lineup.refresh()  # RegistryUnavailable (exit 3) if the registry does not answer
         self.runs = MonitorRuns(self.lineup.client(), experiment_id, self.settings.log_interval_s)
         self._lineup_changed(changes)
         if not self.lineup.all():
@@ -226,7 +223,7 @@ class Monitor:
     def _refresh(self) -> None:
         try:
             changes = self.lineup.refresh()
-        except StoreDown as exc:
+        except RegistryUnavailable as exc:
             self.exporter.registry_errors.inc()
             if not self._store_down:
                 log.warning("%s; scoring the versions loaded until it answers", exc)

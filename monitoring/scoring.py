@@ -1,6 +1,6 @@
 """The versions the monitor scores: each model's Production version and its newest challengers, in shadow.
 
-Production is btcflow.registry's one rule (the gateway's and the gate's too); challengers are the versions
+Production is core.registry's one rule (the gateway's and the gate's too); challengers are the versions
 numbered above it (all of them when there is none), the newest `challengers` that load. Each version is
 downloaded once and evaluated by the gateway's own numpy engine (serving.evaluate.NumpyEvaluator, checked
 against its spec by serving.specs), so the monitor judges exactly what the gateway would answer, with no
@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from btcflow import registry
-from btcflow.dataset import COLUMNS
+from core import registry
+from core.dataset import COLUMNS
+from core.errors import RegistryUnavailable
 from monitoring.truth import Ready, minutes
 from serving import specs
-from serving.errors import RegistryUnavailable, UnsupportedModel
+from serving.errors import UnsupportedModel
 from serving.evaluate import Evaluator
 from serving.registry import Registry
 from training.specs import SPECS, ModelSpec
@@ -109,8 +110,8 @@ class Lineup:
             try:
                 found = registry.production(self.client(), spec.registered_name)
                 every = registry.answer(partial(self._versions, spec.registered_name))
-            except registry.StoreUnavailable as exc:
-                raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc.detail}") from exc
+            except RegistryUnavailable as exc:
+                raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc}") from exc
             champion = found.version if found else None
             versions = {str(v.version): v for v in every or []}
             if found is not None:

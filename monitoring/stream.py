@@ -20,8 +20,8 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from btcflow.dataset import COLUMNS
-from pipeline.errors import BrokerUnavailable
+from core.dataset import COLUMNS
+from core.errors import BrokerUnavailable
 from pipeline.messages import parse_values
 from pipeline.settings import PipelineSettings
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from btcflow.dataset import COLUMNS
+from core.dataset import COLUMNS
 
 TS, OPEN, HIGH, LOW, CLOSE, VOLUME = (
     COLUMNS.index(c) for c in ("Timestamp", "Open", "High", "Low", "Close", "Volume")

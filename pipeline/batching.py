@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from pipeline.errors import BadInput
+from core.errors import BadInput
 from pipeline.store import CHUNK_ROWS, COLUMNS, SCHEMA  # 12 MB per chunk, one parquet row group
 
 

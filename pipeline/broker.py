@@ -1,82 +1,18 @@
-"""The Kafka admin calls btcflow needs: topics with the replication the cluster allows, leaders, the quorum.
-
-The embedded cluster itself lives in `pipeline.cluster` (nodes) and `pipeline.launcher` (jars, Java,
-ports, pid files); their names stay importable from here (`from pipeline.broker import EmbeddedBroker,
-setup_jars, ...`) for the code written before them.
-"""
+"""The topic calls btcflow makes: topics with the replication the cluster allows, partition leaders,
+their settings, their deletion. The cluster itself is services.kafka's."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
 
-from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from pipeline.errors import BrokerUnavailable
-
-if TYPE_CHECKING:
-    from pipeline.cluster import EmbeddedBroker, EmbeddedCluster
-    from pipeline.launcher import find_java, free_port_block, free_port_pair, setup_jars
-
-__all__ = [
-    "EmbeddedBroker",
-    "EmbeddedCluster",
-    "admin_client",
-    "delete_topic",
-    "ensure_topic",
-    "find_java",
-    "free_port_block",
-    "free_port_pair",
-    "live_brokers",
-    "partition_leader",
-    "quorum_leader",
-    "setup_jars",
-    "topic_config",
-]
+from core.errors import BrokerUnavailable
+from services.kafka.admin import admin_client, live_brokers
 
 log = logging.getLogger("pipeline")
-
-_MOVED = {
-    "EmbeddedBroker": "cluster",
-    "EmbeddedCluster": "cluster",
-    "_cluster_id": "cluster",
-    "find_java": "launcher",
-    "free_port_block": "launcher",
-    "free_port_pair": "launcher",
-    "setup_jars": "launcher",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """The launcher's names, imported on first use (`pipeline.cluster` itself imports this module)."""
-    if name in _MOVED:
-        module = importlib.import_module(f"pipeline.{_MOVED[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def admin_client(bootstrap: str, timeout_s: float = 5.0) -> KafkaAdminClient:
-    """An admin client, or BrokerUnavailable within about `timeout_s` seconds."""
-    try:
-        return KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            request_timeout_ms=int(timeout_s * 1000),
-            bootstrap_timeout_ms=int(timeout_s * 1000),
-            client_id="btcflow-admin",
-        )
-    except KafkaError as exc:
-        raise BrokerUnavailable(f"Kafka not reachable at {bootstrap} ({type(exc).__name__})") from exc
-
-
-def live_brokers(admin: KafkaAdminClient) -> list[int]:
-    """Ids of the brokers the cluster reports as taking requests (registered and not fenced)."""
-    brokers = admin.describe_cluster()["brokers"]
-    return sorted(b["broker_id"] for b in brokers if not b.get("is_fenced", False))
-
 
 def ensure_topic(bootstrap: str, topic: str, partitions: int = 1) -> int:
     """Create `topic` if missing; return its partition count (an existing topic keeps its own).
@@ -144,20 +80,6 @@ def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
         admin.close()
 
 
-def quorum_leader(bootstrap: str) -> int | None:
-    """Node id of the active controller (leader of the KRaft metadata quorum); None if none answers."""
-    try:
-        admin = admin_client(bootstrap, timeout_s=3.0)
-    except BrokerUnavailable:
-        return None
-    try:
-        quorum = admin.describe_metadata_quorum()
-        leader = int(quorum["topics"][0]["partitions"][0]["leader_id"])
-        return leader if leader >= 0 else None
-    except (KafkaError, LookupError):
-        return None
-    finally:
-        admin.close()
 
 
 def delete_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> bool:

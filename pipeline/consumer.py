@@ -23,15 +23,16 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
-from btcflow.progress import RowProgress
-from btcflow.signals import stop_on_signals
+from core.errors import BrokerUnavailable
+from core.progress import RowProgress
+from core.signals import stop_on_signals
 from pipeline.batching import BatchPolicy, OpenBatch
-from pipeline.broker import admin_client, ensure_topic
-from pipeline.errors import BrokerUnavailable
+from pipeline.broker import ensure_topic
 from pipeline.group import POLL_RECORDS, Rebalances, open_consumer, start_offsets, topic_id
 from pipeline.messages import Rejected, parse_values, text
 from pipeline.settings import PipelineSettings
 from pipeline.store import BatchStore, Format, StaleBatch
+from services.kafka.admin import admin_client
 
 log = logging.getLogger("pipeline")
 

@@ -15,7 +15,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError, UnknownError
 
-from pipeline.errors import BrokerUnavailable
+from core.errors import BrokerUnavailable
 from pipeline.records import compression
 
 DELIVERY_TIMEOUT_S = 120.0  # Kafka's default delivery.timeout.ms

@@ -1,31 +1,11 @@
-"""One root exception for the ingest package; each carries the CLI exit status from the contract."""
+"""The ingest's own errors, beside core.errors' shared kinds (BadInput, BrokerUnavailable)."""
+
+from core.errors import BadInput, Unavailable
 
 
-class PipelineError(Exception):
-    """Root of every error the pipeline raises on purpose."""
-
-    exit_code = 2
-
-
-class BadInput(PipelineError):
-    """The user's input (a file, an option, a setting) cannot be used."""
-
-    exit_code = 2
-
-
-class BrokerUnavailable(PipelineError):
-    """Kafka cannot be reached, or the embedded broker cannot be started."""
-
-    exit_code = 3
-
-
-class StorageFull(PipelineError):
+class StorageFull(Unavailable):
     """The batch folder's disk is full: nothing was written, the run stops so that space can be freed."""
 
-    exit_code = 3
 
-
-class OffsetMismatch(PipelineError):
+class OffsetMismatch(BadInput):
     """The dataset's resume offset no longer fits the topic (recreated, or cut by retention)."""
-
-    exit_code = 2

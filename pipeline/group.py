@@ -19,10 +19,11 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
-from btcflow.dataset import BatchEntry, resume_offsets
-from pipeline.broker import admin_client
-from pipeline.errors import BrokerUnavailable, OffsetMismatch
+from core.dataset import BatchEntry, resume_offsets
+from core.errors import BrokerUnavailable
+from pipeline.errors import OffsetMismatch
 from pipeline.settings import PipelineSettings
+from services.kafka.admin import admin_client
 
 log = logging.getLogger("pipeline")
 

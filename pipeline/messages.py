@@ -13,7 +13,7 @@ from operator import itemgetter
 import numpy as np
 import orjson
 
-from btcflow.dataset import COLUMNS
+from core.dataset import COLUMNS
 
 _FIELDS = itemgetter(*COLUMNS)
 _NUMBER = (float, int)

@@ -19,11 +19,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from btcflow.progress import RowProgress
-from btcflow.signals import stop_on_signals
+from core.errors import BadInput, BtcflowError
+from core.progress import RowProgress
+from core.signals import stop_on_signals
 from pipeline.broker import ensure_topic
 from pipeline.delivery import DELIVERY_TIMEOUT_S, backstop
-from pipeline.errors import BadInput, PipelineError
 from pipeline.replay import Pacing, ProduceSummary, Progress, Replay, parse_jitter, send_slice
 from pipeline.resume import Resume, resume_points
 from pipeline.settings import PipelineSettings
@@ -120,10 +120,10 @@ def _run_workers(
             outcomes.append(results.get(timeout=0.2))
         report(*(sum(counters[4 * i + k] for i in range(len(parts))) for k in range(4)))
         if len(outcomes) < len(procs) and not any(p.is_alive() for p in procs) and results.empty():
-            raise PipelineError("a producer worker died without a word (see the log)")
+            raise BtcflowError("a producer worker died without a word (see the log)")
     for proc in procs:
         proc.join(timeout=10)
-    errors = [o for o in outcomes if isinstance(o, PipelineError)]
+    errors = [o for o in outcomes if isinstance(o, BtcflowError)]
     if errors:
         raise errors[0]
     done: list[ProduceSummary] = outcomes
@@ -160,5 +160,5 @@ def _worker(index: int, job: Replay, part: Slice, resume: Resume, counters: Any,
 
     try:
         results.put(send_slice(job, part, stop, report, resume))
-    except PipelineError as exc:
+    except BtcflowError as exc:
         results.put(type(exc)(str(exc)))  # the type carries the exit status

@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 from kafka.errors import KafkaError
 
+from core.errors import BadInput, BrokerUnavailable
 from pipeline.delivery import (
     DELIVERY_TIMEOUT_S,
     SendWindow,
@@ -28,7 +29,6 @@ from pipeline.delivery import (
     flush,
     kafka_producer,
 )
-from pipeline.errors import BadInput, BrokerUnavailable
 from pipeline.records import BulkAppender
 from pipeline.resume import Resume
 from pipeline.rows import RowChecker, header_columns, raw_text

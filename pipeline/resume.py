@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError
 
-from pipeline.errors import BadInput, BrokerUnavailable
+from core.errors import BadInput, BrokerUnavailable
 from pipeline.slices import Slice
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from pipeline.errors import BadInput
+from core.errors import BadInput
 
 FIELDS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")
 VOLUME_ALIASES = ("volume", "volume_(btc)")

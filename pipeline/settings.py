@@ -1,11 +1,17 @@
 """Ingest settings, read once by the entry point (environment, prefix BTCFLOW_) and passed down."""
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline import defaults
+
+if TYPE_CHECKING:
+    from services.kafka.cluster import EmbeddedCluster
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,3 +78,11 @@ class PipelineSettings(BaseSettings):
     @property
     def broker_home(self) -> Path:
         return self.broker_dir or self.data_dir / "kafka"
+
+    def embedded_cluster(self) -> EmbeddedCluster:
+        """The embedded Kafka cluster these settings describe (its home, jars, nodes, port and heap)."""
+        from services.kafka.cluster import EmbeddedCluster
+
+        return EmbeddedCluster(
+            self.broker_home, self.kafka_jars, self.broker_nodes, self.broker_port, self.broker_heap
+        )

@@ -1,4 +1,4 @@
-"""The batch store: batch files and their manifest (format: `btcflow.dataset`), written by any number of
+"""The batch store: batch files and their manifest (format: `core.dataset`), written by any number of
 consumer-group members at once.
 
 A batch is committed in three steps. Its file is written under a unique hidden name, outside any lock
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from btcflow.dataset import (
+from core.dataset import (
     COLUMNS,
     MANIFEST,
     BatchEntry,
@@ -40,7 +40,8 @@ from btcflow.dataset import (
     resume_offsets,
     sha256_of,
 )
-from pipeline.errors import BadInput, PipelineError, StorageFull
+from core.errors import BadInput, BtcflowError
+from pipeline.errors import StorageFull
 
 SCHEMA = pa.schema([(name, pa.float64()) for name in COLUMNS])
 LOCK = ".lock"
@@ -49,7 +50,7 @@ CHUNK_ROWS = 256 * 1024  # rows per parquet row group and per CSV slice
 Format = Literal["parquet", "csv"]
 
 
-class StaleBatch(PipelineError):
+class StaleBatch(BtcflowError):
     """The batch does not continue the dataset: another member already wrote (some of) its offsets."""
 
 

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.signal import lfilter
 
-from pipeline.errors import BadInput
+from core.errors import BadInput
 
 log = logging.getLogger("pipeline")
 

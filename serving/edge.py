@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from serving.errors import (
-    BadInput,
+    BadField,
     BodyTooLarge,
     HTTPProblem,
     InternalError,
@@ -154,7 +154,7 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
         error = MethodNotAllowed(f"{where}: this path takes {', '.join(allowed)}")
         return answer(error, {"Allow": ", ".join(allowed)})
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):  # not UTF-8: FastAPI's 400
-        return answer(BadInput("body", "not a JSON document"))
+        return answer(BadField("body", "not a JSON document"))
     code = HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_").replace("-", "_")
     return answer(HTTPProblem(exc.status_code, code, str(exc.detail)), exc.headers)
 
@@ -176,17 +176,17 @@ def _field(loc: tuple[Any, ...]) -> str:
     return out or "body"
 
 
-def bad_input(exc: RequestValidationError) -> BadInput:
-    """The first validation error, as BadInput naming its field the way the client wrote it."""
+def bad_input(exc: RequestValidationError) -> BadField:
+    """The first validation error, as BadField naming its field the way the client wrote it."""
     first = exc.errors()[0]
     loc, kind = tuple(first.get("loc", ("body",))), first.get("type")
     if kind == "json_invalid":
-        return BadInput("body", "not a JSON document")
+        return BadField("body", "not a JSON document")
     if loc == ("body",) and kind in ("missing", "model_type", "model_attributes_type", "dict_type"):
-        return BadInput("body", 'send {"rows": [...]} as JSON, with Content-Type: application/json')
+        return BadField("body", 'send {"rows": [...]} as JSON, with Content-Type: application/json')
     if kind == "extra_forbidden":
-        return BadInput(_field(loc), "unknown field (refused rather than ignored)")
+        return BadField(_field(loc), "unknown field (refused rather than ignored)")
     if kind == "float_type" and isinstance(first.get("input"), bool | str):  # strict: a POST's rows
         given = "true/false" if isinstance(first.get("input"), bool) else "a string"
-        return BadInput(_field(loc), f"should be a JSON number, not {given}")
-    return BadInput(_field(loc), str(first.get("msg", "invalid")))
+        return BadField(_field(loc), f"should be a JSON number, not {given}")
+    return BadField(_field(loc), str(first.get("msg", "invalid")))

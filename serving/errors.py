@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.errors import BadInput, BtcflowError
 
-class ServingError(Exception):
-    """Root of every error the gateway raises on purpose."""
+
+class ServingError(BtcflowError):
+    """Every error the gateway answers on purpose: a btcflow error with its HTTP status and code."""
 
     exit_code = 2
     status_code = 500
@@ -26,7 +28,7 @@ class ServingError(Exception):
         return {"error": self.code, "message": str(self), **self.details()}
 
 
-class BadInput(ServingError):
+class BadField(ServingError, BadInput):
     """A request value the models cannot take; names the field (`rows[3].open` inside a batch)."""
 
     status_code = 422
@@ -72,14 +74,6 @@ class UnsupportedModel(ServingError):
     """A model version whose files the numpy engine cannot evaluate; refused when it loads."""
 
     code = "unsupported_model"
-
-
-class RegistryUnavailable(ServingError):
-    """The MLflow tracking/registry store did not answer."""
-
-    exit_code = 3
-    status_code = 503
-    code = "registry_unavailable"
 
 
 class Unauthorized(ServingError):

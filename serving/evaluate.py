@@ -49,7 +49,7 @@ class SparkEvaluator:
         import mlflow.spark
         from pyspark.sql import SparkSession
 
-        from btcflow import logs
+        from core import logs
 
         builder = (
             SparkSession.builder.master("local[1]")

@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from btcflow.processes import free_port
+from services.processes import free_port
 from serving.errors import ServingError
 from serving.settings import ServingSettings
 

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from core.errors import RegistryUnavailable
+from core.registry import Production
 from serving import specs
-from serving.errors import RegistryUnavailable, ServingError, UnsupportedModel
+from serving.errors import ServingError, UnsupportedModel
 from serving.evaluate import Evaluator, SparkEvaluator
-from serving.registry import Candidate, Registry
+from serving.registry import Registry
 from serving.settings import ServingSettings
 from serving.specs import SPECS, Spec
 
@@ -35,11 +37,21 @@ class Loaded:
     """One model version ready to answer; replaced whole on a swap, never changed."""
 
     spec: Spec
-    version: str
-    run_id: str
-    stage: str  # "Production", or "alias:production" when found by the alias only
+    production: Production  # the registry's record: version, run_id, stage (or alias)
     loaded_at: str
     evaluator: Evaluator
+
+    @property
+    def version(self) -> str:
+        return self.production.version
+
+    @property
+    def run_id(self) -> str:
+        return self.production.run_id
+
+    @property
+    def stage(self) -> str:
+        return self.production.stage
 
     def ref(self) -> dict[str, str]:
         return {"name": self.spec.name, "version": self.version, "run_id": self.run_id}
@@ -138,7 +150,7 @@ class Loader:
         self._absent.pop(kind, None)
         if current is not None and current.version == candidate.version:
             if current.stage != candidate.stage:
-                self._swap(kind, Loaded(**{**current.__dict__, "stage": candidate.stage}))
+                self._swap(kind, replace(current, production=candidate))
             return
         failed = self._failures.get(kind)
         if failed is not None and failed.waits(candidate.version, force):
@@ -184,5 +196,5 @@ class Loader:
         self._loaded = {**self._loaded, kind: loaded}  # one reference assignment: atomic for readers
 
 
-def _loaded(spec: Spec, candidate: Candidate, evaluator: Evaluator) -> Loaded:
-    return Loaded(spec, candidate.version, candidate.run_id, candidate.stage, _now(), evaluator)
+def _loaded(spec: Spec, candidate: Production, evaluator: Evaluator) -> Loaded:
+    return Loaded(spec, candidate, _now(), evaluator)

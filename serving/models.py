@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import BadInput, ModelUnavailable, NotReady
+from serving.errors import BadField, ModelUnavailable, NotReady
 from serving.following import Follower
 from serving.loading import Loaded, Loader
 from serving.registry import Registry
@@ -59,7 +59,7 @@ class Gateway(Loader):
     ) -> tuple[Loaded, dict[str, list[Any]]]:
         """Answer a batch given as request-field columns, in row order, with the version that answered.
 
-        An answer that is not a finite number (a model overflowing on extreme inputs) is BadInput naming
+        An answer that is not a finite number (a model overflowing on extreme inputs) is BadField naming
         the row (`query` for a `single` GET): JSON has no NaN, and a null would read as a prediction.
         """
         loaded = self.model(kind)
@@ -78,7 +78,7 @@ class Gateway(Loader):
             answer = {"predicted_trend": labels, "probability_up": [p[1] for p in out["probability"]]}
         bad = _first_non_finite([v for k, v in answer.items() if k != "predicted_trend"])
         if bad is not None:
-            raise BadInput(
+            raise BadField(
                 "query" if single else f"rows[{bad}]",
                 f"{loaded.spec.name} version {loaded.version} gives no finite answer for these values",
             )

@@ -1,7 +1,7 @@
 """The gateway's view of MLflow's registry: which version is Production, and its files.
 
 Which version is Production, and what counts as "none" versus "the store did not answer", is
-btcflow.registry's rule, shared with training's promotion; here it only becomes the gateway's errors.
+core.registry's rule, shared with training's promotion; here it only becomes the gateway's errors.
 mlflow is imported on first use, never at import time.
 """
 
@@ -9,22 +9,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from btcflow import registry
-from serving.errors import RegistryUnavailable
+from core import registry
+from core.errors import RegistryUnavailable
+from core.registry import Production
 from serving.evaluate import NumpyEvaluator
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """What the registry says is Production now."""
-
-    version: str
-    run_id: str
-    stage: str  # "Production", or "alias:production" when found by the alias only
 
 
 class Registry:
@@ -42,13 +33,12 @@ class Registry:
             self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
         return self._client
 
-    def production(self, name: str) -> Candidate | None:
+    def production(self, name: str) -> Production | None:
         """The Production version; None when the registry answers there is none; else RegistryUnavailable."""
         try:
-            found = registry.production(self.client(), name)
-        except registry.StoreUnavailable as exc:
-            raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc.detail}") from exc
-        return Candidate(found.version, found.run_id, found.stage) if found else None
+            return registry.production(self.client(), name)
+        except RegistryUnavailable as exc:
+            raise RegistryUnavailable(f"MLflow registry at {self.tracking_uri}: {exc}") from exc
 
     def download(self, name: str, version: str, dst: Path) -> Path:
         """Copy the version's MLflow model directory (MLmodel, sparkml/...) into `dst`."""

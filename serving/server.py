@@ -26,8 +26,8 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from btcflow import logs
-from btcflow.signals import stop_on_signals
+from core import logs
+from core.signals import stop_on_signals
 from serving import metrics, webhooks
 from serving.errors import ServingError
 from serving.settings import ServingSettings

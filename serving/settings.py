@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from btcflow.tracking import default_tracking_uri
+from core.tracking import default_tracking_uri
 
 BYTES_PER_ROW = 256  # what max_body_bytes allows per row when unset
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker, EmbeddedCluster, free_port_block, free_port_pair
 from pipeline.settings import PipelineSettings
+from services.kafka.cluster import EmbeddedBroker, EmbeddedCluster
+from services.kafka.launcher import free_port_block, free_port_pair
 
 REPO = Path(__file__).resolve().parents[1]
 KAGGLE_SAMPLE = REPO.parent / "shared" / "data" / "kaggle_head_10k.csv"

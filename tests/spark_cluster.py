@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from btcflow.processes import free_port
-from training.spark_cluster import SparkCluster
+from services.processes import free_port
+from services.spark.cluster import SparkCluster
 
 
 def spark_cluster_on_free_ports(data_dir: Path, workers: int = 1) -> SparkCluster:

@@ -68,7 +68,7 @@ HEAVY = (
 # control: importing the pipeline's settings must show pydantic_settings, or the probe sees nothing.
 HELP_PROBE = """
 import contextlib, io, json, sys
-from btcflow.cli import command_paths, main
+from btcflow.cli.main import command_paths, main
 
 heavy = set(sys.argv[1:])
 loaded = lambda: sorted(m for m in sys.modules if m.partition(".")[0] in heavy)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.broker import free_port_pair
+from services.kafka.launcher import free_port_pair
 
 # Lines of the JVM, Spark, MLflow, alembic, uvicorn and Kafka that the default level keeps off the terminal
 FOREIGN = re.compile(

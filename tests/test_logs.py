@@ -1,4 +1,4 @@
-"""btcflow.logs: one level for the process tree; MLflow's lines and the JVM's output only when asked.
+"""core.logs: one level for the process tree; MLflow's lines and the JVM's output only when asked.
 
 What `btcflow demo` prints at the default level is checked by tests/test_demo.py (its one run); here the
 pieces, without Spark: the level's sources, MLflow's bare prints and records at each level (a real
@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from btcflow import logs
+from core import logs
 
 REGISTER_TWICE = """
 import logging, os, sys
 from pathlib import Path
-from btcflow import logs
+from core import logs
 
 logs.configure(logs.level_from())  # as the CLI does before any command: BTCFLOW_LOG_LEVEL, before MLflow
 import mlflow

@@ -1,10 +1,10 @@
-"""btcflow.progress: the one progress display (the producer's bar, the consumer's line)."""
+"""core.progress: the one progress display (the producer's bar, the consumer's line)."""
 
 from __future__ import annotations
 
 import pytest
 
-from btcflow.progress import RowProgress
+from core.progress import RowProgress
 
 
 def test_the_open_ended_line_keeps_rows_and_counts(capsys: pytest.CaptureFixture[str]) -> None:

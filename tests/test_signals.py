@@ -1,4 +1,4 @@
-"""btcflow.signals: the one stop flag of every loop (producer, consumer, watch, gateway, monitor)."""
+"""core.signals: the one stop flag of every loop (producer, consumer, watch, gateway, monitor)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from btcflow.signals import SIGNALS, stop_on_signals
+from core.signals import SIGNALS, stop_on_signals
 
 
 @pytest.mark.parametrize("sig", SIGNALS)

@@ -1,4 +1,4 @@
-"""btcflow.tracking: the one default MLflow store, the same for training, the gateway and the monitor."""
+"""core.tracking: the one default MLflow store, the same for training, the gateway and the monitor."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from btcflow.tracking import default_tracking_uri
+from core.tracking import default_tracking_uri
 from serving.settings import ServingSettings
 from training.settings import TrainingSettings
 

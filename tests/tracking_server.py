@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from btcflow.processes import free_port
-from training.tracking_server import TrackingServer
+from services.mlflow_server import TrackingServer
+from services.processes import free_port
 
 
 def service_dir(prefix: str) -> Path:

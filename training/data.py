@@ -1,6 +1,6 @@
 """What training reads: the manifest, the batch selection, and the batch files through Spark.
 
-Training reads `manifest.json` through `btcflow.dataset`, the format the consumer writes with (it never
+Training reads `manifest.json` through `core.dataset`, the format the consumer writes with (it never
 imports `pipeline`): the manifest is the truth of which batches are closed, so a file it does not list
 is never read, and a file it lists is read only once its bytes match the manifest's sha256
 (`verify_batches`). Both checks, and whether the selection holds enough rows for each model, run on the
@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from btcflow import dataset
-from btcflow.dataset import COLUMNS, BatchEntry
-from training.errors import BadInput
+from core import dataset
+from core.dataset import COLUMNS, BatchEntry
+from core.errors import BadInput
 from training.specs import SPREADS, ModelSpec
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def read_manifest(directory: Path, *, required: bool = True) -> list[Batch]:
 def verify_batches(directory: Path, batches: list[Batch]) -> None:
     """BadInput naming the first batch whose file is missing or not the bytes its manifest entry records.
 
-    The check itself is btcflow.dataset.verify (the format's owner, beside the writer's hash): once per
+    The check itself is core.dataset.verify (the format's owner, beside the writer's hash): once per
     file per process, so calling this again before each read costs a stat per file.
     """
     for batch in batches:
@@ -136,12 +136,12 @@ def spark_session(
     `event_dir` turns Spark's event log on (the history server replays it). On a cluster the executors
     run this very interpreter (same packages), and a driver talking to a master on 127.0.0.1 binds
     127.0.0.1 too; a remote master needs the driver on an address its executors reach, Spark's default.
-    `log_dir` takes the JVM's own output off the terminal (btcflow.logs.jvm_output) unless the level is
+    `log_dir` takes the JVM's own output off the terminal (core.logs.jvm_output) unless the level is
     debug.
     """
     from pyspark.sql import SparkSession
 
-    from btcflow import logs
+    from core import logs
 
     local = master.startswith("local")
     loopback = local or all(
@@ -194,7 +194,7 @@ def spark_session(
 def session(settings: TrainingSettings) -> SparkSession:
     """The SparkSession the settings describe, with the event log on and the JVM's output in
     <data_dir>/logs: what every training run uses."""
-    from btcflow import logs
+    from core import logs
 
     return spark_session(
         settings.spark_master,

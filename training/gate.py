@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from btcflow.registry import is_absent
+from core.errors import BadInput, RegistryUnavailable
+from core.registry import is_absent
 from training import data
-from training.errors import BadInput, TrackingUnavailable, TrainingError
+from training.errors import TrainingError
 from training.history import Record
 from training.registry import Promotion, before, move_production, production_state, registry_client, versions
 from training.settings import TrainingSettings
@@ -97,7 +98,7 @@ def _scores(
     """Each loadable version's primary metric on the window, and the last scored rows (for the baseline).
 
     A challenger that cannot be loaded is left out with a warning: it could not serve either. The
-    champion is left out only when the store says it no longer exists (btcflow.registry.is_absent, or a
+    champion is left out only when the store says it no longer exists (core.registry.is_absent, or a
     local artifact path gone); any other failure stops the gate (exit 3): dropping it would promote the
     best challenger unchallenged because of a store hiccup.
     """
@@ -117,7 +118,7 @@ def _scores(
             gone = is_absent(exc) or isinstance(exc, FileNotFoundError)
             if number == champion and not gone:
                 detail = str(getattr(exc, "message", None) or exc).replace("\n", " ")
-                raise TrackingUnavailable(
+                raise RegistryUnavailable(
                     f"Production v{number} of {spec.registered_name} could not be loaded to compare against: "
                     f"{detail}; nothing changed"
                 ) from exc

@@ -2,7 +2,7 @@
 
 Production is recorded twice on purpose: the stage (deprecated in MLflow 3, still what `mlflow
 models serve models:/name/Production` and the UI show) and the alias `production` (the MLflow 3 way).
-Both move together here and nowhere else; reading them is btcflow.registry's one rule (the stage
+Both move together here and nowhere else; reading them is core.registry's one rule (the stage
 wins, the alias is the fallback), which the gateway follows too. Every move leaves a record in the
 registry (training.history), which is what `btcflow history` shows and what a rollback follows. The
 gate that decides whether a newer version deserves Production is training.gate.
@@ -13,14 +13,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from btcflow import registry
-from btcflow.registry import StoreUnavailable, quiet_deprecations
+from core import registry
+from core.errors import BadInput, RegistryUnavailable
+from core.registry import PRODUCTION_ALIAS, PRODUCTION_STAGE, quiet_deprecations
 from training import history
-from training.errors import BadInput, TrackingUnavailable, TrainingError
+from training.errors import TrainingError
 from training.settings import TrainingSettings
-from training.specs import PRODUCTION_ALIAS, PRODUCTION_STAGE, ModelSpec, get_spec
+from training.specs import ModelSpec, get_spec
 from training.tracking import connect
 
 if TYPE_CHECKING:
@@ -52,22 +53,22 @@ def registry_client(settings: TrainingSettings) -> MlflowClient:
     return MlflowClient()
 
 
-def _unavailable(exc: StoreUnavailable) -> TrackingUnavailable:
+def _unavailable(exc: RegistryUnavailable) -> RegistryUnavailable:
     """Exit 3: the registry did not answer (MLflow's message names the store and the cause)."""
-    return TrackingUnavailable(f"MLflow registry unusable: {exc.detail}")
+    return RegistryUnavailable(f"MLflow registry unusable: {exc}")
 
 
 def production_version(client: MlflowClient, spec: ModelSpec) -> ModelVersion | None:
-    """The current Production version, by btcflow.registry's rule (the gateway's too): stage, else alias.
+    """The current Production version, by core.registry's rule (the gateway's too): stage, else alias.
 
     Both move together on promotion; they differ only in a registry edited by hand, and then
     training must compare against the version the gateway serves. None only when the registry
-    says there is none; TrackingUnavailable when it cannot say: read as "no champion", a store
+    says there is none; RegistryUnavailable when it cannot say: read as "no champion", a store
     hiccup would let --best promote without a comparison.
     """
     try:
         found = registry.production(client, spec.registered_name)
-    except StoreUnavailable as exc:
+    except RegistryUnavailable as exc:
         raise _unavailable(exc) from exc
     return found.model_version if found else None
 
@@ -91,7 +92,7 @@ class ProductionState:
     """Both records of Production as the registry holds them now: the stage's version and the alias's.
 
     They agree after every promotion; they differ after one interrupted between the two writes, or a
-    hand edit. `current` is btcflow.registry's rule (the stage wins), the version the gateway serves.
+    hand edit. `current` is core.registry's rule (the stage wins), the version the gateway serves.
     """
 
     stage: str | None
@@ -114,7 +115,7 @@ class ProductionState:
 
 
 def production_state(client: MlflowClient, spec: ModelSpec) -> ProductionState:
-    """The stage's and the alias's versions in one read (TrackingUnavailable when the store cannot say)."""
+    """The stage's and the alias's versions in one read (RegistryUnavailable when the store cannot say)."""
     name = spec.registered_name
     try:
         staged = registry.answer(lambda: client.get_latest_versions(name, stages=[PRODUCTION_STAGE]))
@@ -123,7 +124,7 @@ def production_state(client: MlflowClient, spec: ModelSpec) -> ProductionState:
             if staged is not None  # None: no such registered model, so no alias either
             else None
         )
-    except StoreUnavailable as exc:
+    except RegistryUnavailable as exc:
         raise _unavailable(exc) from exc
     top = max(staged, key=lambda v: int(v.version)) if staged else None
     return ProductionState(
@@ -142,7 +143,7 @@ def _write(call: Callable[[], object], what: str) -> None:
         detail = str(getattr(exc, "message", None) or exc).replace("\n", " ")
         if registry.is_absent(exc):
             raise BadInput(f"{what}: {detail}") from exc
-        raise TrackingUnavailable(f"MLflow registry unusable while {what}: {detail}") from exc
+        raise RegistryUnavailable(f"MLflow registry unusable while {what}: {detail}") from exc
 
 
 def set_production(client: MlflowClient, spec: ModelSpec, version: str, state: ProductionState) -> None:
@@ -197,7 +198,7 @@ def promote_version(settings: TrainingSettings, model: str, version: str | int) 
     client = registry_client(settings)
     try:
         found = registry.answer(lambda: client.get_model_version(name, wanted))
-    except StoreUnavailable as exc:
+    except RegistryUnavailable as exc:
         raise _unavailable(exc) from exc
     if found is None:
         raise BadInput(f"{name} has no version {version}")
@@ -254,7 +255,7 @@ def rollback(settings: TrainingSettings, model: str) -> Promotion:
         )
     try:
         exists = registry.answer(lambda: client.get_model_version(name, target))
-    except StoreUnavailable as exc:
+    except RegistryUnavailable as exc:
         raise _unavailable(exc) from exc
     if exists is None:
         raise BadInput(
@@ -273,7 +274,7 @@ def rollback(settings: TrainingSettings, model: str) -> Promotion:
 def _history(client: MlflowClient, spec: ModelSpec) -> list[history.Record]:
     try:
         found = registry.answer(lambda: client.get_registered_model(spec.registered_name))
-    except StoreUnavailable as exc:
+    except RegistryUnavailable as exc:
         raise _unavailable(exc) from exc
     return history.records(found.tags) if found is not None else []
 
@@ -289,11 +290,3 @@ def stages(settings: TrainingSettings, pairs: list[tuple[str, str]]) -> dict[tup
     client = registry_client(settings)
     return {(name, v): client.get_model_version(name, v).current_stage or "None" for name, v in pairs}
 
-
-def __getattr__(name: str) -> Any:
-    """`training.registry.promote_best`, where callers written before the gate had its module find it."""
-    if name == "promote_best":
-        from training.gate import promote_best
-
-        return promote_best
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,8 +7,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from btcflow.tracking import MLRUNS_DIR, default_tracking_uri
-from training.spark_settings import event_log_dir
+from core.tracking import MLRUNS_DIR, default_tracking_uri
+from services.spark.settings import event_log_dir
 from training.specs import EXPERIMENT
 
 

@@ -17,8 +17,6 @@ Kind = Literal["regression", "high_low", "classification"]
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
 EXPERIMENT = "btcflow"
-PRODUCTION_ALIAS = "production"
-PRODUCTION_STAGE = "Production"
 
 # high_low learns the candle's shape, not its price level: forests on Open and Volume predict how far above
 # the Open the High reaches and how far below it the Low falls, as fractions of the Open (never negative; the
@@ -113,7 +111,7 @@ HYPERPARAMETERS = {
 
 def get_spec(name: str) -> ModelSpec:
     """The spec for a model name; training.errors.BadInput for an unknown one."""
-    from training.errors import BadInput
+    from core.errors import BadInput
 
     try:
         return SPECS[name]

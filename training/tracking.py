@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from training.errors import TrackingUnavailable
+from core.errors import RegistryUnavailable
 from training.settings import TrainingSettings
 
 log = logging.getLogger("training")
@@ -36,13 +36,13 @@ def connect(settings: TrainingSettings) -> str:
         try:
             httpx.get(f"{uri.rstrip('/')}/health", timeout=settings.tracking_timeout)
         except httpx.HTTPError as exc:
-            raise TrackingUnavailable(f"MLflow tracking store {uri} unreachable: {exc}") from None
+            raise RegistryUnavailable(f"MLflow tracking store {uri} unreachable: {exc}") from None
     elif uri.startswith("sqlite:///"):
         path = uri.removeprefix("sqlite:///")
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         except OSError as exc:
-            raise TrackingUnavailable(f"cannot create the MLflow store folder for {uri}: {exc}") from None
+            raise RegistryUnavailable(f"cannot create the MLflow store folder for {uri}: {exc}") from None
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)  # the registry lives in the same store; never one set earlier in the process
     try:
@@ -58,5 +58,5 @@ def connect(settings: TrainingSettings) -> str:
                 mlflow.MlflowClient().set_experiment_tag(experiment_id, key, kind)
         mlflow.set_experiment(experiment_id=experiment_id)
     except MlflowException as exc:
-        raise TrackingUnavailable(f"MLflow tracking store {uri} unusable: {exc}") from None
+        raise RegistryUnavailable(f"MLflow tracking store {uri} unusable: {exc}") from None
     return experiment_id

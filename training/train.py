@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from core.errors import BadInput
 from training import data, metrics, plots
 from training.data import Batch, Scheme
-from training.errors import BadInput
 from training.settings import TrainingSettings
 from training.specs import ModelSpec, build_pipeline, get_spec, resolve_params
 from training.tracking import connect

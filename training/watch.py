@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from btcflow.dataset import MANIFEST
-from btcflow.signals import stop_on_signals
+from core.dataset import MANIFEST
+from core.signals import stop_on_signals
 from training import data
 from training.data import Batch, Scheme
 from training.gate import promote_best

@@ -1,3 +1,3 @@
-from btcflow.cli import main
+from btcflow.cli.main import main
 
 main()

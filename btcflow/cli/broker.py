@@ -26,8 +26,8 @@ def _external(settings: PipelineSettings) -> str:
 @broker_app.command("setup")
 def setup() -> None:
     """Resolve the Kafka jars with Maven into the cache (once; again only when the pom changes)."""
-    from pipeline.broker import setup_jars
     from pipeline.settings import PipelineSettings
+    from services.kafka.launcher import setup_jars
 
     settings = PipelineSettings()
     libs = setup_jars(settings.kafka_jars)
@@ -53,7 +53,6 @@ def start(
     ),
     timeout: float = typer.Option(90.0, help="Seconds to wait for every node to answer."),
 ) -> None:
-    from pipeline.broker import EmbeddedCluster
     from pipeline.settings import PipelineSettings
 
     settings = PipelineSettings()
@@ -63,35 +62,34 @@ def start(
         return
     if nodes is not None:
         settings = settings.model_copy(update={"broker_nodes": nodes})
-    typer.echo(EmbeddedCluster.from_settings(settings).start(timeout))
+    typer.echo(settings.embedded_cluster().start(timeout))
 
 
 @broker_app.command("stop")
 def stop() -> None:
     """Stop every node of the embedded cluster cleanly (SIGTERM, SIGKILL after 30 s)."""
-    from pipeline.broker import EmbeddedCluster
     from pipeline.settings import PipelineSettings
 
     settings = PipelineSettings()
     if not settings.embedded:
         typer.echo(_external(settings))
         return
-    stopped = EmbeddedCluster.from_settings(settings).stop()
+    stopped = settings.embedded_cluster().stop()
     typer.echo("cluster stopped" if stopped else "cluster was not running")
 
 
 @broker_app.command("status")
 def status() -> None:
     """List every node (id, address, pid, running or not) and the active controller; exit 3 unless all run."""
-    from pipeline.broker import EmbeddedCluster, admin_client
     from pipeline.settings import PipelineSettings
+    from services.kafka.admin import admin_client
 
     settings = PipelineSettings()
     if not settings.embedded:
         admin_client(settings.bootstrap).close()  # BrokerUnavailable (exit 3) when it does not answer
         typer.echo(f"external cluster at {settings.bootstrap}: answering")
         return
-    state = EmbeddedCluster.from_settings(settings).status()
+    state = settings.embedded_cluster().status()
     typer.echo(state.describe())
     if not state.running:
         raise typer.Exit(3)

@@ -119,8 +119,8 @@ def consume(
 def _run_instances(count: int, member_args: list[str], out_dir: Path, show: bool) -> None:
     """N members with the same options, one summary line each; the exit status is the worst of theirs.
     The progress line follows the dataset: rows and batches the manifest lists, rejects kept."""
-    from btcflow.progress import RowProgress
-    from btcflow.signals import stop_on_signals
+    from core.progress import RowProgress
+    from core.signals import stop_on_signals
     from pipeline.consumer import COUNTS
     from pipeline.group import run_members
     from pipeline.store import BatchStore

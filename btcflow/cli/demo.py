@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from btcflow.cli import output
+from btcflow.cli.output import console
 
 TRAINED_BATCHES = 3  # cumulative 1, 1+2, 1+2+3; batch 4 (the tail) is the unseen promotion window
 LIVE_MINUTES = 3_000  # the tail replayed for `btcflow monitor`: two days in a few seconds (batch 4 at most)
@@ -27,17 +27,17 @@ LIVE_MINUTES = 3_000  # the tail replayed for `btcflow monitor`: two days in a f
 
 def _say(*objects: Any, **options: Any) -> None:
     """Print through rich (markup, tables), imported only once the demo runs."""
-    output.console().print(*objects, **options)
+    console().print(*objects, **options)
 
 
 def _step(title: str) -> None:
-    output.console().rule(f"[bold]{title}")
+    console().rule(f"[bold]{title}")
 
 
 def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: int) -> Path:
     from rich.table import Table
 
-    from pipeline.broker import EmbeddedCluster, delete_topic
+    from pipeline.broker import delete_topic
     from pipeline.producer import produce
     from pipeline.settings import PipelineSettings
     from pipeline.store import read_manifest
@@ -57,7 +57,7 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
 
     _step("2. Kafka broker")
     if settings.embedded:
-        cluster = EmbeddedCluster.from_settings(settings)
+        cluster = settings.embedded_cluster()
         _say(f"Kafka at {cluster.start()} ({cluster.nodes} node(s), logs in {cluster.home}/node-*/)")
     else:
         _say(f"using the cluster at {settings.bootstrap}")

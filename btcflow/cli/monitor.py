@@ -106,7 +106,7 @@ def monitor(
 
     from pydantic import ValidationError
 
-    from monitoring.errors import BadInput
+    from core.errors import BadInput
     from monitoring.settings import MonitorSettings
     from pipeline.settings import PipelineSettings
     from training.settings import TrainingSettings

@@ -47,7 +47,7 @@ def start(
     ),
     timeout: float = typer.Option(120.0, help="Seconds to wait for every daemon to answer."),
 ) -> None:
-    from training.spark_cluster import SparkCluster
+    from services.spark.cluster import SparkCluster
 
     cluster = SparkCluster.from_settings(workers=workers, cores=cores, memory=memory)
     master = cluster.start(timeout)
@@ -60,7 +60,7 @@ def start(
 @spark_app.command("stop")
 def stop() -> None:
     """Stop the master, every worker and the history server (SIGTERM, SIGKILL after 30 s)."""
-    from training.spark_cluster import SparkCluster
+    from services.spark.cluster import SparkCluster
 
     stopped = SparkCluster.from_settings().stop()
     typer.echo("Spark cluster stopped" if stopped else "Spark cluster was not running")
@@ -69,7 +69,7 @@ def stop() -> None:
 @spark_app.command("status")
 def status() -> None:
     """List every daemon (address, pid, running or not); exit 3 unless all run."""
-    from training.spark_cluster import SparkCluster
+    from services.spark.cluster import SparkCluster
 
     state = SparkCluster.from_settings().status()
     typer.echo(state.describe())

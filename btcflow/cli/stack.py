@@ -10,21 +10,16 @@ reverse order. It keeps its files apart from the embedded defaults (`data/stack/
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import typer
 
 from btcflow.cli.groups import group
-
-DEFAULT_NODES = 3
-DEFAULT_SPARK_WORKERS = 2
-DEFAULT_DIR = Path("data/stack")  # BTCFLOW_STACK_DIR; StackSettings (stack_settings.py) reads these two
-DEFAULT_BROKER_PORT = 9192  # BTCFLOW_STACK_BROKER_PORT: clear of the embedded defaults' 9092
+from services.defaults import STACK_BROKER_PORT, STACK_DIR, STACK_NODES, STACK_SPARK_WORKERS
 
 stack_app = group(
     help="The whole stack on 127.0.0.1: a Kafka cluster, a Spark standalone cluster (with its history "
-    f"server) and an MLflow tracking server on PostgreSQL, with its files in {DEFAULT_DIR}/.",
+    f"server) and an MLflow tracking server on PostgreSQL, with its files in {STACK_DIR}/.",
 )
 
 
@@ -35,17 +30,16 @@ def point_at_stack(nodes: int | None = None) -> dict[str, str]:
     The Spark and MLflow addresses are their own settings' (BTCFLOW_SPARK_PORT, BTCFLOW_TRACKING_PORT).
     """
     from btcflow.cli.stack_settings import StackSettings
-    from pipeline.broker import EmbeddedCluster
     from pipeline.settings import PipelineSettings
 
     stack = StackSettings()
     os.environ.update({"BTCFLOW_DATA_DIR": str(stack.dir), "BTCFLOW_BROKER_PORT": str(stack.broker_port)})
     os.environ.pop("BTCFLOW_KAFKA_BOOTSTRAP", None)  # the stack's Kafka is its own embedded cluster
-    formatted = EmbeddedCluster.from_settings(PipelineSettings()).formatted_nodes()
-    os.environ["BTCFLOW_BROKER_NODES"] = str(nodes or formatted or DEFAULT_NODES)
+    formatted = PipelineSettings().embedded_cluster().formatted_nodes()
+    os.environ["BTCFLOW_BROKER_NODES"] = str(nodes or formatted or STACK_NODES)
 
-    from training.spark_settings import SparkSettings
-    from training.tracking_server import TrackingServerSettings
+    from services.mlflow_server import TrackingServerSettings
+    from services.spark.settings import SparkSettings
 
     os.environ["BTCFLOW_SPARK_MASTER"] = SparkSettings().master_url
     os.environ["MLFLOW_TRACKING_URI"] = TrackingServerSettings().uri
@@ -55,20 +49,19 @@ def point_at_stack(nodes: int | None = None) -> dict[str, str]:
 
 def _parts(spark_workers: int | None = None) -> tuple[Any, Any, Any]:
     """The Kafka cluster, the Spark cluster and the tracking server, as the environment points."""
-    from pipeline.broker import EmbeddedCluster
     from pipeline.settings import PipelineSettings
-    from training.spark_cluster import SparkCluster
-    from training.spark_settings import SparkSettings
-    from training.tracking_server import TrackingServer, TrackingServerSettings
+    from services.mlflow_server import TrackingServer, TrackingServerSettings
+    from services.spark.cluster import SparkCluster
+    from services.spark.settings import SparkSettings
 
     return (
-        EmbeddedCluster.from_settings(PipelineSettings()),
+        PipelineSettings().embedded_cluster(),
         SparkCluster.from_settings(SparkSettings(), workers=spark_workers),
         TrackingServer.from_settings(TrackingServerSettings()),
     )
 
 
-def up(nodes: int = DEFAULT_NODES, spark_workers: int = DEFAULT_SPARK_WORKERS) -> str:
+def up(nodes: int = STACK_NODES, spark_workers: int = STACK_SPARK_WORKERS) -> str:
     """Start what does not run yet (each part is idempotent); every address and the exports, to print."""
     env = point_at_stack(nodes)
     kafka, spark, tracking = _parts(spark_workers)
@@ -93,15 +86,15 @@ def up(nodes: int = DEFAULT_NODES, spark_workers: int = DEFAULT_SPARK_WORKERS) -
     "up",
     help="Start the Kafka cluster, the Spark cluster and the MLflow server (idempotent); print the exports."
     "\n\nParts already running are left alone. Files go to BTCFLOW_STACK_DIR "
-    f"({DEFAULT_DIR}), apart from the embedded defaults; Kafka listens on BTCFLOW_STACK_BROKER_PORT "
-    f"({DEFAULT_BROKER_PORT}) and up, the Spark master on "
+    f"({STACK_DIR}), apart from the embedded defaults; Kafka listens on BTCFLOW_STACK_BROKER_PORT "
+    f"({STACK_BROKER_PORT}) and up, the Spark master on "
     "BTCFLOW_SPARK_PORT (7077; web UI 8080, history server 18080), MLflow on BTCFLOW_TRACKING_PORT (5000) "
     "with PostgreSQL on BTCFLOW_POSTGRES_PORT (5433).",
 )
 def up_command(
-    nodes: int = typer.Option(DEFAULT_NODES, "--nodes", min=1, help="Kafka nodes (brokers and controllers)."),
+    nodes: int = typer.Option(STACK_NODES, "--nodes", min=1, help="Kafka nodes (brokers and controllers)."),
     spark_workers: int = typer.Option(
-        DEFAULT_SPARK_WORKERS, "--spark-workers", min=1, help="Spark standalone workers."
+        STACK_SPARK_WORKERS, "--spark-workers", min=1, help="Spark standalone workers."
     ),
 ) -> None:
     typer.echo(up(nodes, spark_workers))

@@ -1,5 +1,6 @@
 """The stack's own settings (environment, prefix BTCFLOW_STACK_), apart from `btcflow/cli/stack.py` so
-that its commands' help needs no pydantic-settings; the defaults are stack.py's constants, shown there."""
+that its commands' help needs no pydantic-settings; the defaults are services.defaults' constants, which
+stack.py's help shows."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from btcflow.cli.stack import DEFAULT_BROKER_PORT, DEFAULT_DIR
+from services.defaults import STACK_BROKER_PORT, STACK_DIR
 
 
 class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BTCFLOW_STACK_", extra="ignore")
 
     dir: Path = Field(
-        DEFAULT_DIR,
+        STACK_DIR,
         description="The stack's data dir (the BTCFLOW_DATA_DIR of every command pointed at it): Kafka, "
         "Spark, PostgreSQL, MLflow artifacts and the batches, apart from the embedded defaults' data/.",
     )
     broker_port: int = Field(
-        DEFAULT_BROKER_PORT,
+        STACK_BROKER_PORT,
         description="Client port of the stack's Kafka node 1 (node i: + 2(i-1)), clear of 9092.",
     )

@@ -29,11 +29,12 @@ def start(
     ),
     timeout: float = typer.Option(120.0, help="Seconds to wait for PostgreSQL and the server to answer."),
 ) -> None:
-    from training.tracking_server import TrackingServer, TrackingServerSettings
+    from services.mlflow_server import TrackingServer, TrackingServerSettings
 
     server = TrackingServer.from_settings(TrackingServerSettings(), backend_store_uri)
     uri = server.start(timeout)
-    store = "a database of your own" if server.postgres is None else f"PostgreSQL {server.postgres.address}"
+    pg = server.postgres
+    store = "a database of your own" if pg is None else f"PostgreSQL {pg.process.address}"
     typer.echo(f"MLflow tracking server at {uri} ({store}, artifacts in {server.artifacts})")
     typer.echo(f"export MLFLOW_TRACKING_URI={uri}")
 
@@ -41,7 +42,7 @@ def start(
 @tracking_app.command("stop")
 def stop() -> None:
     """Stop the server, then btcflow's PostgreSQL (SIGTERM / pg_ctl stop -m fast)."""
-    from training.tracking_server import TrackingServer, TrackingServerSettings
+    from services.mlflow_server import TrackingServer, TrackingServerSettings
 
     settings = TrackingServerSettings()
     stopped = TrackingServer.from_settings(settings).stop()
@@ -51,7 +52,7 @@ def stop() -> None:
 @tracking_app.command("status")
 def status() -> None:
     """List PostgreSQL and the server (address, pid, running); exit 3 unless both run."""
-    from training.tracking_server import TrackingServer, TrackingServerSettings
+    from services.mlflow_server import TrackingServer, TrackingServerSettings
 
     state = TrackingServer.from_settings(TrackingServerSettings()).status()
     typer.echo(state.describe())

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from btcflow import logs
+from core import logs
 from training.specs import SPECS
 
 
@@ -73,7 +73,7 @@ def train(
     poll: float = typer.Option(2.0, help="With --watch: seconds between looks at the manifest."),
 ) -> None:
     """Train model versions on batch files: one tracked MLflow run and one registered version each."""
-    from training.errors import BadInput
+    from core.errors import BadInput
     from training.registry import Promotion, stages
     from training.settings import TrainingSettings
     from training.train import summary_rows, train_models
@@ -143,7 +143,7 @@ def promote(
     """Make a version Production (stage and alias `production`): by number, by the --best gate, or back
     to the previous one. Every move is recorded (`btcflow history`); a version that holds only the stage
     or only the alias gets both. Exit 2 also when another promotion moved Production meanwhile."""
-    from training.errors import BadInput
+    from core.errors import BadInput
     from training.gate import promote_best
     from training.registry import promote_version
     from training.registry import rollback as roll_back

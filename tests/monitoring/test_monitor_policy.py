@@ -9,12 +9,12 @@ import logging
 import numpy as np
 import pytest
 
+from core.errors import RegistryUnavailable
 from monitoring.monitor import Monitor
 from monitoring.scoring import CHALLENGER, PRODUCTION, Member
 from monitoring.settings import MonitorSettings
 from monitoring.windows import RollingLog
 from pipeline.settings import PipelineSettings
-from serving.errors import RegistryUnavailable
 from training.settings import TrainingSettings
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import BadInput
 from pipeline.batching import BatchPolicy, OpenBatch
-from pipeline.errors import BadInput
 from pipeline.store import COLUMNS
 
 

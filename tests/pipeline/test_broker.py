@@ -7,8 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.broker import EmbeddedBroker, ensure_topic, free_port_pair
+from pipeline.broker import ensure_topic
 from pipeline.settings import PipelineSettings
+from services.kafka.cluster import EmbeddedBroker
+from services.kafka.launcher import free_port_pair
 
 
 def test_topic_is_created_with_the_partition_count_asked(kafka_broker: str, topic: str) -> None:
@@ -44,7 +46,7 @@ def test_start_refuses_a_port_taken_by_something_else(kafka_broker: str, tmp_pat
 
 
 def test_cluster_ids_are_kafka_uuids_the_storage_tool_accepts() -> None:
-    from pipeline.broker import _cluster_id
+    from services.kafka.cluster import _cluster_id
 
     ids = {_cluster_id() for _ in range(2000)}
     assert len(ids) == 2000

@@ -16,13 +16,14 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from pipeline.broker import admin_client, ensure_topic, partition_leader
-from pipeline.cluster import EmbeddedCluster
-from pipeline.errors import BadInput
-from pipeline.launcher import free_port_block
+from core.errors import BadInput
+from pipeline.broker import ensure_topic, partition_leader
 from pipeline.producer import ProduceSummary, produce
 from pipeline.settings import PipelineSettings
 from pipeline.synth import synth
+from services.kafka.admin import admin_client
+from services.kafka.cluster import EmbeddedCluster
+from services.kafka.launcher import free_port_block
 
 BTCFLOW = [sys.executable, "-m", "btcflow.cli"]
 FIELDS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")

@@ -15,9 +15,9 @@ import pandas as pd
 from kafka import KafkaConsumer, TopicPartition
 
 from pipeline.broker import ensure_topic, partition_leader
-from pipeline.cluster import EmbeddedCluster
 from pipeline.store import read_manifest
 from pipeline.synth import synth
+from services.kafka.cluster import EmbeddedCluster
 from tests.pipeline.ingest import (
     BTCFLOW,
     assert_contiguous,

@@ -21,10 +21,10 @@ from kafka.errors import KafkaConnectionError
 from kafka.structs import OffsetAndMetadata
 
 import pipeline.consumer as consumer_module
+from core.errors import BrokerUnavailable
 from pipeline.batching import BatchPolicy
 from pipeline.broker import ensure_topic
 from pipeline.consumer import BatchingConsumer, consume
-from pipeline.errors import BrokerUnavailable
 from pipeline.messages import parse_values
 from pipeline.settings import PipelineSettings
 from pipeline.store import COLUMNS, BatchStore, read_manifest

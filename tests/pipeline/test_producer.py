@@ -16,11 +16,11 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
 import pipeline.records as records
-from pipeline.broker import free_port_pair
-from pipeline.errors import BrokerUnavailable
+from core.errors import BrokerUnavailable
 from pipeline.producer import Pacing, produce
 from pipeline.settings import PipelineSettings
 from pipeline.synth import synth
+from services.kafka.launcher import free_port_pair
 
 BTCFLOW = [sys.executable, "-m", "btcflow.cli"]
 FIELDS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")

@@ -17,11 +17,12 @@ import orjson
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.broker import EmbeddedBroker, free_port_pair
-from pipeline.errors import BadInput
+from core.errors import BadInput
 from pipeline.producer import Pacing, produce
 from pipeline.settings import PipelineSettings
 from pipeline.synth import synth
+from services.kafka.cluster import EmbeddedBroker
+from services.kafka.launcher import free_port_pair
 
 BTCFLOW = [sys.executable, "-m", "btcflow.cli"]
 BAD = {3: b"oops", 500: b"1325442000.0,1,2,3", 5_000: b"1325712000.0,NaN,1,1,1,1"}  # line: text

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pipeline.errors import BadInput
+from core.errors import BadInput
 from pipeline.rows import RowChecker, header_columns, raw_text
 
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from btcflow.dataset import BatchEntry, ManifestError, manifest_text, resume_offsets
+from core.dataset import BatchEntry, ManifestError, manifest_text, resume_offsets
 from pipeline.errors import StorageFull
 from pipeline.settings import PipelineSettings
 from pipeline.store import COLUMNS, BatchStore, StaleBatch, read_manifest

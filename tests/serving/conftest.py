@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving import spark_models as sm
+from bench import spark_models as sm
 
 
 @dataclass

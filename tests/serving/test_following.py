@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import RegistryUnavailable
+from core.registry import Production
 from serving import specs, webhooks
-from serving.errors import RegistryUnavailable, Unauthorized, UnsupportedModel
+from serving.errors import Unauthorized, UnsupportedModel
 from serving.following import Follower, signal_change
 from serving.models import Gateway
-from serving.registry import Candidate
 from serving.settings import ServingSettings
 
 NONE = object()  # a scripted "the registry answers: no Production version"
@@ -25,13 +26,13 @@ class ScriptedRegistry:
     def __init__(self, script: list[object]) -> None:
         self.script = list(script)
 
-    def production(self, name: str) -> Candidate | None:
+    def production(self, name: str) -> Production | None:
         if name != "btc-close":
             return None
         step = self.script.pop(0)
         if isinstance(step, Exception):
             raise step
-        return None if step is NONE else Candidate(str(step), "r" * 32, "Production")
+        return None if step is NONE else Production(name, str(step), "r" * 32, "Production")
 
 
 class FakeClose:

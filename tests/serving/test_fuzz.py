@@ -14,10 +14,10 @@ import schemathesis
 from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 
+from bench import spark_models as sm
 from serving.app import create_app
 from serving.models import Gateway
 from serving.settings import ServingSettings
-from tests.serving import spark_models as sm
 from tests.serving.conftest import Store, Template
 
 EXAMPLES = 20  # generated per operation and mode, beside the examples and coverage cases

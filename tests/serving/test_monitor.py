@@ -22,6 +22,7 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import spark_models as sm
 from monitoring.monitor import Monitor
 from monitoring.promotion import promotion_gate
 from monitoring.scoring import Lineup
@@ -29,7 +30,6 @@ from monitoring.settings import MonitorSettings
 from pipeline.broker import ensure_topic
 from pipeline.producer import Pacing, produce
 from pipeline.settings import PipelineSettings
-from tests.serving import spark_models as sm
 from tests.serving.conftest import Store
 from training.settings import TrainingSettings
 

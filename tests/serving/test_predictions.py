@@ -11,7 +11,7 @@ import time
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer
 
-from btcflow.processes import free_port
+from services.processes import free_port
 from serving import predictions
 from serving.app import create_app
 from serving.models import Gateway

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from bench import spark_models as sm
 from serving.app import create_app
 from serving.models import Gateway
 from serving.settings import ServingSettings
-from tests.serving import spark_models as sm
 from tests.serving.conftest import Store
 
 

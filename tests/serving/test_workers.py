@@ -15,13 +15,13 @@ from collections.abc import Iterable, Iterator
 import httpx
 import pytest
 
-from btcflow.processes import free_port
+from bench import spark_models as sm
+from services.mlflow_server import TrackingServer
+from services.processes import free_port
 from serving import webhooks
 from serving.launch import running_gateway
 from serving.settings import ServingSettings
-from tests.serving import spark_models as sm
 from tests.serving.conftest import Store, Template
-from training.tracking_server import TrackingServer
 
 PARAMS = {"timestamp": 1325412060.0}
 

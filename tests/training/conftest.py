@@ -92,7 +92,7 @@ def logging_kept() -> Iterator[None]:
 @pytest.fixture
 def btcflow(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator:
     """The command's entry point in process (fast): returns its exit status, stdout and stderr."""
-    from btcflow.cli import main
+    from btcflow.cli.main import main
 
     def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         for key, value in env.items():

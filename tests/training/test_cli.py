@@ -41,7 +41,7 @@ def test_in_process_runs_leave_logging_as_they_found_it(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """What the btcflow fixture relies on: after main() the session's logging is as before."""
-    from btcflow.cli import main
+    from btcflow.cli.main import main
 
     def state() -> tuple[list[int], int, list[logging.Handler]]:
         levels = [logging.getLogger(n).level for n in ("mlflow", "kafka", "training")]

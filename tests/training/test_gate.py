@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from btcflow.registry import is_absent
+from core.errors import BadInput, RegistryUnavailable
+from core.registry import is_absent
 from tests.training.conftest import minute_table, training_settings, write_batches
 from training import gate
 from training.data import read_batches, read_manifest
-from training.errors import BadInput, TrackingUnavailable
 from training.gate import promote_best
 from training.registry import PromotionConflict, production_state, promote_version, promotions, rollback
 from training.settings import TrainingSettings
@@ -158,7 +158,7 @@ def test_a_champion_the_store_cannot_load_stops_the_gate(
     client = MlflowClient()
     assert client.get_model_version("btc-close", "1").source == template.unreachable
     promote_version(store, "close", 1)
-    with pytest.raises(TrackingUnavailable, match="Production v1 of btc-close could not be loaded") as error:
+    with pytest.raises(RegistryUnavailable, match="Production v1 of btc-close could not be loaded") as error:
         promote_best(store, "close", spark)
     assert error.value.exit_code == 3 and "nothing changed" in str(error.value)
     assert "\n" not in str(error.value)

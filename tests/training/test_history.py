@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from core.errors import BadInput
+from services.mlflow_server import TrackingServer
 from tests.training.conftest import training_settings
 from training import history
-from training.errors import BadInput
 from training.registry import production_state, promote_version, promotions, rollback
 from training.settings import TrainingSettings
 from training.specs import SPECS
 from training.tracking import connect
-from training.tracking_server import TrackingServer
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ import warnings
 import pytest
 from mlflow import MlflowClient
 
+from core.errors import BadInput, RegistryUnavailable
 from tests.training.conftest import minute_table, write_batches
 from training.data import read_manifest
-from training.errors import BadInput, TrackingUnavailable
-from training.registry import production_version, promote_best, promote_version
+from training.gate import promote_best
+from training.registry import production_version, promote_version
 from training.settings import TrainingSettings
 from training.specs import SPECS
 from training.tracking import connect
@@ -119,7 +120,7 @@ def test_a_registry_that_does_not_answer_is_not_no_champion(
 
         monkeypatch.setattr(client, "get_model_version_by_alias", fail)
         down = client
-    with pytest.raises(TrackingUnavailable, match="unusable") as error:
+    with pytest.raises(RegistryUnavailable, match="unusable") as error:
         production_version(down, SPECS["close"])
     assert error.value.exit_code == 3
 
@@ -167,7 +168,7 @@ NO_ALIAS_REST = ("INVALID_PARAMETER_VALUE", "REST Registered model alias product
     ],
 )
 def test_the_registry_answering_none_is_absent(staged: object, alias: object) -> None:
-    from btcflow import registry
+    from core import registry
 
     def given(x: object) -> object:
         return _mlflow_error(*x) if isinstance(x, tuple) else x
@@ -190,7 +191,7 @@ def test_the_registry_answering_none_is_absent(staged: object, alias: object) ->
     ],
 )
 def test_anything_else_is_the_store_unavailable(error: object) -> None:
-    from btcflow import registry
+    from core import registry
 
     if error == "connection":
         exc: Exception = ConnectionError("Connection refused")
@@ -201,22 +202,21 @@ def test_anything_else_is_the_store_unavailable(error: object) -> None:
     else:
         exc = _mlflow_error(*error)  # type: ignore[misc]
     for client in (Answers(exc, None), Answers([], exc)):
-        with pytest.raises(registry.StoreUnavailable):
+        with pytest.raises(RegistryUnavailable):
             registry.production(client, "btc-close")
 
 
 def test_the_gateway_and_training_share_the_rule_and_map_its_errors() -> None:
-    from serving.errors import RegistryUnavailable
     from serving.registry import Registry
     from training.registry import production_version
 
     down = Answers([], _mlflow_error("INTERNAL_ERROR", "REST boom"))
-    with pytest.raises(TrackingUnavailable, match="unusable"):
+    with pytest.raises(RegistryUnavailable, match="unusable"):
         production_version(down, SPECS["close"])  # type: ignore[arg-type]
     gateway_registry = Registry("http://127.0.0.1:9")
     gateway_registry._client = down
     with pytest.raises(RegistryUnavailable, match="127.0.0.1:9") as error:
         gateway_registry.production("btc-close")
-    assert error.value.status_code == 503
+    assert error.value.exit_code == 3
     gateway_registry._client = Answers([], _mlflow_error(*NO_ALIAS_REST))
     assert gateway_registry.production("btc-close") is None

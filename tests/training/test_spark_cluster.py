@@ -15,12 +15,12 @@ import httpx
 import numpy as np
 import pytest
 
-from btcflow.processes import alive, wait_gone
+from services.processes import alive, wait_gone
+from services.spark.cluster import SparkCluster
 from serving import sparkml
 from serving.registry import Registry
 from tests.spark_cluster import spark_cluster_on_free_ports, spark_env
 from tests.training.conftest import minute_table, write_batches
-from training.spark_cluster import SparkCluster
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from btcflow.processes import free_port
+from services.mlflow_server import TrackingServer
+from services.processes import free_port
 from tests.tracking_server import service_dir
 from tests.training.conftest import minute_table, write_batches
-from training.tracking_server import TrackingServer
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -66,12 +66,12 @@ def btcflow(*args: str, env: dict[str, str], cwd: Path, timeout: float = 180) ->
 
 def test_cli_start_status_stop_on_the_session_server(tracking_server: TrackingServer, tmp_path: Path) -> None:
     env = cli_env(tracking_server)
-    first = tracking_server.pid
+    first = tracking_server.process.pid
 
     started = btcflow("tracking", "start", env=env, cwd=tmp_path)  # idempotent: nothing new starts
     assert started.returncode == 0, started.stderr
     assert f"export MLFLOW_TRACKING_URI={tracking_server.uri}" in started.stdout
-    assert tracking_server.pid == first
+    assert tracking_server.process.pid == first
 
     status = btcflow("tracking", "status", env=env, cwd=tmp_path)
     assert status.returncode == 0, status.stdout + status.stderr
@@ -87,7 +87,7 @@ def test_cli_start_status_stop_on_the_session_server(tracking_server: TrackingSe
     finally:
         again = btcflow("tracking", "start", env=env, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert tracking_server.pid not in (None, first)
+    assert tracking_server.process.pid not in (None, first)
     assert httpx.get(f"{tracking_server.uri}/health", timeout=5).status_code == 200
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.errors import BadInput, RegistryUnavailable
 from training import metrics
 from training.data import parse_spec, read_manifest, selections
-from training.errors import BadInput, TrackingUnavailable
 from training.settings import TrainingSettings
 from training.specs import SPECS, get_spec, resolve_params
 from training.train import describe_batches
@@ -148,6 +148,6 @@ def test_unreachable_tracking_store_fails_fast() -> None:
     from training.tracking import connect
 
     settings = TrainingSettings(tracking_uri="http://127.0.0.1:9", tracking_timeout=2)
-    with pytest.raises(TrackingUnavailable, match="unreachable") as error:
+    with pytest.raises(RegistryUnavailable, match="unreachable") as error:
         connect(settings)
     assert error.value.exit_code == 3

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from btcflow import dataset
-from btcflow.dataset import BatchEntry
+from core import dataset
+from core.dataset import BatchEntry
+from core.errors import BadInput
 from tests.training.conftest import minute_table, training_settings, write_batches
 from training import data
-from training.errors import BadInput
 from training.settings import TrainingSettings
 from training.specs import SPECS
 from training.train import train_models

@@ -13,7 +13,6 @@ cluster folder and must be able to enter every folder above it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pwd
@@ -21,14 +20,14 @@ import secrets
 import stat
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
-from btcflow.processes import alive, kept_secret, last_line, port_open
-from training.errors import ServiceDidNotStart
+from core.errors import ServiceDidNotStart
+from services.processes import Supervised, kept_secret, port_open
 
 log = logging.getLogger("training")
 
+HOST = "127.0.0.1"
 ROLE = "btcflow"
 DATABASE = "mlflow"
 SYSTEM_USER = "postgres"  # the Debian package's user, who runs the cluster when btcflow is root
@@ -49,14 +48,6 @@ def find_bin_dir() -> Path:
     return found[-1].parent
 
 
-@dataclass(frozen=True)
-class PostgresState:
-    address: str
-    home: Path
-    pid: int | None
-    running: bool  # the postmaster lives and its port answers
-
-
 class PostgresCluster:
     """One PostgreSQL cluster in `home` on 127.0.0.1:`port`, started and stopped with `pg_ctl -w`."""
 
@@ -65,20 +56,22 @@ class PostgresCluster:
         self.port = port
         self.secret_dir = secret_dir.absolute()
         self._bin_dir = bin_dir
+        # the postmaster's pid file (its pid on the first line); its command line names the folder
+        self.process = Supervised(
+            name="postgres",
+            address=f"{HOST}:{port}",
+            host=HOST,
+            port=port,
+            pid_file=self.home / "postmaster.pid",
+            log_file=self.home / "postgres.log",
+            marker=str(self.home).encode(),
+        )
 
     @property
     def bin_dir(self) -> Path:
         if self._bin_dir is None:
             self._bin_dir = find_bin_dir()
         return self._bin_dir
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def log_file(self) -> Path:
-        return self.home / "postgres.log"
 
     @property
     def password_file(self) -> Path:
@@ -89,26 +82,6 @@ class PostgresCluster:
         """The SQLAlchemy URI MLflow's store uses (it carries the password: keep it off command lines)."""
         return f"postgresql+psycopg2://{ROLE}:{self.password()}@127.0.0.1:{self.port}/{DATABASE}"
 
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's pid while it runs from this folder (its pid file's first line)."""
-        try:
-            pid = int((self.home / "postmaster.pid").read_text().split("\n", 1)[0])
-        except (FileNotFoundError, PermissionError, ValueError):
-            return None
-        if not alive(pid):
-            return None
-        with contextlib.suppress(OSError):  # a pid reused by another program is not ours
-            if str(self.home).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return None
-        return pid
-
-    def state(self) -> PostgresState:
-        pid = self.pid
-        return PostgresState(
-            self.address, self.home, pid, pid is not None and port_open("127.0.0.1", self.port)
-        )
-
     def password(self) -> str:
         """The role's password, generated once (0600) and kept, so a restart finds the same one."""
         return kept_secret(self.password_file, lambda: secrets.token_urlsafe(24))
@@ -118,8 +91,8 @@ class PostgresCluster:
 
         Idempotent; returns the SQLAlchemy URI of the `mlflow` database.
         """
-        if self.pid is None:
-            if port_open("127.0.0.1", self.port):
+        if self.process.pid is None:
+            if port_open(HOST, self.port):
                 raise ServiceDidNotStart(
                     f"PostgreSQL port {self.port} on 127.0.0.1 is taken by another process "
                     "(set BTCFLOW_POSTGRES_PORT to another one)"
@@ -132,7 +105,7 @@ class PostgresCluster:
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """`pg_ctl stop -m fast` (disconnect clients, checkpoint, exit); False if it was not running."""
-        if self.pid is None:
+        if self.process.pid is None:
             return False
         proc = self._run(
             [
@@ -147,7 +120,7 @@ class PostgresCluster:
                 str(int(timeout_s)),
             ]
         )
-        if proc.returncode != 0 and self.pid is not None:
+        if proc.returncode != 0 and self.process.pid is not None:
             raise ServiceDidNotStart(f"PostgreSQL in {self.home} did not stop: {_tail(proc.stdout)}")
         return True
 
@@ -247,7 +220,7 @@ class PostgresCluster:
                 "-D",
                 str(self.home),
                 "-l",
-                str(self.log_file),
+                str(self.process.log_file),
                 "-w",
                 "-t",
                 str(int(max(timeout_s, 1))),
@@ -255,11 +228,12 @@ class PostgresCluster:
                 options,
             ]
         )
-        if proc.returncode != 0 or self.pid is None:
-            error = last_line(self.log_file, ("ERROR", "FATAL", "PANIC")) if self.log_file.exists() else ""
+        if proc.returncode != 0 or self.process.pid is None:
+            logged = self.process.log_file.exists()
+            error = self.process.last_error(("ERROR", "FATAL", "PANIC")) if logged else ""
             raise ServiceDidNotStart(
-                f"PostgreSQL did not start on {self.address}: {error or _tail(proc.stdout)} "
-                f"(log: {self.log_file})"
+                f"PostgreSQL did not start on {self.process.address}: {error or _tail(proc.stdout)} "
+                f"(log: {self.process.log_file})"
             )
 
     def _create_database(self, timeout_s: float) -> None:
@@ -276,7 +250,8 @@ class PostgresCluster:
             )
         except psycopg2.Error as exc:
             raise ServiceDidNotStart(
-                f"PostgreSQL on {self.address} refuses btcflow: {str(exc).strip()} (log: {self.log_file})"
+                f"PostgreSQL on {self.process.address} refuses btcflow: {str(exc).strip()} "
+                f"(log: {self.process.log_file})"
             ) from None
         try:
             conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction

@@ -1,6 +1,7 @@
 """Small real Spark ML pipelines of the three shapes in models.md, logged and promoted in an MLflow store.
 
-Fixture code for the serving tests and bench/serve.py only: the gateway never imports this (it needs pyspark).
+Fixture code for bench/serve.py, bench/monitor.py and the serving tests: the gateway never imports this
+(it needs pyspark).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from btcflow.dataset import COLUMNS
-from training.specs import PRODUCTION_ALIAS, PRODUCTION_STAGE, SPECS
+from core.dataset import COLUMNS
+from core.registry import PRODUCTION_ALIAS, PRODUCTION_STAGE
+from training.specs import SPECS
 
 REGISTERED = {kind: spec.registered_name for kind, spec in SPECS.items()}
 FEATURES = {kind: list(spec.features) for kind, spec in SPECS.items()}

@@ -1,10 +1,11 @@
-"""Detached service processes known by pid file: the Kafka nodes, the Spark daemons, PostgreSQL, MLflow.
+"""The one shape of every service btcflow runs (a Kafka node, a Spark daemon, PostgreSQL, the MLflow
+server): a detached process known by its pid file.
 
 A service is started in its own session (Ctrl-C in the caller's terminal never reaches it), its output
 goes to a log file, and its pid to a pid file, so any later process (the CLI, a test) can find, stop or
 kill it. A pid file counts only while its process runs and its command line still carries the service's
-marker (a pid reused by another program is not ours). Shared by `pipeline` and `training`, importing
-neither.
+marker (a pid reused by another program is not ours). `Supervised` holds those facts for one process;
+each service module says only what is its own (its command, its readiness, its configuration).
 """
 
 from __future__ import annotations
@@ -17,9 +18,73 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger("btcflow")
+log = logging.getLogger("services")
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """One supervised process as `status` shows it."""
+
+    name: str
+    address: str
+    pid: int | None
+    running: bool  # the process lives and answers
+
+    def line(self, width: int = 21, mark: str = "") -> str:
+        state = "running" if self.running else "starting" if self.pid else "not running"
+        pid = f"pid {self.pid}" if self.pid else "-"
+        return f"  {self.name:<10} {self.address:<{width}} {pid:<11} {state}{mark}"
+
+
+@dataclass(frozen=True)
+class Supervised:
+    """One detached process btcflow runs: where its pid and its output go, and how to tell it answers."""
+
+    name: str
+    address: str  # what the user is shown (host:port, or a URL)
+    host: str
+    port: int  # answers once the service serves (a TCP connect, or `probe` when set)
+    pid_file: Path
+    log_file: Path
+    marker: bytes  # in its command line while it is ours
+    probe: str | None = None  # an http URL that answers 200 once it serves, where a port is not enough
+
+    @property
+    def pid(self) -> int | None:
+        """Its pid while it runs (a stale pid file, or one naming another process, gives None)."""
+        return live_pid(self.pid_file, self.marker)
+
+    def answers(self) -> bool:
+        return http_ok(self.probe) if self.probe else port_open(self.host, self.port)
+
+    def state(self) -> ServiceState:
+        pid = self.pid
+        return ServiceState(self.name, self.address, pid, pid is not None and self.answers())
+
+    def launch(
+        self, cmd: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
+        return launch(cmd, self.log_file, self.pid_file, env, cwd)
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """SIGTERM, then SIGKILL after `timeout_s`; False if it was not running."""
+        return stop_pids([self.pid_file], timeout_s, self.marker, self.name)
+
+    def kill(self) -> bool:
+        """SIGKILL, as a crash would; returns once the process is gone. False if it was not running."""
+        pid = self.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_gone(pid)
+        self.pid_file.unlink(missing_ok=True)
+        return pid is not None
+
+    def last_error(self, keywords: Sequence[str] = ("ERROR", "Exception", "FATAL")) -> str:
+        return last_line(self.log_file, keywords)
 
 
 def launch(
@@ -80,10 +145,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def live_pid(pid_file: Path, marker: bytes) -> int | None:
-    """The pid a pid file names while that process runs with `marker` in its command line; else None."""
+    """The pid a pid file names (its first line) while that process runs with `marker` in its command
+    line; else None."""
     try:
-        pid = int(pid_file.read_text())
-    except (FileNotFoundError, ValueError):
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+    except (FileNotFoundError, PermissionError, ValueError):
         return None
     try:
         if not alive(pid):

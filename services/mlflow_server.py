@@ -20,9 +20,9 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from btcflow.processes import alive, http_ok, kept_secret, last_line, launch, live_pid, port_open, stop_pids
-from training.errors import ServiceDidNotStart
-from training.postgres import PostgresCluster, PostgresState
+from core.errors import ServiceDidNotStart
+from services.postgres import PostgresCluster
+from services.processes import ServiceState, Supervised, alive, kept_secret, port_open
 
 log = logging.getLogger("training")
 
@@ -60,28 +60,29 @@ class TrackingServerSettings(BaseSettings):
 
 @dataclass(frozen=True)
 class TrackingStatus:
-    uri: str
-    pid: int | None
-    running: bool  # the server lives and /health answers
-    postgres: PostgresState | None  # None: the server uses a database btcflow does not run
+    server: ServiceState  # running: the server lives and /health answers
+    postgres: ServiceState | None  # None: the server uses a database btcflow does not run
     artifacts: Path
+
+    @property
+    def uri(self) -> str:
+        return self.server.address
+
+    @property
+    def running(self) -> bool:
+        return self.server.running
 
     @property
     def all_running(self) -> bool:
         return self.running and (self.postgres is None or self.postgres.running)
 
     def describe(self) -> str:
-        def line(name: str, address: str, pid: int | None, running: bool) -> str:
-            state = "running" if running else "starting" if pid else "not running"
-            return f"  {name:<10} {address:<23} {f'pid {pid}' if pid else '-':<11} {state}"
-
         lines = [f"MLflow tracking server, artifacts in {self.artifacts}"]
         if self.postgres is None:
             lines.append("  postgres   not used (--backend-store-uri: a database of your own)")
         else:
-            pg = self.postgres
-            lines.append(line("postgres", pg.address, pg.pid, pg.running))
-        lines.append(line("mlflow", self.uri, self.pid, self.running))
+            lines.append(self.postgres.line(23))
+        lines.append(self.server.line(23))
         return "\n".join(lines)
 
 
@@ -103,6 +104,16 @@ class TrackingServer:
         self.backend_store_uri = backend_store_uri
         self.home = self.data_dir / "tracking"
         self.artifacts = self.data_dir / "mlflow-artifacts"
+        self.process = Supervised(
+            name="mlflow",
+            address=self.uri,
+            host=HOST,
+            port=port,
+            pid_file=self.home / "server.pid",
+            log_file=self.home / "server.log",
+            marker=str(self.artifacts).encode(),  # in the server's command line: one folder per data dir
+            probe=f"{self.uri}/health",
+        )
         self.postgres = (
             None
             if backend_store_uri
@@ -126,29 +137,12 @@ class TrackingServer:
         return f"http://{HOST}:{self.port}"
 
     @property
-    def pid_file(self) -> Path:
-        return self.home / "server.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self.home / "server.log"
-
-    @property
     def key_file(self) -> Path:
         return self.home / "webhook-secret.key"
 
     @property
     def _external_marker(self) -> Path:
         return self.home / "external-store"
-
-    @property
-    def _marker(self) -> bytes:
-        """In the server's command line: its artifact folder, one per data dir."""
-        return str(self.artifacts).encode()
-
-    @property
-    def pid(self) -> int | None:
-        return live_pid(self.pid_file, self._marker)
 
     def start(self, timeout_s: float = 120.0) -> str:
         """Start PostgreSQL and the server, each unless it runs (idempotent); the http uri once /health
@@ -161,14 +155,14 @@ class TrackingServer:
             self._external_marker.write_text("the server uses a database of the user's own\n")
         else:
             self._external_marker.unlink(missing_ok=True)
-        pid = self.pid
+        pid = self.process.pid
         if pid is None:
             if port_open(HOST, self.port):
                 raise ServiceDidNotStart(
                     f"port {self.port} on {HOST} is taken by another process (set BTCFLOW_TRACKING_PORT)"
                 )
             self.artifacts.mkdir(parents=True, exist_ok=True)
-            proc = launch(self._command(), self.log_file, self.pid_file, env=self._environment(store_uri))
+            proc = self.process.launch(self._command(), env=self._environment(store_uri))
             pid = proc.pid
         self._wait_healthy(pid, deadline)
         return self.uri
@@ -181,15 +175,10 @@ class TrackingServer:
         return stopped
 
     def status(self) -> TrackingStatus:
-        pid = self.pid
-        external = self.postgres is None or (pid is not None and self._external_marker.exists())
-        return TrackingStatus(
-            self.uri,
-            pid,
-            pid is not None and self._healthy(),
-            None if external or self.postgres is None else self.postgres.state(),
-            self.artifacts,
-        )
+        server = self.process.state()
+        external = self.postgres is None or (server.pid is not None and self._external_marker.exists())
+        postgres = None if external or self.postgres is None else self.postgres.process.state()
+        return TrackingStatus(server, postgres, self.artifacts)
 
     # -- internals ------------------------------------------------------------------------------------
 
@@ -235,37 +224,34 @@ class TrackingServer:
         """A Fernet key (32 random bytes, url-safe base64) generated once, kept 0600."""
         return kept_secret(self.key_file, lambda: base64.urlsafe_b64encode(os.urandom(32)).decode())
 
-    def _healthy(self) -> bool:
-        return http_ok(f"{self.uri}/health")
-
     def _wait_healthy(self, pid: int, deadline: float) -> None:
-        while not self._healthy():
+        while not self.process.answers():
             if not alive(pid):
-                self.pid_file.unlink(missing_ok=True)
+                self.process.pid_file.unlink(missing_ok=True)
                 raise ServiceDidNotStart(
-                    f"MLflow server exited at start: {self._last_error()} (log: {self.log_file})"
+                    f"MLflow server exited at start: {self._last_error()} (log: {self.process.log_file})"
                 )
             if time.monotonic() > deadline:
                 raise ServiceDidNotStart(
                     f"MLflow server at {self.uri} did not answer /health in time: {self._last_error()} "
-                    f"(log: {self.log_file})"
+                    f"(log: {self.process.log_file})"
                 )
             time.sleep(0.3)
 
     def _last_error(self) -> str:
-        return last_line(self.log_file, ("ERROR", "Error", "Exception", "FATAL"))
+        return self.process.last_error(("ERROR", "Error", "Exception", "FATAL"))
 
     def _stop_server(self, timeout_s: float) -> bool:
         """SIGTERM the `mlflow server` process; whatever it leaves behind (uvicorn and its workers, if it
         was SIGKILLed) is killed too, so no orphan keeps the port."""
         import psutil
 
-        pid = self.pid
+        pid = self.process.pid
         children: list[psutil.Process] = []
         if pid is not None:
             with contextlib.suppress(psutil.Error):
                 children = psutil.Process(pid).children(recursive=True)
-        stopped = stop_pids([self.pid_file], timeout_s, self._marker, "MLflow server")
+        stopped = self.process.stop(timeout_s)
         _, left = psutil.wait_procs(children, timeout=timeout_s)
         for child in left:
             log.warning("MLflow server process %d outlived the server: SIGKILL", child.pid)

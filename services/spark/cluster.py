@@ -19,9 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from btcflow.processes import http_ok, last_line, launch, live_pid, port_open, stop_pids
-from training.errors import BadInput, SparkUnavailable
-from training.spark_settings import HOST, SparkSettings, event_log_dir, memory_mb
+from core.errors import BadInput, ServiceDidNotStart
+from services.processes import ServiceState, Supervised, http_ok, port_open, stop_pids
+from services.spark.settings import HOST, SparkSettings, event_log_dir, memory_mb
+
+
+class SparkUnavailable(ServiceDidNotStart):
+    """A Spark daemon (master, worker, history server) did not start or does not answer."""
+
 
 MASTER = "org.apache.spark.deploy.master.Master"
 WORKER = "org.apache.spark.deploy.worker.Worker"
@@ -29,7 +34,7 @@ HISTORY = "org.apache.spark.deploy.history.HistoryServer"
 ANY_DAEMON = b"org.apache.spark.deploy"  # the marker every daemon's command line carries
 
 SPARK_DEFAULTS = """\
-# Written by btcflow at every `btcflow spark start`; edit training/spark_cluster.py instead.
+# Written by btcflow at every `btcflow spark start`; edit services/spark/cluster.py instead.
 spark.history.fs.logDirectory {event_uri}
 spark.history.ui.port {history_port}
 # the history server looks for new event logs this often: a run shows up seconds after it ends
@@ -50,17 +55,9 @@ def spark_home() -> Path:
 
 
 @dataclass(frozen=True)
-class DaemonState:
-    name: str  # master, worker-<i> or history
-    address: str
-    pid: int | None
-    running: bool  # the process lives and its port answers
-
-
-@dataclass(frozen=True)
 class ClusterStatus:
     home: Path
-    daemons: tuple[DaemonState, ...]
+    daemons: tuple[ServiceState, ...]
 
     @property
     def running(self) -> bool:
@@ -71,48 +68,37 @@ class ClusterStatus:
         up = sum(d.running for d in self.daemons)
         lines = [f"Spark standalone cluster in {self.home}: {up} of {len(self.daemons)} daemons running"]
         width = max(len(d.address) for d in self.daemons)
-        for d in self.daemons:
-            state = "running" if d.running else "starting" if d.pid else "not running"
-            pid = f"pid {d.pid}" if d.pid else "-"
-            lines.append(f"  {d.name:<10} {d.address:<{width}} {pid:<11} {state}")
+        lines.extend(d.line(width) for d in self.daemons)
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class Daemon:
-    """One JVM of the cluster: its main class (the pid file's marker), arguments and probed port."""
+@dataclass(frozen=True, kw_only=True)
+class Daemon(Supervised):
+    """One JVM of the cluster: its main class (the pid file's marker) and arguments."""
 
-    name: str
     main_class: str
     args: tuple[str, ...]
-    port: int  # answers once the daemon serves (RPC for the master, web UI for the others)
-    address: str
-    home: Path
 
-    @property
-    def marker(self) -> bytes:
-        return self.main_class.encode()
-
-    @property
-    def log_file(self) -> Path:
-        return self.home / "logs" / f"{self.name}.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.home / "pids" / f"{self.name}.pid"
-
-    @property
-    def pid(self) -> int | None:
-        return live_pid(self.pid_file, self.marker)
-
-    def state(self) -> DaemonState:
-        pid = self.pid
-        return DaemonState(self.name, self.address, pid, pid is not None and port_open(HOST, self.port))
+    @classmethod
+    def of(
+        cls, home: Path, name: str, main_class: str, args: tuple[str, ...], port: int, address: str
+    ) -> Daemon:
+        """Daemon `name` (master, worker-<i>, history), answering on `port` once it serves (RPC for the
+        master, the web UI for the others), with its log and pid file under `home`."""
+        return cls(
+            name=name,
+            address=address,
+            host=HOST,
+            port=port,
+            pid_file=home / "pids" / f"{name}.pid",
+            log_file=home / "logs" / f"{name}.log",
+            marker=main_class.encode(),
+            main_class=main_class,
+            args=args,
+        )
 
     def failure(self, what: str) -> SparkUnavailable:
-        return SparkUnavailable(
-            f"Spark {self.name} {what}: {last_line(self.log_file)} (log: {self.log_file})"
-        )
+        return SparkUnavailable(f"Spark {self.name} {what}: {self.last_error()} (log: {self.log_file})")
 
 
 class SparkCluster:
@@ -200,7 +186,7 @@ class SparkCluster:
     def master(self) -> Daemon:
         args = ("--host", HOST, "--port", str(self.port), "--webui-port", str(self.ui_port))
         address = f"{self.master_url} (web UI {self.ui_url})"
-        return Daemon("master", MASTER, args, self.port, address, self.home)
+        return Daemon.of(self.home, "master", MASTER, args, self.port, address)
 
     def worker(self, i: int) -> Daemon:
         ui_port = self.worker_ui_port + i - 1
@@ -217,10 +203,10 @@ class SparkCluster:
             "--work-dir",
             str(self.home / "work" / f"worker-{i}"),
         )
-        return Daemon(f"worker-{i}", WORKER, args, ui_port, f"http://{HOST}:{ui_port}", self.home)
+        return Daemon.of(self.home, f"worker-{i}", WORKER, args, ui_port, f"http://{HOST}:{ui_port}")
 
     def history(self) -> Daemon:
-        return Daemon("history", HISTORY, (), self.history_port, self.history_url, self.home)
+        return Daemon.of(self.home, "history", HISTORY, (), self.history_port, self.history_url)
 
     def daemons(self, workers: int | None = None) -> list[Daemon]:
         n = self.workers if workers is None else workers
@@ -334,7 +320,7 @@ class SparkCluster:
                 )
         cmd = [str(spark_home() / "bin" / "spark-class"), daemon.main_class, *daemon.args]
         cmd += ["--properties-file", str(self.conf_file)]
-        return launch(cmd, daemon.log_file, daemon.pid_file, env=self._env(), cwd=self.home)
+        return daemon.launch(cmd, env=self._env(), cwd=self.home)
 
     def _wait(
         self,

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from training.errors import BadInput
+from core.errors import BadInput
 
 HOST = "127.0.0.1"
 

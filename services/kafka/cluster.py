@@ -1,6 +1,6 @@
 """The embedded Kafka cluster: N KRaft nodes on 127.0.0.1, each a broker and a controller voter.
 
-Every node is one JVM from the same jars (`pipeline.launcher`). A node owns `<home>/node-<i>/`
+Every node is one JVM from the same jars (`services.kafka.launcher`). A node owns `<home>/node-<i>/`
 (storage, `server.properties`, `broker.log`, `broker.pid`); `<home>/cluster.json` records the node
 count and cluster id the storage was formatted with, so a restart brings back the same cluster and a
 different count is refused rather than half-joined.
@@ -17,12 +17,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from btcflow.processes import port_open
-from pipeline.broker import quorum_leader
-from pipeline.errors import BadInput, BrokerUnavailable
-from pipeline.launcher import find_java, setup_jars, stop_pids
-from pipeline.node import EmbeddedNode, NodeState
-from pipeline.settings import PipelineSettings
+from core.errors import BadInput, BrokerUnavailable
+from services.kafka.admin import quorum_leader
+from services.kafka.launcher import find_java, setup_jars, stop_pids
+from services.kafka.node import EmbeddedNode
+from services.processes import ServiceState, port_open
 
 
 def _cluster_id() -> str:
@@ -38,7 +37,7 @@ def _cluster_id() -> str:
 @dataclass(frozen=True)
 class ClusterStatus:
     home: Path
-    nodes: tuple[NodeState, ...]
+    nodes: tuple[ServiceState, ...]  # node i at index i - 1
     controller: int | None  # node id of the active controller (the KRaft quorum leader), if known
 
     @property
@@ -56,11 +55,8 @@ class ClusterStatus:
             f"active controller: node {self.controller}" if self.controller else "no active controller"
         )
         lines = [f"{len(self.nodes)}-node Kafka cluster in {self.home}: {up} running, {controller}"]
-        for n in self.nodes:
-            state = "running" if n.running else "starting" if n.pid else "not running"
-            pid = f"pid {n.pid}" if n.pid else "-"
-            mark = "  (active controller)" if n.node_id == self.controller else ""
-            lines.append(f"  node {n.node_id}  {n.address:<21} {pid:<11} {state}{mark}")
+        for node_id, n in enumerate(self.nodes, start=1):
+            lines.append(n.line(mark="  (active controller)" if node_id == self.controller else ""))
         return "\n".join(lines)
 
 
@@ -77,17 +73,7 @@ class EmbeddedCluster:
         self.nodes = nodes
         self.port = port
         self.heap = heap
-        self.members = tuple(EmbeddedNode(self, i) for i in range(1, nodes + 1))
-
-    @classmethod
-    def from_settings(cls, settings: PipelineSettings) -> EmbeddedCluster:
-        return EmbeddedCluster(
-            settings.broker_home,
-            settings.kafka_jars,
-            settings.broker_nodes,
-            settings.broker_port,
-            settings.broker_heap,
-        )
+        self.members = tuple(EmbeddedNode.of(self.home, port, i) for i in range(1, nodes + 1))
 
     @property
     def bootstrap(self) -> str:
@@ -148,15 +134,15 @@ class EmbeddedCluster:
             classpath = f"{setup_jars(self.jars_dir)}/*"
             cluster_id = self._cluster_id()
             for n in idle:
-                n._write_config()
-            formats = {n: p for n in idle if (p := n._format(java, classpath, cluster_id)) is not None}
+                n.write_config(self.voters, self.replication_factor)
+            formats = {n: p for n in idle if (p := n.format_storage(java, classpath, cluster_id)) is not None}
             for n, proc in formats.items():
                 _, err = proc.communicate()
                 if proc.returncode != 0:
                     raise BrokerUnavailable(
                         f"formatting node {n.node_id}'s storage failed: {err.strip()[-300:]}"
                     )
-            started = {n: n._launch(java, classpath) for n in idle}
+            started = {n: n.start_jvm(java, classpath, self.heap) for n in idle}
         try:
             self._wait_ready(nodes, started, timeout_s)
         except BrokerUnavailable:
@@ -184,9 +170,9 @@ class EmbeddedCluster:
             for n, proc in started.items():
                 if proc.poll() is not None:
                     raise BrokerUnavailable(
-                        f"node {n.node_id} died at start: {n._last_error()} (log: {n.log_file})"
+                        f"node {n.node_id} died at start: {n.last_error()} (log: {n.log_file})"
                     )
-            waiting = [n for n in waiting if not n._answers()]
+            waiting = [n for n in waiting if not n.takes_requests()]
             if not waiting:
                 return
             if time.monotonic() > deadline:
@@ -210,7 +196,7 @@ class EmbeddedCluster:
         members = (
             self.members
             if formatted == self.nodes
-            else tuple(EmbeddedNode(self, i) for i in range(1, formatted + 1))
+            else tuple(EmbeddedNode.of(self.home, self.port, i) for i in range(1, formatted + 1))
         )
         states = tuple(n.state() for n in members)
         running = ",".join(s.address for s in states if s.running)
@@ -222,12 +208,6 @@ class EmbeddedBroker(EmbeddedCluster):
 
     def __init__(self, home: Path, jars_dir: Path, port: int = 9092, heap: str = "512m") -> None:
         super().__init__(home, jars_dir, nodes=1, port=port, heap=heap)
-
-    @classmethod
-    def from_settings(cls, settings: PipelineSettings) -> EmbeddedBroker:
-        return EmbeddedBroker(
-            settings.broker_home, settings.kafka_jars, settings.broker_port, settings.broker_heap
-        )
 
     @property
     def address(self) -> str:

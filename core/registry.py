@@ -6,7 +6,8 @@ alias is the fallback. Three outcomes, never confused:
 
 - a version: the registry named one;
 - None ("absent"): the registry answered that the model, the version or the alias does not exist;
-- `StoreUnavailable`: anything else (connection refused, a timeout, a 5xx, a proxy's 404, a SQL error).
+- `RegistryUnavailable` (core.errors): anything else (connection refused, a timeout, a 5xx, a proxy's
+  404, a SQL error).
   Read as absence, a store hiccup would let `--best` promote blind or make the gateway stop serving.
 
 It lives outside `training` and `serving` so neither imports the other, and it imports nothing heavy:
@@ -18,10 +19,10 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from training.specs import PRODUCTION_ALIAS, PRODUCTION_STAGE  # plain data: names only
+from core.errors import RegistryUnavailable
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -30,12 +31,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class StoreUnavailable(Exception):
-    """The registry did not answer (or answered with something other than "no such thing")."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
+PRODUCTION_STAGE = "Production"  # the contract's stage (deprecated in MLflow 3, still what the UI shows)
+PRODUCTION_ALIAS = "production"  # and its alias, set on the same version
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,8 @@ class Production:
     version: str
     run_id: str
     stage: str  # "Production", or "alias:production" when only the alias names it
-    model_version: ModelVersion  # MLflow's own record (tags, source...) for callers that need more
+    # MLflow's own record (tags, source...) for callers that need more; not part of the record's identity
+    model_version: ModelVersion | None = field(default=None, compare=False, repr=False)
 
 
 def is_absent(exc: BaseException) -> bool:
@@ -74,20 +72,20 @@ def quiet_deprecations() -> Iterator[None]:
 
 
 def answer(call: Callable[[], T]) -> T | None:
-    """`call()`; None when the registry says what it asked for does not exist; else StoreUnavailable."""
+    """`call()`; None when the registry says what it asked for does not exist; else RegistryUnavailable."""
     try:
         with quiet_deprecations():
             return call()
     except Exception as exc:  # MlflowException, and SQLAlchemy or connection errors that arrive untyped
         if is_absent(exc):
             return None
-        raise StoreUnavailable(str(getattr(exc, "message", None) or exc) or type(exc).__name__) from exc
+        raise RegistryUnavailable(str(getattr(exc, "message", None) or exc) or type(exc).__name__) from exc
 
 
 def production(client: MlflowClient | Any, name: str) -> Production | None:
     """The version in stage Production (the highest if several), else the one with alias `production`.
 
-    None only when the registry answered that there is none; StoreUnavailable when it could not say.
+    None only when the registry answered that there is none; RegistryUnavailable when it could not say.
     """
     staged = answer(lambda: client.get_latest_versions(name, stages=[PRODUCTION_STAGE]))
     if staged:

@@ -1,6 +1,6 @@
 """What running Kafka on this machine takes: its jars, a Java, free ports, and detached JVMs by pid file.
 
-The jars are Apache Kafka's own, resolved from Maven Central by `pipeline/kafka/pom.xml`. A JVM is
+The jars are Apache Kafka's own, resolved from Maven Central by `services/kafka/pom.xml`. A JVM is
 started detached (its own session) and known afterwards only by the pid file it left, so any later
 process (the CLI, a test) can find, stop or kill it.
 """
@@ -15,12 +15,12 @@ import socket
 import subprocess
 from pathlib import Path
 
-from btcflow import processes
-from pipeline.errors import BrokerUnavailable
+from core.errors import BrokerUnavailable
+from services import processes
 
 log = logging.getLogger("pipeline")
 
-KAFKA_DIR = Path(__file__).parent / "kafka"
+KAFKA_DIR = Path(__file__).parent
 POM = KAFKA_DIR / "pom.xml"
 LOG4J_CONFIG = KAFKA_DIR / "log4j2.properties"
 
@@ -95,11 +95,6 @@ def _bindable(port: int) -> bool:
 
 
 KAFKA_MARKER = b"kafka.Kafka"
-
-
-def live_pid(pid_file: Path) -> int | None:
-    """The pid a pid file names while that process is a running Kafka JVM; None otherwise."""
-    return processes.live_pid(pid_file, KAFKA_MARKER)
 
 
 def stop_pids(pid_files: list[Path], timeout_s: float) -> bool:

@@ -1,0 +1,9 @@
+"""The defaults of the services btcflow runs that help texts show: plain constants, so that `--help` needs
+no settings library; the settings classes declare their fields with the same names."""
+
+from pathlib import Path
+
+STACK_DIR = Path("data/stack")  # BTCFLOW_STACK_DIR: apart from the embedded defaults' data/
+STACK_BROKER_PORT = 9192  # BTCFLOW_STACK_BROKER_PORT: clear of the embedded defaults' 9092
+STACK_NODES = 3  # Kafka nodes of `btcflow stack up`
+STACK_SPARK_WORKERS = 2  # Spark workers of `btcflow stack up`

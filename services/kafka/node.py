@@ -1,0 +1,139 @@
+"""One node of the embedded Kafka cluster: a KRaft broker + controller voter in its own JVM, managed
+through the pid file in `<home>/node-<i>/` beside its storage, `server.properties` and `broker.log`."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.errors import BrokerUnavailable
+from services.kafka.admin import admin_client
+from services.kafka.launcher import KAFKA_MARKER, LOG4J_CONFIG
+from services.processes import Supervised, port_open
+
+HOST = "127.0.0.1"
+
+SERVER_PROPERTIES = """\
+# Written by btcflow at every start of this node; edit services/kafka/node.py instead.
+process.roles=broker,controller
+node.id={node_id}
+controller.quorum.voters={voters}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data_dir}
+num.partitions=1
+auto.create.topics.enable=false
+default.replication.factor={rf}
+offsets.topic.replication.factor={rf}
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor={rf}
+transaction.state.log.min.isr={min_isr}
+share.coordinator.state.topic.replication.factor={rf}
+share.coordinator.state.topic.min.isr={min_isr}
+# A node that stops heartbeating is fenced after 6 s (default 9 s) and its partitions get a new
+# leader from the in-sync replicas; never from outside them.
+broker.heartbeat.interval.ms=1000
+broker.session.timeout.ms=6000
+unclean.leader.election.enable=false
+group.initial.rebalance.delay.ms=0
+message.max.bytes=8388608
+log.retention.hours=168
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddedNode(Supervised):
+    """One KRaft node (broker + controller voter): node `node_id` of a cluster whose node 1 listens on
+    `base_port`; it listens on base_port + 2(node_id - 1), its controller on the port after."""
+
+    node_id: int
+    dir: Path
+
+    @classmethod
+    def of(cls, home: Path, base_port: int, node_id: int) -> EmbeddedNode:
+        port = base_port + 2 * (node_id - 1)
+        folder = home / f"node-{node_id}"
+        return cls(
+            name=f"node {node_id}",
+            address=f"{HOST}:{port}",
+            host=HOST,
+            port=port,
+            pid_file=folder / "broker.pid",
+            log_file=folder / "broker.log",
+            marker=KAFKA_MARKER,
+            node_id=node_id,
+            dir=folder,
+        )
+
+    @property
+    def controller_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def config_file(self) -> Path:
+        return self.dir / "server.properties"
+
+    def takes_requests(self) -> bool:
+        """The node takes requests: a KRaft broker opens its port to clients only once unfenced."""
+        if not port_open(HOST, self.port):
+            return False
+        try:
+            admin_client(self.address, timeout_s=2.0).close()
+        except BrokerUnavailable:
+            return False
+        return True
+
+    def write_config(self, voters: str, replication_factor: int) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(
+            SERVER_PROPERTIES.format(
+                node_id=self.node_id,
+                voters=voters,
+                port=self.port,
+                controller_port=self.controller_port,
+                data_dir=self.dir / "data",
+                rf=replication_factor,
+                min_isr=min(2, replication_factor),
+            )
+        )
+
+    def format_storage(self, java: str, classpath: str, cluster_id: str) -> subprocess.Popen[str] | None:
+        """Format this node's storage with the cluster's id, unless it is formatted already."""
+        if (self.dir / "data" / "meta.properties").exists():
+            return None
+        return subprocess.Popen(
+            [
+                java,
+                "-cp",
+                classpath,
+                f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.config_file),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def start_jvm(self, java: str, classpath: str, heap: str) -> subprocess.Popen[bytes]:
+        cmd = [
+            java,
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(self.config_file),
+        ]
+        return self.launch(cmd)

@@ -1,0 +1,1 @@
+"""The Spark standalone cluster btcflow runs from pyspark's own distribution."""
