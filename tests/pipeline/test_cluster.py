@@ -23,6 +23,7 @@ from pipeline.launcher import free_port_block
 from pipeline.producer import ProduceSummary, produce
 from pipeline.settings import PipelineSettings
 from pipeline.synth import synth
+from tests.waiting import wait_until
 
 BTCFLOW = [sys.executable, "-m", "btcflow.cli"]
 FIELDS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")
@@ -48,13 +49,11 @@ def test_a_topic_gets_three_replicas_and_min_insync_two(kafka_cluster: EmbeddedC
     assert ensure_topic(kafka_cluster.bootstrap, topic, partitions=2) == 2
     admin = admin_client(kafka_cluster.bootstrap)
     try:
-        deadline = time.monotonic() + 15  # the answering broker may not have the new topic's metadata yet
-        while True:
-            (described,) = admin.describe_topics([topic])
-            if described["partitions"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert [sorted(p["replica_nodes"]) for p in described["partitions"]] == [[1, 2, 3], [1, 2, 3]]
+        # the answering broker may not have the new topic's metadata yet
+        partitions = wait_until(
+            lambda: admin.describe_topics([topic])[0]["partitions"], 15, f"{topic}'s partitions", every_s=0.2
+        )
+        assert [sorted(p["replica_nodes"]) for p in partitions] == [[1, 2, 3], [1, 2, 3]]
         configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         assert configs["topic"][topic]["min.insync.replicas"]["value"] == "2"
     finally:
