@@ -5,6 +5,9 @@ Polling every `poll_interval_s` is the fallback that always works. A webhook del
 of the gateway's worker processes: that worker nudges its own follower and bumps a small file in the
 run folder the workers share (BTCFLOW_RUN_DIR, made by `btcflow serve`); every follower looks at the
 file's mtime every TICK_S, so all workers refresh within a fraction of a second of the delivery.
+
+The follower reads time and waits through a `Clock` (the real one by default), so tests can drive its
+timer deterministically instead of counting calls inside wall-clock windows.
 """
 
 from __future__ import annotations
@@ -16,11 +19,30 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 log = logging.getLogger("serving")
 
 CHANGED = "registry-changed"  # the file in the run folder whose mtime says "the registry changed"
 TICK_S = 0.2
+
+
+class Clock(Protocol):
+    """Where the follower reads the time and waits: the system's by default, a simulated one in tests."""
+
+    def monotonic(self) -> float: ...
+
+    def wait(self, event: threading.Event, timeout_s: float) -> bool:
+        """Block until `event` is set (then True) or `timeout_s` has passed (then False)."""
+        ...
+
+
+class SystemClock:
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, timeout_s: float) -> bool:
+        return event.wait(timeout_s)
 
 
 def signal_change(run_dir: Path) -> None:
@@ -40,8 +62,10 @@ class Follower:
         interval_s: float,
         run_dir: Path | None = None,
         tick_s: float = TICK_S,
+        clock: Clock | None = None,
     ) -> None:
         self.refresh, self.interval_s, self.tick_s = refresh, interval_s, tick_s
+        self.clock: Clock = SystemClock() if clock is None else clock
         self.changed = run_dir / CHANGED if run_dir is not None else None
         self._wake = threading.Event()
         self._stopping = False
@@ -55,7 +79,7 @@ class Follower:
         if self._thread is not None:
             return
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="registry-follower", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="registry-follower", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
@@ -73,17 +97,19 @@ class Follower:
         except FileNotFoundError:
             return None
 
-    def _run(self) -> None:
-        first, stamp, due = True, self._stamp(), 0.0
+    def run(self) -> None:
+        """Follow in the calling thread until `stop()` (`start()` runs this in a thread of its own)."""
+        clock = self.clock
+        first, stamp, due = True, self._stamp(), clock.monotonic()
         while not self._stopping:
-            left = due - time.monotonic()
+            left = due - clock.monotonic()
             woke = False
             if left > 0:
-                woke = self._wake.wait(left if self.changed is None else min(self.tick_s, left))
+                woke = clock.wait(self._wake, left if self.changed is None else min(self.tick_s, left))
                 if self._stopping:
                     return
             seen = self._stamp()
-            if not (woke or seen != stamp or time.monotonic() >= due):
+            if not (woke or seen != stamp or clock.monotonic() >= due):
                 continue
             self._wake.clear()
             stamp = seen
@@ -94,4 +120,4 @@ class Follower:
             if first:  # MLflow, SQLAlchemy and the models are loaded now: keep their objects out of gc passes
                 gc.freeze()
                 first = False
-            due = time.monotonic() + self.interval_s
+            due = clock.monotonic() + self.interval_s

@@ -24,6 +24,7 @@ from pipeline.synth import synth
 from services.kafka.admin import admin_client
 from services.kafka.cluster import EmbeddedCluster
 from services.kafka.launcher import free_port_block
+from tests.waiting import wait_until
 
 BTCFLOW = [sys.executable, "-m", "btcflow.cli"]
 FIELDS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")
@@ -49,13 +50,11 @@ def test_a_topic_gets_three_replicas_and_min_insync_two(kafka_cluster: EmbeddedC
     assert ensure_topic(kafka_cluster.bootstrap, topic, partitions=2) == 2
     admin = admin_client(kafka_cluster.bootstrap)
     try:
-        deadline = time.monotonic() + 15  # the answering broker may not have the new topic's metadata yet
-        while True:
-            (described,) = admin.describe_topics([topic])
-            if described["partitions"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert [sorted(p["replica_nodes"]) for p in described["partitions"]] == [[1, 2, 3], [1, 2, 3]]
+        # the answering broker may not have the new topic's metadata yet
+        partitions = wait_until(
+            lambda: admin.describe_topics([topic])[0]["partitions"], 15, f"{topic}'s partitions", every_s=0.2
+        )
+        assert [sorted(p["replica_nodes"]) for p in partitions] == [[1, 2, 3], [1, 2, 3]]
         configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         assert configs["topic"][topic]["min.insync.replicas"]["value"] == "2"
     finally:
@@ -142,7 +141,7 @@ def test_every_row_lands_once_in_order_when_the_partition_leader_is_killed(
             assert time.monotonic() - killed_at < 120, f"node {leader} still leads 2 minutes after its death"
             time.sleep(0.2)
         elected_after = time.monotonic() - killed_at
-        time.sleep(max(0.0, 8 - (time.monotonic() - killed_at)))
+        time.sleep(max(0.0, 8 - (time.monotonic() - killed_at)))  # the lapse under test: down 8 s at least
         kafka_cluster.start(timeout_s=180)
         producer.join(timeout=600)
     finally:

@@ -272,7 +272,7 @@ def test_sigkill_at_random_moments_then_restart_gives_every_row_exactly_once(
         batches_at_kill.append(wait_for_batches(out, 0))
     # a clean stop keeps the open batch for the next run instead of writing it
     proc = start_live(env, next(runs))
-    time.sleep(1.0)
+    time.sleep(1.0)  # it reads rows into a batch it has not closed: nothing outside the process shows that
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and stdout.startswith("consumed ")

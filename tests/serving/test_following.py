@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from serving.errors import Unauthorized, UnsupportedModel
 from serving.following import Follower, signal_change
 from serving.models import Gateway
 from serving.settings import ServingSettings
+from tests.waiting import wait_until
 
 NONE = object()  # a scripted "the registry answers: no Production version"
 
@@ -76,54 +78,90 @@ def test_a_model_is_dropped_only_after_two_none_answers_in_a_row_and_never_on_an
     ]
 
 
+class SimClock:
+    """Simulated time for a follower run in the test's own thread: `wait` returns at once, the time moved
+    on to its timeout, or to the first scheduled action (run there, in that thread) that sets the event."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.actions: list[tuple[float, Callable[[], object]]] = []
+        self.waits: list[float] = []
+
+    def at(self, when: float, action: Callable[[], object]) -> None:
+        self.actions = sorted([*self.actions, (when, action)], key=lambda a: a[0])
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wait(self, event: threading.Event, timeout_s: float) -> bool:
+        assert len(self.waits) < 100_000, "the follower never stopped"
+        self.waits.append(timeout_s)
+        end = self.now + timeout_s
+        while not event.is_set() and self.actions and self.actions[0][0] <= end:
+            when, action = self.actions.pop(0)
+            self.now = max(self.now, when)
+            action()
+        if event.is_set():
+            return True
+        self.now = end
+        return False
+
+
 def test_the_follower_refreshes_on_its_interval_on_a_nudge_and_on_the_shared_file(tmp_path: Path) -> None:
+    clock = SimClock()
     calls: list[float] = []
-    called = threading.Event()
+    follower = Follower(
+        lambda: calls.append(clock.now), interval_s=60, run_dir=tmp_path, tick_s=0.25, clock=clock
+    )
+    clock.at(1.0, follower.nudge)  # this process heard the webhook: at once
+    clock.at(2.1, lambda: signal_change(tmp_path))  # another worker heard it: seen at the next tick
+    clock.at(150.0, follower.stop)
+    follower.run()
+    # at once on start, on the nudge, at the tick after the file moved, then every minute after the last
+    assert calls == [0.0, 1.0, 2.25, 62.25, 122.25]
+    assert max(clock.waits) == 0.25  # with a run folder it looks at the file every tick
+
+
+def test_without_a_run_folder_the_follower_sleeps_out_its_interval() -> None:
+    clock = SimClock()
+    calls: list[float] = []
+    follower = Follower(lambda: calls.append(clock.now), interval_s=0.25, clock=clock)
+    clock.at(1.0, follower.stop)
+    follower.run()
+    assert calls == [0.0, 0.25, 0.5, 0.75]
+    assert clock.waits == [0.25] * 4  # no ticks: nothing to look at between refreshes
+
+
+def test_a_failing_refresh_never_stops_the_follower(caplog: pytest.LogCaptureFixture) -> None:
+    clock = SimClock()
+    calls: list[float] = []
 
     def refresh() -> None:
-        calls.append(time.monotonic())
-        called.set()
-
-    def next_call(within_s: float) -> float:
-        called.clear()
-        start = time.monotonic()
-        assert called.wait(within_s), "no refresh"
-        return time.monotonic() - start
-
-    follower = Follower(refresh, interval_s=60, run_dir=tmp_path, tick_s=0.05)
-    follower.start()
-    try:
-        assert called.wait(5) and len(calls) == 1  # at once on start
-        follower.nudge()
-        assert next_call(1.0) < 0.5
-        signal_change(tmp_path)  # another worker heard the webhook
-        assert next_call(1.0) < 0.5
-        time.sleep(0.3)
-        assert len(calls) == 3  # nothing else: the interval is a minute
-    finally:
-        follower.stop()
-    fast = Follower(refresh, interval_s=0.2)
-    fast.start()
-    try:
-        before = len(calls)
-        time.sleep(1.0)
-        assert 3 <= len(calls) - before <= 7
-    finally:
-        fast.stop()
-
-
-def test_a_failing_refresh_never_stops_the_follower() -> None:
-    calls = []
-
-    def refresh() -> None:
-        calls.append(1)
+        calls.append(clock.now)
         raise RuntimeError("boom")
 
-    follower = Follower(refresh, interval_s=0.05)
+    follower = Follower(refresh, interval_s=0.25, clock=clock)
+    clock.at(1.0, follower.stop)
+    follower.run()
+    assert calls == [0.0, 0.25, 0.5, 0.75]
+    assert [r.getMessage() for r in caplog.records] == ["registry check failed"] * 4
+
+
+def test_the_follower_thread_refreshes_on_start_on_a_nudge_and_on_the_shared_file(tmp_path: Path) -> None:
+    """The same triggers on the real clock, in the thread `start()` runs: waits on each refresh, no timing."""
+    calls: list[float] = []
+    follower = Follower(lambda: calls.append(time.monotonic()), interval_s=60, run_dir=tmp_path, tick_s=0.05)
     follower.start()
-    time.sleep(0.5)
-    follower.stop()
-    assert len(calls) >= 3
+    thread = follower._thread
+    try:
+        wait_until(lambda: len(calls) == 1, 5, "the refresh on start", every_s=0.01)
+        follower.nudge()
+        wait_until(lambda: len(calls) == 2, 5, "a refresh on the nudge", every_s=0.01)
+        signal_change(tmp_path)
+        wait_until(lambda: len(calls) == 3, 5, "a refresh on the shared file", every_s=0.01)
+    finally:
+        follower.stop(5)
+    assert thread is not None and not thread.is_alive() and len(calls) == 3
 
 
 # -- webhook signatures -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from serving.settings import ServingSettings
 from tests.serving.conftest import Store
 from tests.serving.test_app import GET
 from tests.serving.test_metrics import samples, value
+from tests.waiting import wait_until
 
 
 def app_client(store: Store, **settings: object) -> TestClient:
@@ -26,6 +27,14 @@ def app_client(store: Store, **settings: object) -> TestClient:
     gateway = Gateway(config)
     gateway.refresh()
     return TestClient(create_app(config, gateway))
+
+
+def sent(client: TestClient) -> float:
+    return value(samples(client.get("/metrics").text), "btcflow_prediction_log_sent_total")
+
+
+def dropped(client: TestClient) -> float:
+    return value(samples(client.get("/metrics").text), "btcflow_prediction_log_dropped_total")
 
 
 def read_back(bootstrap: str, topic: str, wanted: int, timeout_s: float) -> list[dict]:
@@ -49,12 +58,9 @@ def test_each_answered_row_is_one_message_on_the_topic(store: Store, kafka_broke
         close = client.get("/predict/close", params=GET["close"]).json()
         trend = client.post("/predict/trend", json={"rows": rows}).json()
         assert client.get("/predict/close", params={"timestamp": "x"}).status_code == 422  # not logged
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:  # the sender thread counts what the broker acknowledged
-            found = samples(client.get("/metrics").text)
-            if value(found, "btcflow_prediction_log_sent_total") >= 4:
-                break
-            time.sleep(0.1)
+        # the sender thread counts what the broker acknowledged
+        wait_until(lambda: sent(client) >= 4, 30, lambda: f"4 rows sent, not {sent(client)}")
+        found = samples(client.get("/metrics").text)
         assert value(found, "btcflow_prediction_log_sent_total") == 4
         assert value(found, "btcflow_prediction_log_dropped_total") == 0
     messages = read_back(kafka_broker, topic, 4, 30)
@@ -81,12 +87,11 @@ def test_an_unreachable_broker_never_holds_a_request_and_drops_are_counted(store
             assert client.get("/predict/close", params=GET["close"]).status_code == 200
         took = time.monotonic() - started
         assert took < 2.0, f"{requests} requests took {took:.2f}s with the broker down"
-        deadline = time.monotonic() + 15  # one connection attempt (2 s), then what it took is dropped
-        while time.monotonic() < deadline:
-            found = samples(client.get("/metrics").text)
-            if value(found, "btcflow_prediction_log_dropped_total") >= requests:
-                break
-            time.sleep(0.2)
+        # one connection attempt (2 s), then what it took is dropped
+        wait_until(
+            lambda: dropped(client) >= requests, 15, lambda: f"{requests} rows dropped, not {dropped(client)}"
+        )
+        found = samples(client.get("/metrics").text)
         assert value(found, "btcflow_prediction_log_dropped_total") == requests
         assert value(found, "btcflow_prediction_log_sent_total") == 0
         stopping = time.monotonic()
@@ -101,14 +106,13 @@ def test_a_killed_publisher_costs_only_what_it_held_and_is_replaced(
     client = app_client(store, prediction_topic=topic, kafka_bootstrap=kafka_broker)
 
     def counts(at_least: tuple[float, float], timeout_s: float) -> tuple[float, float]:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            found = samples(client.get("/metrics").text)
-            sent = value(found, "btcflow_prediction_log_sent_total")
-            now = (sent, value(found, "btcflow_prediction_log_dropped_total"))
-            if (now[0] >= at_least[0] and now[1] >= at_least[1]) or time.monotonic() > deadline:
-                return now
-            time.sleep(0.1)
+        """(sent, dropped) once both reach `at_least`: asserting them equal then also catches extra rows."""
+        wait_until(
+            lambda: sent(client) >= at_least[0] and dropped(client) >= at_least[1],
+            timeout_s,
+            lambda: f"(sent, dropped) to reach {at_least}, not {(sent(client), dropped(client))}",
+        )
+        return sent(client), dropped(client)
 
     with client:
         log = client.app.state.prediction_log  # type: ignore[attr-defined]
@@ -121,9 +125,11 @@ def test_a_killed_publisher_costs_only_what_it_held_and_is_replaced(
         for _ in range(2):
             client.get("/predict/close", params=GET["close"])
         assert counts((3, 2), 10) == (3, 2)
-        deadline = time.monotonic() + predictions.RESTART_S + 10
-        while (log._publisher is None or log._publisher.proc is first) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(
+            lambda: log._publisher is not None and log._publisher.proc is not first,
+            predictions.RESTART_S + 10,
+            "a new publisher process",
+        )
         for _ in range(2):
             client.get("/predict/close", params=GET["close"])
         assert counts((5, 2), 30) == (5, 2)

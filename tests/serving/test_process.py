@@ -15,6 +15,7 @@ import pytest
 from serving.launch import GatewayDidNotStart, call_routes, running_gateway
 from serving.settings import ServingSettings
 from tests.serving.conftest import Store
+from tests.waiting import wait_until
 
 POLL_S = 1.0
 PARAMS = {"timestamp": 1325412060.0}
@@ -50,13 +51,15 @@ def test_hot_swap_under_load_has_no_errors_and_moves_to_the_new_version(store: S
         for t in threads:
             t.start()
         try:
-            time.sleep(1.5)
+            wait_until(lambda: len(answers) >= 50, 30, "answers under load before the promotion")
             promoted_at = time.monotonic()
             new = store.promote("close_v2")
-            deadline = promoted_at + 30
-            while time.monotonic() < deadline and not any(a[2] == new for a in answers[-20:]):
-                time.sleep(0.1)
-            time.sleep(1.0)
+            wait_until(lambda: any(a[2] == new for a in answers[-20:]), 30, f"answers from version {new}")
+            first_new = min(a[0] for a in answers if a[2] == new)
+            # the load goes on past the half second in which an old answer may still be in flight
+            wait_until(
+                lambda: sum(a[0] > first_new + 0.5 for a in answers) >= 50, 30, "answers after the swap"
+            )
         finally:
             stop.set()
             for t in threads:
@@ -90,7 +93,7 @@ with TestClient(create_app(ServingSettings())) as client:
     for _ in range(300):
         if client.get("/ready").status_code == 200:
             break
-        time.sleep(0.2)
+        time.sleep(0.2)  # a bounded wait on /ready of the child's own: it imports nothing of tests/
     answers["close"] = client.get("/predict/close", params={"timestamp": 1.4e9}).status_code
     rows = {"rows": [{"open": 5, "volume": 0}]}
     answers["high_low"] = client.post("/predict/high_low", json=rows).status_code

@@ -22,6 +22,7 @@ from serving import webhooks
 from serving.launch import running_gateway
 from serving.settings import ServingSettings
 from tests.serving.conftest import Store, Template
+from tests.waiting import wait_until
 
 PARAMS = {"timestamp": 1325412060.0}
 
@@ -46,16 +47,22 @@ def until_every_worker_serves(base: str, pids: set[int], version: str, timeout_s
     """Seconds until /models from each of `pids` says `version` (or the timeout, then fail)."""
     start = time.monotonic()
     swapped: dict[int, float] = {}
-    while time.monotonic() - start < timeout_s:
+
+    def every_worker_swapped() -> bool:
         status = httpx.get(f"{base}/models", headers={"Connection": "close"}, timeout=5).json()
         close = next(m for m in status["models"] if m["kind"] == "close")
         if close["version"] == version:
             swapped.setdefault(status["pid"], time.monotonic() - start)
-        if set(swapped) >= pids:
-            print(f"first seen on version {version}: " + ", ".join(f"{t:.2f}s" for t in swapped.values()))
-            return max(swapped.values())
-        time.sleep(0.02)
-    raise AssertionError(f"after {timeout_s}s only workers {set(swapped)} of {pids} serve version {version}")
+        return set(swapped) >= pids
+
+    wait_until(
+        every_worker_swapped,
+        timeout_s,
+        lambda: f"workers {pids} to serve version {version}, but only {set(swapped)} do",
+        every_s=0.02,
+    )
+    print(f"first seen on version {version}: " + ", ".join(f"{t:.2f}s" for t in swapped.values()))
+    return max(swapped.values())
 
 
 def test_two_workers_follow_a_promotion_with_no_failed_request(store: Store) -> None:
@@ -85,10 +92,11 @@ def test_two_workers_follow_a_promotion_with_no_failed_request(store: Store) -> 
         for t in threads:
             t.start()
         try:
-            time.sleep(1.0)
+            wait_until(lambda: len(answers) >= 50, 30, "answers under load before the promotion")
             store.promote("close_v2")
             took = until_every_worker_serves(base, pids, new, poll_s + 10)
-            time.sleep(0.5)
+            swapped = len(answers)
+            wait_until(lambda: len(answers) >= swapped + 50, 30, "answers under load after the swap")
         finally:
             stop.set()
             for t in threads:
@@ -124,13 +132,16 @@ def test_a_killed_worker_is_replaced_and_no_request_meets_it_unready(store: Stor
         thread.start()
         try:
             os.kill(victim, signal.SIGKILL)
-            deadline = time.monotonic() + 60
             now: dict[int, str | None] = {}
-            while time.monotonic() < deadline:
+
+            def replaced() -> bool:
+                nonlocal now
                 now = worker_versions(base, 2, time.monotonic() + 5)
-                if len(now) == 2 and victim not in now and all(now.values()):
-                    break
-            time.sleep(1.0)  # the new worker answers predictions for a while
+                return len(now) == 2 and victim not in now and all(now.values())
+
+            wait_until(replaced, 60, lambda: f"a ready worker in place of {victim}, seeing {now}", every_s=0)
+            settled = len(answered)  # then the load goes on over both workers for a while
+            wait_until(lambda: len(answered) >= settled + 50, 30, "answers after the replacement")
         finally:
             stop.set()
             thread.join(30)

@@ -238,7 +238,7 @@ def test_gateway_keeps_serving_while_the_server_restarts(
                 answers.append((kind, r.status_code, r.json().get("model", {}).get("version")))
                 if answers[-1] not in expected:
                     return
-                time.sleep(0.01)
+                time.sleep(0.01)  # the load's pace: steady requests through the restart, not a wait
 
     def registry_error() -> str | None:
         return httpx.get(f"{gateway}/models", timeout=10).json()["registry_error"]
