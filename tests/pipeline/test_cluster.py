@@ -64,11 +64,13 @@ def test_a_topic_gets_three_replicas_and_min_insync_two(kafka_cluster: EmbeddedC
 
 def test_status_lists_every_node_and_the_active_controller(kafka_cluster: EmbeddedCluster) -> None:
     state = kafka_cluster.status()
-    assert [n.node_id for n in state.nodes] == [1, 2, 3]
+    assert [n.name for n in state.nodes] == ["node 1", "node 2", "node 3"]
     assert state.running and all(n.pid for n in state.nodes)
     assert state.controller in {1, 2, 3}
     text = state.describe()
     assert f"active controller: node {state.controller}" in text
+    marked = [line for line in text.splitlines() if line.endswith("(active controller)")]
+    assert len(marked) == 1 and f"node {state.controller} " in marked[0]
     for n in kafka_cluster.members:
         assert n.address in text and n.log_file.stat().st_size > 0 and n.dir.parent == kafka_cluster.home
 
