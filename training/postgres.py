@@ -24,7 +24,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from btcflow.processes import alive, kept_secret, last_line, port_open
+from btcflow.processes import alive, last_line, port_open
+from core.secrets import kept_secret
 from training.errors import ServiceDidNotStart
 
 log = logging.getLogger("training")

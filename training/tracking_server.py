@@ -20,7 +20,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from btcflow.processes import alive, http_ok, kept_secret, last_line, launch, live_pid, port_open, stop_pids
+from btcflow.processes import alive, http_ok, last_line, launch, live_pid, port_open, stop_pids
+from core.secrets import kept_secret
 from training.errors import ServiceDidNotStart
 from training.postgres import PostgresCluster, PostgresState
 

@@ -1,0 +1,1 @@
+"""The ground every btcflow package stands on, importing no other btcflow package."""
