@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.secrets import mask_uri
+
 
 class ServingError(Exception):
     """Root of every error the gateway raises on purpose."""
@@ -23,7 +25,7 @@ class ServingError(Exception):
         return {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.code, "message": str(self), **self.details()}
+        return {"error": self.code, "message": mask_uri(str(self)), **self.details()}  # it may name the store
 
 
 class BadInput(ServingError):
