@@ -13,6 +13,7 @@ import typer
 
 from btcflow.cli import broker, consume, demo, monitor, produce, serve, spark, stack, tracking, train
 from btcflow.cli.groups import QuickHelpGroup
+from core.secrets import mask_uri
 
 app = typer.Typer(
     cls=QuickHelpGroup,
@@ -85,7 +86,7 @@ def main() -> None:
     except _known_errors() as exc:
         if debug:
             raise
-        print(f"btcflow: error: {exc}", file=sys.stderr)
+        print(f"btcflow: error: {mask_uri(str(exc))}", file=sys.stderr)  # it may name the store
         status = getattr(exc, "exit_code", 2)
     except (KeyboardInterrupt, typer.Abort):
         print("btcflow: interrupted", file=sys.stderr)
@@ -93,6 +94,9 @@ def main() -> None:
     except Exception as exc:  # a bug, not a user error: still one line unless asked
         if debug:
             raise
-        print(f"btcflow: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        print(
+            f"btcflow: unexpected {type(exc).__name__}: {mask_uri(str(exc))} (rerun with --debug)",
+            file=sys.stderr,
+        )
         status = 1
     sys.exit(status if isinstance(status, int) else 0)
