@@ -13,7 +13,10 @@ commands it starts (the demo's consumer, the gateway) follow the same level with
 - `debug`: everything, from every library (py4j's trace of each call into the JVM aside), and the JVM's
   output on the terminal as it writes.
 
-Only the standard library is imported here: the CLI calls `configure` before every command, `--help` too.
+At every level, a password in a URI is masked in every record (core.secrets.MaskSecrets).
+
+Only the standard library (and core.secrets, which imports nothing else) is imported here: the CLI calls
+`configure` before every command, `--help` too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from contextlib import contextmanager
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
+
+from core.secrets import mask_log_records
 
 ENV = "BTCFLOW_LOG_LEVEL"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
@@ -72,6 +77,7 @@ def configure(level: int) -> None:
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "false" if debug else "true"  # "View run ..."
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true" if debug else "false"
     logging.basicConfig(format=FORMAT)
+    mask_log_records()  # no record carries a password, whatever the tracking URI holds
     logging.getLogger().setLevel(level)
     for name in OWN:
         logging.getLogger(name).setLevel(level)

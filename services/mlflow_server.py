@@ -21,8 +21,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ServiceDidNotStart
+from core.secrets import kept_secret
 from services.postgres import PostgresCluster
-from services.processes import ServiceState, Supervised, alive, kept_secret, port_open
+from services.processes import ServiceState, Supervised, alive, port_open
 
 log = logging.getLogger("training")
 

@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 from core.errors import ServiceDidNotStart
-from services.processes import Supervised, kept_secret, port_open
+from core.secrets import kept_secret
+from services.processes import Supervised, port_open
 
 log = logging.getLogger("training")
 

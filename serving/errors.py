@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import BadInput, BtcflowError
+from core.secrets import mask_uri
 
 
 class ServingError(BtcflowError):
@@ -25,7 +26,7 @@ class ServingError(BtcflowError):
         return {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": self.code, "message": str(self), **self.details()}
+        return {"error": self.code, "message": mask_uri(str(self)), **self.details()}  # it may name the store
 
 
 class BadField(ServingError, BadInput):

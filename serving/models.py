@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from core.secrets import mask_uri
 from serving.errors import BadField, ModelUnavailable, NotReady
 from serving.following import Follower
 from serving.loading import Loaded, Loader
@@ -106,14 +107,15 @@ class Gateway(Loader):
                 m = loaded[kind]
                 entry.update(version=m.version, stage=m.stage, run_id=m.run_id, loaded_at=m.loaded_at)
             if kind in failures:
-                entry["last_error"] = failures[kind].shown()
+                shown = failures[kind].shown()
+                entry["last_error"] = {**shown, "message": mask_uri(shown["message"])}
             models.append(entry)
         return {
             "pid": os.getpid(),  # which worker process of the gateway answered
             "engine": self.settings.serving_engine,
-            "tracking_uri": self.settings.tracking_uri,
+            "tracking_uri": mask_uri(self.settings.tracking_uri),  # any caller reads this: no password
             "checked_at": self._checked_at,
-            "registry_error": self._registry_error,
+            "registry_error": self._registry_error and mask_uri(self._registry_error),
             "models": models,
         }
 

@@ -27,6 +27,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from core import logs
+from core.secrets import mask_uri
 from core.signals import stop_on_signals
 from serving import metrics, webhooks
 from serving.errors import ServingError
@@ -59,8 +60,10 @@ def subscribed(
         )
     except Exception as exc:  # any refusal: say it once, keep polling
         say(
-            f"webhook not registered ({type(exc).__name__}: {exc}); following the registry "
-            f"by polling every {settings.poll_interval_s:g}s"
+            mask_uri(
+                f"webhook not registered ({type(exc).__name__}: {exc}); following the registry "
+                f"by polling every {settings.poll_interval_s:g}s"
+            )
         )
         hook_id = None
     if hook_id is None:
@@ -94,7 +97,7 @@ def serve(
         follows = f"poll {settings.poll_interval_s:g}s" + (" + webhook" if settings.webhook_secret else "")
         say(
             f"btcflow gateway on http://{host}:{port} (docs: /docs, {workers} worker(s), "
-            f"engine {settings.serving_engine}, registry {settings.tracking_uri}, {follows})"
+            f"engine {settings.serving_engine}, registry {mask_uri(settings.tracking_uri)}, {follows})"
         )
         if workers == 1:  # in this process: no supervisor, nothing to share
             uvicorn.run(

@@ -100,3 +100,45 @@ def test_help_of_every_command_imports_nothing_heavy() -> None:
     assert {"(root)", "train", "broker start", "stack up", "monitor", "demo"} <= set(report)
     assert {path: r for path, r in report.items() if r["status"] != 0 or not r["usage"]} == {}
     assert {path: r["heavy"] for path, r in report.items() if r["heavy"]} == {}
+
+
+# -- no password in argv or in an error line --------------------------------------------------------------
+
+PASSWORD = "s3cret-PW"
+
+
+def test_a_password_on_the_command_line_is_refused_in_one_line(tmp_path) -> None:
+    uri = f"postgresql+psycopg2://btcflow:{PASSWORD}@127.0.0.1:1/mlflow"
+    done = btcflow("tracking", "start", "--backend-store-uri", uri, BTCFLOW_DATA_DIR=str(tmp_path))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("btcflow: error: --backend-store-uri: no password"), lines
+    assert "BTCFLOW_TRACKING_BACKEND_STORE_URI" in lines[0] and "--backend-store-uri-file" in lines[0]
+    assert PASSWORD not in done.stdout + done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+
+
+def test_the_help_shows_no_password_form_and_names_the_safe_ways() -> None:
+    from core.secrets import has_password
+
+    done = btcflow("tracking", "start", "--help", COLUMNS="200")
+    assert done.returncode == 0
+    assert not has_password(done.stdout), done.stdout
+    assert "--backend-store-uri-file" in done.stdout and "BTCFLOW_TRACKING_BACKEND_STORE_URI" in done.stdout
+
+
+def test_an_unreadable_uri_file_is_one_line_naming_the_file(tmp_path) -> None:
+    done = btcflow("tracking", "start", "--backend-store-uri-file", str(tmp_path / "missing"))
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and str(tmp_path / "missing") in done.stderr, done.stderr
+
+
+def test_an_error_naming_the_store_shows_no_password(tmp_path) -> None:
+    """Training's error when the store does not answer names it; the CLI's line masks it (exit 3)."""
+    uri = f"http://btcflow:{PASSWORD}@127.0.0.1:1"
+    done = btcflow("promote", "--model", "close", "--version", "1", MLFLOW_TRACKING_URI=uri)
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.strip() == (
+        "btcflow: error: MLflow tracking store http://btcflow:***@127.0.0.1:1 unreachable: "
+        "[Errno 111] Connection refused"
+    ), done.stderr

@@ -69,10 +69,3 @@ class TrainingSettings(BaseSettings):
         if uri.startswith("sqlite:///"):
             return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts").resolve().as_uri()
         return None
-
-    def ui_command(self) -> str:
-        """The command that opens the MLflow UI on this store."""
-        uri = self.tracking_uri
-        if uri.startswith(("http://", "https://")):
-            return f"open {uri}"
-        return f".venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"

@@ -121,6 +121,7 @@ def _train() -> None:
     from training.registry import stages
     from training.settings import TrainingSettings
     from training.specs import SPECS
+    from training.tracking import runs_link
     from training.train import summary_rows, train_models
 
     settings = TrainingSettings()
@@ -130,7 +131,7 @@ def _train() -> None:
     for name in SPECS:
         _say(promote_best(settings, name).message)
     print_summary(summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results])))
-    _say(f"compare the runs in the MLflow UI: {settings.ui_command()}")
+    _say(f"compare the runs in the MLflow UI: {runs_link(settings.tracking_uri, settings.experiment)}")
     if line := spark_log_line(settings.data_dir):
         _say(line)
 

@@ -14,6 +14,7 @@ import typer
 from btcflow.cli import broker, consume, demo, monitor, produce, serve, spark, stack, tracking, train
 from btcflow.cli.groups import QuickHelpGroup
 from core.errors import BtcflowError
+from core.secrets import mask_uri
 
 app = typer.Typer(
     cls=QuickHelpGroup,
@@ -77,7 +78,7 @@ def main() -> None:
     except BtcflowError as exc:  # every error raised on purpose: one line and the contract's status
         if debug:
             raise
-        print(f"btcflow: error: {exc}", file=sys.stderr)
+        print(f"btcflow: error: {mask_uri(str(exc))}", file=sys.stderr)  # it may name the store
         status = exc.exit_code
     except (KeyboardInterrupt, typer.Abort):
         print("btcflow: interrupted", file=sys.stderr)
@@ -85,6 +86,9 @@ def main() -> None:
     except Exception as exc:  # a bug, not a user error: still one line unless asked
         if debug:
             raise
-        print(f"btcflow: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        print(
+            f"btcflow: unexpected {type(exc).__name__}: {mask_uri(str(exc))} (rerun with --debug)",
+            file=sys.stderr,
+        )
         status = 1
     sys.exit(status if isinstance(status, int) else 0)

@@ -107,9 +107,11 @@ def monitor(
     from pydantic import ValidationError
 
     from core.errors import BadInput
+    from core.secrets import mask_uri
     from monitoring.settings import MonitorSettings
     from pipeline.settings import PipelineSettings
     from training.settings import TrainingSettings
+    from training.tracking import runs_link
 
     overrides: dict[str, Any] = {
         "group": group,
@@ -139,7 +141,7 @@ def monitor(
     from monitoring.promotion import promotion_gate
 
     def report(line: str) -> None:
-        typer.echo(f"{time.strftime('%H:%M:%S')} {line}")
+        typer.echo(f"{time.strftime('%H:%M:%S')} {mask_uri(line)}")  # a gate's failure may name the store
 
     summary = run_monitor(
         pipeline,
@@ -154,7 +156,9 @@ def monitor(
     typer.echo(summary.line())
     if summary.rows:
         print_table(summary.rows)
-    typer.echo(f"live metrics in MLflow (runs monitor-*): {training.ui_command()}")
+    typer.echo(
+        f"live metrics in MLflow (runs monitor-*): {runs_link(training.tracking_uri, training.experiment)}"
+    )
 
 
 def print_table(rows: list[dict]) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from btcflow.cli.groups import group
@@ -23,20 +26,47 @@ def start(
         None,
         "--backend-store-uri",
         metavar="URI",
-        help="A database of your own (e.g. postgresql+psycopg2://user:pw@host/db): btcflow starts no "
-        "PostgreSQL. Default: BTCFLOW_TRACKING_BACKEND_STORE_URI, else btcflow's own.",
+        help="A database of your own, with no password in it (e.g. "
+        "postgresql+psycopg2://user@host:5432/mlflow, the password in ~/.pgpass): btcflow starts no "
+        "PostgreSQL. A URI with a password goes in BTCFLOW_TRACKING_BACKEND_STORE_URI or "
+        "--backend-store-uri-file, never the command line.",
         show_default=False,
     ),
+    backend_store_uri_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--backend-store-uri-file",
+            metavar="PATH",
+            help="A file (keep it 0600) whose first line is the database's URI, password included.",
+            show_default=False,
+        ),
+    ] = None,
     timeout: float = typer.Option(120.0, help="Seconds to wait for PostgreSQL and the server to answer."),
 ) -> None:
+    from core.errors import BadInput
+    from core.secrets import has_password, read_uri_file
     from services.mlflow_server import TrackingServer, TrackingServerSettings
+    from training.tracking import runs_link
 
+    if backend_store_uri and has_password(backend_store_uri):  # `ps` and the shell's history show argv
+        raise BadInput(
+            "--backend-store-uri: no password on the command line (every user's ps shows it): put the URI in "
+            "BTCFLOW_TRACKING_BACKEND_STORE_URI or a 0600 file given to --backend-store-uri-file"
+        )
+    if backend_store_uri and backend_store_uri_file:
+        raise BadInput("give --backend-store-uri or --backend-store-uri-file, not both")
+    if backend_store_uri_file:
+        try:
+            backend_store_uri = read_uri_file(backend_store_uri_file)
+        except ValueError as exc:
+            raise BadInput(f"--backend-store-uri-file: {exc}") from None
     server = TrackingServer.from_settings(TrackingServerSettings(), backend_store_uri)
     uri = server.start(timeout)
     pg = server.postgres
     store = "a database of your own" if pg is None else f"PostgreSQL {pg.process.address}"
     typer.echo(f"MLflow tracking server at {uri} ({store}, artifacts in {server.artifacts})")
     typer.echo(f"export MLFLOW_TRACKING_URI={uri}")
+    typer.echo(f"compare runs: {runs_link(uri)}")
 
 
 @tracking_app.command("stop")

@@ -76,6 +76,7 @@ def train(
     from core.errors import BadInput
     from training.registry import Promotion, stages
     from training.settings import TrainingSettings
+    from training.tracking import runs_link
     from training.train import summary_rows, train_models
     from training.watch import watch
 
@@ -118,7 +119,7 @@ def train(
         )
     if line := spark_log_line(settings.data_dir):
         typer.echo(line)
-    typer.echo(f"compare runs: {settings.ui_command()}")
+    typer.echo(f"compare runs: {runs_link(settings.tracking_uri, settings.experiment)}")
 
 
 def promote(
@@ -148,6 +149,7 @@ def promote(
     from training.registry import promote_version
     from training.registry import rollback as roll_back
     from training.settings import TrainingSettings
+    from training.tracking import runs_link
 
     if [version is not None, best, rollback].count(True) != 1:
         raise BadInput("give exactly one of --version V, --best or --rollback")
@@ -161,6 +163,7 @@ def promote(
     else:
         result = promote_version(settings, model, version)  # type: ignore[arg-type]
     typer.echo(result.message)
+    typer.echo(f"compare runs: {runs_link(settings.tracking_uri, settings.experiment)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -106,6 +106,45 @@ def test_cli_names_the_folder_postgres_cannot_enter(tmp_path: Path) -> None:
     assert not (tmp_path / "data" / "postgres").exists()
 
 
+def test_a_store_uri_from_a_file_reaches_the_server_through_its_environment_only(tmp_path: Path) -> None:
+    """--backend-store-uri-file: the password is in no command line (`ps`) and in nothing printed; the
+    server gets the URI in its environment. No database listens, so the server keeps retrying and the start
+    times out (exit 3) with its log's last error line."""
+    secret = "s3cret-PW"
+    uri = f"postgresql+psycopg2://btcflow:{secret}@127.0.0.1:{free_port()}/mlflow"
+    uri_file = tmp_path / "store.uri"
+    uri_file.write_text(f"{uri}\n")
+    uri_file.chmod(0o600)
+    port = free_port()
+    env = client_env(
+        "http://127.0.0.1:1",
+        BTCFLOW_DATA_DIR=str(tmp_path / "data"),
+        BTCFLOW_TRACKING_PORT=str(port),
+        BTCFLOW_TRACKING_WORKERS="1",
+    )
+    server = TrackingServer(tmp_path / "data", port, backend_store_uri="from the file")
+    try:
+        done = btcflow(
+            "tracking",
+            "start",
+            "--backend-store-uri-file",
+            str(uri_file),
+            "--timeout",
+            "15",
+            env=env,
+            cwd=tmp_path,
+        )
+        pid = server.pid
+        assert pid is not None, done.stderr  # still trying to reach the database
+        assert secret.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert f"MLFLOW_BACKEND_STORE_URI={uri}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    finally:
+        server.stop()
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.count("\n") == 1 and "did not answer /health in time" in done.stderr
+    assert secret not in done.stdout + done.stderr + server.log_file.read_text()  # MLflow's own log too
+
+
 # -- train -> promote -> serve through the server only ---------------------------------------------------
 
 
