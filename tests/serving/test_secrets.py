@@ -14,11 +14,12 @@ from pathlib import Path
 import httpx
 from fastapi.testclient import TestClient
 
+from core.errors import RegistryUnavailable
+from core.registry import Production
 from services.processes import free_port
 from serving.app import create_app
-from serving.errors import RegistryUnavailable
+from serving.errors import HTTPProblem
 from serving.models import Gateway
-from serving.registry import Candidate
 from serving.settings import ServingSettings
 
 PASSWORD = "s3cret-PW"
@@ -31,10 +32,10 @@ class StubRegistry:
     def __init__(self, uri: str) -> None:
         self.uri, self.down = uri, False
 
-    def production(self, name: str) -> Candidate:
+    def production(self, name: str) -> Production:
         if self.down:
             raise RegistryUnavailable(f"MLflow registry at {self.uri}: connection refused")
-        return Candidate("1", "r" * 32, "Production")
+        return Production(name, "1", "r" * 32, "Production")
 
     def numpy_evaluator(self, name: str, version: str) -> object:
         raise OSError(f"cannot download models:/{name}/{version} from {self.uri}")
@@ -58,7 +59,7 @@ def test_models_answers_and_error_bodies_mask_the_password() -> None:
     assert "btcflow:***@127.0.0.1:5433" in down.json()["registry_error"]
     assert PASSWORD not in repr(failed) + down.text
 
-    body = RegistryUnavailable(f"MLflow registry at {uri}: refused").body()  # every error's JSON shape
+    body = HTTPProblem(503, "registry_unavailable", f"MLflow registry at {uri}: refused").body()  # any error
     assert body["message"] == f"MLflow registry at {failed['tracking_uri']}: refused"
 
 
