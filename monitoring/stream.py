@@ -55,7 +55,9 @@ class _Seats(ConsumerRebalanceListener):
         self.stream = stream
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        pass
+        """Commit what was scored of them while they are still ours, then forget them: another member
+        reads them now, and a later commit of this member's old positions would rewind it."""
+        self.stream.release(revoked)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         consumer, scored = self.stream.consumer, self.stream.position
@@ -89,7 +91,7 @@ class Stream:
                 session_timeout_ms=10_000,
                 heartbeat_interval_ms=2_000,
                 max_poll_records=POLL_RECORDS,
-                max_poll_interval_ms=600_000,  # a --promote gate runs Spark between two polls
+                max_poll_interval_ms=300_000,  # a poll is scored in well under a second
                 metadata_max_age_ms=5_000,
                 metrics_enabled=False,
                 bootstrap_timeout_ms=5_000,
@@ -142,10 +144,27 @@ class Stream:
         """The poll is scored: its offsets are the group's next commit."""
         self.position.update(polled.offsets)
 
+    def release(self, revoked: Any) -> None:
+        """Partitions taken away by a rebalance: their scored positions committed (best effort: the
+        generation may already be gone), then dropped from every later commit and from the lag."""
+        mine = {tp: at for tp, at in self.position.items() if tp in set(revoked)}
+        if mine and self.consumer is not None:
+            try:
+                self.consumer.commit({tp: OffsetAndMetadata(at, "", -1) for tp, at in mine.items()})
+            except KafkaError as exc:
+                log.info("offsets of revoked partitions not committed (%s)", exc)
+        for tp in mine:
+            del self.position[tp]
+        log.info("revoked %s", sorted(tp.partition for tp in revoked))
+
     def commit(self) -> None:
-        """Commit the positions scored so far (a restart resumes after them)."""
-        if self.consumer is not None and self.position:
-            offsets = {tp: OffsetAndMetadata(at, "", -1) for tp, at in self.position.items()}
+        """Commit the positions scored so far of the partitions assigned now (a restart resumes after
+        them); a partition revoked in between is never committed by this member again."""
+        if self.consumer is None or not self.position:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(at, "", -1) for tp, at in self.position.items() if tp in assigned}
+        if offsets:
             self.consumer.commit(offsets)
 
     def lag(self) -> dict[int, int]:
