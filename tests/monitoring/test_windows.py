@@ -245,7 +245,7 @@ def test_exporter_page_carries_live_figures_and_forgets_a_version() -> None:
     assert 'btcflow_monitor_rmse{model="btc-close"' not in exporter.text()
 
 
-# -- per-minute series (the live charts' points) --------------------------------------------------------------
+# -- per-minute series (the live charts' points) ----------------------------------------------------------
 def random_columns(kind: str, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     if kind == "classification":
         label = (rng.random(n) > 0.5).astype(float)
