@@ -55,18 +55,23 @@ class _Seats(ConsumerRebalanceListener):
         self.stream = stream
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        """Commit what was scored of them while they are still ours, then forget them: another member
-        reads them now, and a later commit of this member's old positions would rewind it."""
+        """Forget them: another member reads them now, and a later commit of this member's old positions
+        would rewind it. (Not committed here: kafka-python runs listeners on its IO thread, where a
+        blocking commit is refused; what was scored since the last commit, a second at most, is read
+        again by the new owner.)"""
         self.stream.release(revoked)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        consumer, scored = self.stream.consumer, self.stream.position
+        consumer, scored, released = self.stream.consumer, self.stream.position, self.stream.released
         assert consumer is not None
         for tp in assigned:
+            if tp in released:  # revoked and given back (an eager rebalance revokes every partition)
+                scored[tp] = released.pop(tp)
             if tp in scored:
                 consumer.seek(tp, scored[tp])
             elif self.stream.from_beginning:
                 consumer.seek_to_beginning(tp)
+        released.clear()  # the others are another member's now
         log.info("assigned %s", sorted(tp.partition for tp in assigned))
 
 
@@ -79,6 +84,7 @@ class Stream:
         self.from_beginning = from_beginning
         self.consumer: KafkaConsumer | None = None
         self.position: dict[TopicPartition, int] = {}
+        self.released: dict[TopicPartition, int] = {}  # revoked, kept until the assignment that follows
 
     def __enter__(self) -> Stream:
         try:
@@ -145,16 +151,11 @@ class Stream:
         self.position.update(polled.offsets)
 
     def release(self, revoked: Any) -> None:
-        """Partitions taken away by a rebalance: their scored positions committed (best effort: the
-        generation may already be gone), then dropped from every later commit and from the lag."""
-        mine = {tp: at for tp, at in self.position.items() if tp in set(revoked)}
-        if mine and self.consumer is not None:
-            try:
-                self.consumer.commit({tp: OffsetAndMetadata(at, "", -1) for tp, at in mine.items()})
-            except KafkaError as exc:
-                log.info("offsets of revoked partitions not committed (%s)", exc)
-        for tp in mine:
-            del self.position[tp]
+        """Partitions taken away by a rebalance: out of every later commit and of the lag (kept aside
+        until the assignment that follows, which may hand some of them back)."""
+        for tp in revoked:
+            if tp in self.position:
+                self.released[tp] = self.position.pop(tp)
         log.info("revoked %s", sorted(tp.partition for tp in revoked))
 
     def commit(self) -> None:
