@@ -2,16 +2,20 @@
 
 Bounded like every loop here: `max_minutes` rows scored, `idle_timeout_s` without a message, or the stop
 flag (SIGINT/SIGTERM, core.signals). Once a second the live metrics go to /metrics, the verdicts are
-judged (and a changed one said in one line), and the scored offsets are committed; every `log_interval_s`
-they go to MLflow; every `refresh_s` the registry is asked again. A registry that stops answering keeps the
-lineup as loaded (said once); one that does not answer at start is exit 3. With a `gate` (--promote), a
-challenger that starts beating Production live is handed to it (once per challenger and Production
-version: the gate starts Spark), and the registry is asked again at once.
+judged (and a changed one said in one line), and the scored offsets are committed; every scored minute's
+figures go to MLflow as one point, sent at most every `log_interval_s` (monitoring.runs); every
+`refresh_s` the registry is asked again. A registry that stops answering keeps the lineup as loaded (said
+once); one that does not answer at start is exit 3. With `gates` (--promote), a challenger that starts
+beating Production live is handed to the promotion gate, which runs in a child process
+(monitoring.promotion) while the loop goes on; when it ends, what it said is reported and the registry
+asked again at once. Whatever ends the monitor (a bound, a signal, an error, even at start) ends the gate
+child and every monitoring run it opened; a version that leaves the lineup is dropped with its run ended.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +27,7 @@ from kafka.errors import KafkaError
 from core.errors import BadInput, RegistryUnavailable
 from core.signals import stop_on_signals
 from monitoring.exporter import Exporter
-from monitoring.promotion import Gate
+from monitoring.promotion import Gates
 from monitoring.runs import MonitorRuns
 from monitoring.scoring import Lineup
 from monitoring.settings import MonitorSettings
@@ -69,24 +73,28 @@ class Monitor:
         training: TrainingSettings,
         settings: MonitorSettings,
         report: Callable[[str], None] = print,
-        gate: Gate | None = None,
+        gates: Gates | None = None,
     ) -> None:
         self.pipeline, self.training, self.settings = pipeline, training, settings
-        self.report, self.gate = report, gate
+        self.report, self.gates = report, gates
         self.exporter = Exporter()
         self.lineup = Lineup(training.tracking_uri, settings.challengers)
         self.judge = Judge(settings.windows[0], settings.min_minutes, settings.hold_minutes)
         self.truth = Truth()
         self.logs: dict[tuple[str, str], RollingLog] = {}
+        self.left: dict[tuple[str, str], dict[int, dict[str, float]]] = {}  # last figures of versions gone
         self.runs: MonitorRuns | None = None
         self.scored = self.rows_read = self.bad = 0
+        self.signal: str | None = None  # the signal that stopped the loop, if one did
         self._store_down = False
+        self._closed = False
         self._failed: set[tuple[str, str]] = set()
         self._handed: set[tuple[str, str | None, str | None]] = set()
 
     # -- setting up -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Reach MLflow (exit 3 if not), load the lineup (exit 3 if the registry does not answer), serve."""
+        """Reach MLflow (exit 3 if not), load the lineup (exit 3 if the registry does not answer), serve.
+        Raising, it leaves nothing behind for its caller to end but what `close` ends."""
         from training.tracking import connect
 
         experiment_id = connect(self.training)
@@ -104,6 +112,21 @@ class Monitor:
             ) from None
         self.report(f"metrics at {url}")
 
+    def close(self, status: str = "FINISHED", reason: str = "stopped") -> None:
+        """End what the session started, once: the gate child (and its JVM), the runs (with `status` and
+        `reason`), /metrics."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.gates is not None:
+            self.gates.stop()
+        if self.runs is not None:
+            self.runs.close(status, reason)
+        self.exporter.close()
+
+    def _on_signal(self, signum: int) -> None:
+        self.signal = signal.Signals(signum).name
+
     # -- the loop ------------------------------------------------------------------------------------
     def run(
         self,
@@ -113,42 +136,66 @@ class Monitor:
         stop: threading.Event | None = None,
     ) -> MonitorSummary:
         stop = stop or threading.Event()
-        ensure_topic(self.pipeline.bootstrap, self.pipeline.topic, self.pipeline.partitions)  # exit 3 fast
         started = time.monotonic()
+        status, reason = "FINISHED", "stopped by its caller"
+        try:
+            with stop_on_signals(stop, self._on_signal):
+                reason = self._loop(max_minutes, idle_timeout_s, from_beginning, stop) or reason
+            if self.signal is not None:
+                status, reason = "KILLED", f"{self.signal} received"
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            reason = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.close(status, reason)
+        return MonitorSummary(self.scored, self.rows_read, self.bad, time.monotonic() - started, self.table())
+
+    def _loop(
+        self,
+        max_minutes: int | None,
+        idle_timeout_s: float | None,
+        from_beginning: bool,
+        stop: threading.Event,
+    ) -> str | None:
+        """Poll, score, publish until a bound holds or `stop` is set; the bound that ended it, if one did."""
+        ensure_topic(self.pipeline.bootstrap, self.pipeline.topic, self.pipeline.partitions)  # exit 3 fast
         where = "its beginning" if from_beginning else "the group's offsets (a new group: the end)"
         self.report(f"reading {self.pipeline.topic} as group {self.settings.group} from {where}")
-        try:
-            with stop_on_signals(stop), Stream(self.pipeline, self.settings.group, from_beginning) as stream:
-                last_message = last_probe = last_publish = last_refresh = time.monotonic()
-                while not stop.is_set() and (max_minutes is None or self.scored < max_minutes):
-                    want = (
-                        POLL_RECORDS if max_minutes is None else min(POLL_RECORDS, max_minutes - self.scored)
-                    )
-                    polled = stream.poll(POLL_MS, want)
-                    now = time.monotonic()
-                    if polled.messages:
-                        last_message = now
-                        self._take(polled.rows, polled.bad)
-                        stream.scored(polled)
-                    if now - last_publish >= PUBLISH_S:
-                        last_publish = now
-                        self._publish(stream)
-                    if now - last_refresh >= self.settings.refresh_s:
-                        last_refresh = now
-                        self._refresh()
-                    silent = now - last_message
-                    if idle_timeout_s is not None and silent >= idle_timeout_s:
-                        log.info("no message for %.1f s: stopping", idle_timeout_s)
-                        break
-                    if silent >= PROBE_S and now - last_probe >= PROBE_S:
-                        last_probe = now
-                        admin_client(self.pipeline.bootstrap).close()  # gone: BrokerUnavailable, exit 3
-                self._publish(stream, final=True)
-        finally:
-            if self.runs is not None:
-                self.runs.close()
-            self.exporter.close()
-        return MonitorSummary(self.scored, self.rows_read, self.bad, time.monotonic() - started, self.table())
+        ended: str | None = None
+        with Stream(self.pipeline, self.settings.group, from_beginning) as stream:
+            last_message = last_probe = last_publish = last_refresh = time.monotonic()
+            while not stop.is_set():
+                if max_minutes is not None and self.scored >= max_minutes:
+                    ended = f"--max-minutes {max_minutes} scored"
+                    break
+                want = POLL_RECORDS if max_minutes is None else min(POLL_RECORDS, max_minutes - self.scored)
+                polled = stream.poll(POLL_MS, want)
+                now = time.monotonic()
+                if polled.messages:
+                    last_message = now
+                    self._take(polled.rows, polled.bad)
+                    stream.scored(polled)
+                if now - last_publish >= PUBLISH_S:
+                    last_publish = now
+                    self._publish(stream)
+                if self.gates is not None and (done := self.gates.poll()) is not None:
+                    kind, said = done
+                    self.report(f"promotion gate for {SPECS[kind].registered_name}: {said}")
+                    self._refresh()
+                if now - last_refresh >= self.settings.refresh_s:
+                    last_refresh = now
+                    self._refresh()
+                silent = now - last_message
+                if idle_timeout_s is not None and silent >= idle_timeout_s:
+                    log.info("no message for %.1f s: stopping", idle_timeout_s)
+                    ended = f"no message for {idle_timeout_s:g} s"
+                    break
+                if silent >= PROBE_S and now - last_probe >= PROBE_S:
+                    last_probe = now
+                    admin_client(self.pipeline.bootstrap).close()  # gone: BrokerUnavailable, exit 3
+            self._publish(stream, final=True)
+        return ended
 
     def _take(self, rows: Any, bad: list[str]) -> None:
         """Score one poll's rows with every version in the lineup, at once per version."""
@@ -171,7 +218,10 @@ class Monitor:
                     log.warning("%s failed to score a poll: %s: %s", member.label, type(exc).__name__, exc)
                 continue
             if got is not None:
-                log_ = self.logs.setdefault(key, RollingLog(member.spec.kind, max(self.settings.windows)))
+                log_ = self.logs.get(key)
+                if log_ is None:
+                    windows = self.settings.windows
+                    log_ = self.logs[key] = RollingLog(member.spec.kind, max(windows), series=windows)
                 log_.add(*got)
         self.scored += ready.new
         self.exporter.rows_scored.inc(ready.new)
@@ -179,17 +229,17 @@ class Monitor:
     def _publish(self, stream: Stream, final: bool = False) -> None:
         """Live figures to /metrics (and MLflow when due), verdicts judged, scored offsets committed."""
         members = self.lineup.all()
-        figures, steps = {}, {}
         for member in members:
             key = (member.spec.registered_name, member.version)
             if key in self.logs:
-                figures[key] = live(self.logs[key], self.settings.windows)
-                steps[key] = self.logs[key].newest
-                self.exporter.publish(*key, figures[key])
+                self.exporter.publish(*key, live(self.logs[key], self.settings.windows))
+                if self.runs is not None:
+                    self.runs.take(key, self.logs[key].drain())
+        self.exporter.lag.clear()  # a partition revoked meanwhile is another member's to report
         for partition, lag in stream.lag().items():
             self.exporter.lag.labels(str(partition)).set(lag)
         if self.runs is not None and (final or self.runs.due()):
-            self.runs.log(members, figures, steps)
+            self.runs.log(members)
         try:
             stream.commit()
         except KafkaError as exc:  # a rebalance in between: the next commit carries the same positions
@@ -207,18 +257,20 @@ class Monitor:
             for verdict in self.judge.judge(spec, champion, versions):
                 self.report(verdict.line)
                 pair = (kind, verdict.challenger, champion)
-                if verdict.challenger is not None and self.gate is not None and pair not in self._handed:
+                if verdict.challenger is not None and self.gates is not None and pair not in self._handed:
                     self._handed.add(pair)  # one hand-off per challenger and champion: the gate runs Spark
                     self._hand_to_gate(kind)
 
     def _hand_to_gate(self, kind: str) -> None:
-        assert self.gate is not None
-        self.report(f"--promote: handing {SPECS[kind].registered_name} to the promotion gate")
+        """Start the gate's child (or queue it); its end is reported by the loop, never waited for."""
+        assert self.gates is not None
+        name = SPECS[kind].registered_name
         try:
-            self.report(self.gate(kind))
-        except Exception as exc:  # a refusal or a failure of the gate is news, not the end of monitoring
-            self.report(f"promotion gate for {SPECS[kind].registered_name} did not run: {exc}")
-        self._refresh()
+            started = self.gates.hand(kind)
+        except OSError as exc:  # a gate that cannot start is news, not the end of monitoring
+            self.report(f"promotion gate for {name} did not start: {exc}")
+            return
+        self.report(f"--promote: handing {name} to the promotion gate ({started})")
 
     def _refresh(self) -> None:
         try:
@@ -240,20 +292,27 @@ class Monitor:
         if self.runs is not None:
             self.runs.open(self.lineup.all())
         scored = {(m.spec.registered_name, m.version) for m in self.lineup.all()}
-        for key in list(self.logs):
-            if key not in scored:
-                self.exporter.forget(*key)
-                if self.runs is not None:
-                    self.runs.finish(key)
+        for key in [k for k in self.logs if k not in scored]:  # gone: its log and figures are dropped
+            log_ = self.logs.pop(key)
+            self.left[key] = live(log_, self.settings.windows)  # for the summary table: a few floats
+            self.exporter.forget(*key)
+            self.judge.forget(next(s.name for s in SPECS.values() if s.registered_name == key[0]), key[1])
+            self._failed.discard(key)
+        if self.runs is not None:
+            for key in [k for k in self.runs.run_ids if k not in scored]:
+                self.runs.finish(key)
+        for key in scored:
+            self.left.pop(key, None)
         self.exporter.lineup((m.spec.registered_name, m.version, m.role) for m in self.lineup.all())
 
     def table(self) -> list[dict[str, Any]]:
         """One row per version scored and window: its live primary metric and its baseline's."""
         roles = {(m.spec.registered_name, m.version): m.role for m in self.lineup.all()}
+        figures = {key: live(log_, self.settings.windows) for key, log_ in self.logs.items()} | self.left
         rows = []
-        for (name, version), log_ in sorted(self.logs.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))):
+        for (name, version), windows in sorted(figures.items(), key=lambda kv: (kv[0][0], int(kv[0][1]))):
             spec = next(s for s in SPECS.values() if s.registered_name == name)
-            for window, values in live(log_, self.settings.windows).items():
+            for window, values in windows.items():
                 key = spec.primary_metric
                 rows.append(
                     {
@@ -278,14 +337,18 @@ def monitor(
     max_minutes: int | None = None,
     idle_timeout_s: float | None = None,
     from_beginning: bool = False,
-    gate: Gate | None = None,
+    gates: Gates | None = None,
     report: Callable[[str], None] = print,
     stop: threading.Event | None = None,
 ) -> MonitorSummary:
-    """Score the topic live until a bound holds; what `btcflow monitor` calls."""
-    session = Monitor(pipeline, training, settings, report, gate)
-    session.start()
-    try:
-        return session.run(max_minutes, idle_timeout_s, from_beginning, stop)
-    finally:
-        session.exporter.close()
+    """Score the topic live until a bound holds; what `btcflow monitor` calls. A signal during the start
+    (loading the lineup) is kept and stops the loop before its first poll."""
+    stop = stop or threading.Event()
+    session = Monitor(pipeline, training, settings, report, gates)
+    with stop_on_signals(stop, session._on_signal):
+        try:
+            session.start()
+        except BaseException as exc:  # Kafka, MLflow or the port: the runs opened so far end FAILED
+            session.close("FAILED", f"{type(exc).__name__}: {exc}")
+            raise
+    return session.run(max_minutes, idle_timeout_s, from_beginning, stop)

@@ -5,7 +5,8 @@ numbered above it (all of them when there is none), the newest `challengers` tha
 downloaded once and evaluated by the gateway's own numpy engine (serving.evaluate.NumpyEvaluator, checked
 against its spec by serving.specs), so the monitor judges exactly what the gateway would answer, with no
 JVM. A version that cannot be evaluated is said once and skipped; one that fails for another reason
-(a download interrupted) is tried again at the next refresh.
+(a download interrupted) is tried again at the next refresh. A version that leaves the lineup is dropped
+(loaded again should it come back).
 """
 
 from __future__ import annotations
@@ -140,6 +141,9 @@ class Lineup:
             for v in before.keys() - after.keys():
                 changes.append(f"stopped scoring {spec.registered_name} v{v}")
             self.members[kind], self.champions[kind] = lineup, champion
+        kept = {(m.spec.registered_name, m.version) for m in self.all()}
+        for key in [k for k in self._loaded if k not in kept]:  # left the lineup: its evaluator goes
+            del self._loaded[key]
         return changes
 
     def _member(self, kind: str, mv: Any, role: str) -> Member | None:

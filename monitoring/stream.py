@@ -55,16 +55,23 @@ class _Seats(ConsumerRebalanceListener):
         self.stream = stream
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        pass
+        """Forget them: another member reads them now, and a later commit of this member's old positions
+        would rewind it. (Not committed here: kafka-python runs listeners on its IO thread, where a
+        blocking commit is refused; what was scored since the last commit, a second at most, is read
+        again by the new owner.)"""
+        self.stream.release(revoked)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        consumer, scored = self.stream.consumer, self.stream.position
+        consumer, scored, released = self.stream.consumer, self.stream.position, self.stream.released
         assert consumer is not None
         for tp in assigned:
+            if tp in released:  # revoked and given back (an eager rebalance revokes every partition)
+                scored[tp] = released.pop(tp)
             if tp in scored:
                 consumer.seek(tp, scored[tp])
             elif self.stream.from_beginning:
                 consumer.seek_to_beginning(tp)
+        released.clear()  # the others are another member's now
         log.info("assigned %s", sorted(tp.partition for tp in assigned))
 
 
@@ -77,6 +84,7 @@ class Stream:
         self.from_beginning = from_beginning
         self.consumer: KafkaConsumer | None = None
         self.position: dict[TopicPartition, int] = {}
+        self.released: dict[TopicPartition, int] = {}  # revoked, kept until the assignment that follows
 
     def __enter__(self) -> Stream:
         try:
@@ -89,7 +97,7 @@ class Stream:
                 session_timeout_ms=10_000,
                 heartbeat_interval_ms=2_000,
                 max_poll_records=POLL_RECORDS,
-                max_poll_interval_ms=600_000,  # a --promote gate runs Spark between two polls
+                max_poll_interval_ms=300_000,  # a poll is scored in well under a second
                 metadata_max_age_ms=5_000,
                 metrics_enabled=False,
                 bootstrap_timeout_ms=5_000,
@@ -142,10 +150,22 @@ class Stream:
         """The poll is scored: its offsets are the group's next commit."""
         self.position.update(polled.offsets)
 
+    def release(self, revoked: Any) -> None:
+        """Partitions taken away by a rebalance: out of every later commit and of the lag (kept aside
+        until the assignment that follows, which may hand some of them back)."""
+        for tp in revoked:
+            if tp in self.position:
+                self.released[tp] = self.position.pop(tp)
+        log.info("revoked %s", sorted(tp.partition for tp in revoked))
+
     def commit(self) -> None:
-        """Commit the positions scored so far (a restart resumes after them)."""
-        if self.consumer is not None and self.position:
-            offsets = {tp: OffsetAndMetadata(at, "", -1) for tp, at in self.position.items()}
+        """Commit the positions scored so far of the partitions assigned now (a restart resumes after
+        them); a partition revoked in between is never committed by this member again."""
+        if self.consumer is None or not self.position:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: OffsetAndMetadata(at, "", -1) for tp, at in self.position.items() if tp in assigned}
+        if offsets:
             self.consumer.commit(offsets)
 
     def lag(self) -> dict[int, int]:

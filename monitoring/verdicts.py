@@ -86,6 +86,12 @@ class Judge:
                 )
         return changes
 
+    def forget(self, model: str, version: str) -> None:
+        """A version left the lineup: the verdicts it took part in go (a return is judged afresh)."""
+        for memory in (self.held, self.pending):
+            for key in [k for k in memory if k[1] == model and version in k[2:]]:
+                del memory[key]
+
     def _flipped(self, key: tuple[str, ...], now: bool, minute: int) -> bool:
         """Record a verdict at `minute`; whether it is news: a first judgement that holds, or a change
         that has held for `hold` minutes."""

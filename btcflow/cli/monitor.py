@@ -97,7 +97,8 @@ def monitor(
         typer.Option(
             "--promote",
             help="When a challenger starts beating Production live, hand the model to the promotion gate "
-            "(btcflow promote --best --require-baseline: scored on the batch files with Spark).",
+            "(btcflow promote --best --require-baseline: scored on the batch files with Spark, in a child "
+            "process; monitoring goes on meanwhile).",
         ),
     ] = False,
 ) -> None:
@@ -138,7 +139,7 @@ def monitor(
 
         forbid_jvm_imports()
     from monitoring.monitor import monitor as run_monitor
-    from monitoring.promotion import promotion_gate
+    from monitoring.promotion import Gates
 
     def report(line: str) -> None:
         typer.echo(f"{time.strftime('%H:%M:%S')} {mask_uri(line)}")  # a gate's failure may name the store
@@ -150,7 +151,7 @@ def monitor(
         max_minutes=max_minutes,
         idle_timeout_s=idle_timeout,
         from_beginning=from_beginning,
-        gate=promotion_gate(training) if promote else None,
+        gates=Gates(training) if promote else None,
         report=report,
     )
     typer.echo(summary.line())
@@ -184,7 +185,8 @@ HELP = (
     "naive baseline on the same minutes: for close the previous minute's Close, for high_low Open as both "
     "High and Low, for trend persistence (the previous minute's direction)."
     "\n\nThe figures go to MLflow (experiment btcflow, one run monitor-<model>-v<version> per version, "
-    "metrics live_<W>m/<metric>, step = Timestamp // 60) and to Prometheus on /metrics. One line is printed "
+    "metrics live_<W>m/<metric>, one point per scored minute: step = Timestamp // 60) and to Prometheus "
+    "on /metrics. One line is printed "
     "when a challenger starts or stops beating Production in the first window, and when Production falls "
     "below its baseline or comes back. Runs until Ctrl-C or SIGTERM unless --max-minutes or --idle-timeout "
     "ends it, then prints a summary line and a table per version and window."

@@ -243,3 +243,62 @@ def test_exporter_page_carries_live_figures_and_forgets_a_version() -> None:
     assert 'btcflow_monitor_version_info{model="btc-close",role="challenger",version="2"} 1.0' in page
     exporter.forget("btc-close", "2")
     assert 'btcflow_monitor_rmse{model="btc-close"' not in exporter.text()
+
+
+# -- per-minute series (the live charts' points) ----------------------------------------------------------
+def random_columns(kind: str, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    if kind == "classification":
+        label = (rng.random(n) > 0.5).astype(float)
+        probability = rng.choice([0.2, 0.4, 0.5, 0.6, 0.8], n)  # a tree's few leaf values: many ties
+        return {
+            "label": label,
+            "predicted": (probability > 0.5).astype(float),
+            "probability_up": probability,
+            "baseline": (rng.random(n) > 0.5).astype(float),
+        }
+    return {c: 100 + rng.normal(0, 1, n) for c in COLUMNS_OF[kind]}
+
+
+COLUMNS_OF = {
+    "regression": ("actual", "predicted", "baseline"),
+    "high_low": ("high", "low", "predicted_high", "predicted_low", "open"),
+}
+
+
+@pytest.mark.parametrize("kind", ["regression", "high_low", "classification"])
+def test_each_added_minute_gets_the_figures_of_its_own_window_as_metrics_computes_them(kind: str) -> None:
+    """Polls of uneven size, a gap, a late minute and a whole poll bigger than the largest window: every
+    minute's point equals `metrics` over (minute - W, minute] of everything added up to then."""
+    rng = np.random.default_rng(3)
+    minute = np.concatenate([np.arange(0, 40), np.arange(55, 300)])  # a gap of 15 minutes
+    cols = random_columns(kind, len(minute), rng)
+    log = RollingLog(kind, 60, series=(7, 60))  # type: ignore[arg-type]
+    cuts = [0, 1, 2, 30, 31, 250, len(minute)]  # one-row polls and one of 219 rows (> the span)
+    seen_minute = np.empty(0, dtype=np.int64)
+    seen = {c: np.empty(0) for c in cols}
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        part = slice(a, b)
+        log.add(minute[part], {c: v[part] for c, v in cols.items()})
+        seen_minute = np.concatenate([seen_minute, minute[part]])
+        seen = {c: np.concatenate([seen[c], v[part]]) for c, v in cols.items()}
+        (points,) = log.drain()
+        assert points.minute.tolist() == sorted(set(minute[part].tolist()))
+        for i, t in enumerate(points.minute.tolist()):
+            for w, figures in points.figures.items():
+                keep = (seen_minute > t - w) & (seen_minute <= t)
+                expected = metrics(kind, {c: v[keep] for c, v in seen.items()})  # type: ignore[arg-type]
+                assert {k: v[i] for k, v in figures.items()} == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert log.drain() == []
+    assert log.minute.tolist() == list(range(240, 300))  # trimmed to the span after the series
+
+
+def test_a_late_minute_is_sorted_in_and_charted_over_its_own_window() -> None:
+    log = RollingLog("regression", 10, series=(3,))
+    ones = {c: np.ones(3) for c in ("actual", "predicted", "baseline")}
+    log.add(np.array([10, 11, 12]), ones)
+    log.drain()
+    log.add(np.array([9]), {"actual": np.zeros(1), "predicted": np.full(1, 2.0), "baseline": np.zeros(1)})
+    assert log.minute.tolist() == [9, 10, 11, 12]
+    (points,) = log.drain()
+    assert points.minute.tolist() == [9]
+    assert points.figures[3]["rmse"].tolist() == [2.0] and points.figures[3]["minutes"].tolist() == [1.0]
