@@ -31,14 +31,13 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import spark_models as sm
-from core.errors import BadInput
+from core.errors import BadInput, BrokerUnavailable
 from monitoring.monitor import Monitor, monitor
 from monitoring.promotion import Gates
 from monitoring.scoring import Lineup
 from monitoring.settings import MonitorSettings
 from monitoring.stream import Stream
 from pipeline.broker import ensure_topic
-from pipeline.errors import BrokerUnavailable
 from pipeline.producer import Pacing, produce
 from pipeline.settings import PipelineSettings
 from tests.serving.conftest import Store
