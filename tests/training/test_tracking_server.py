@@ -134,7 +134,7 @@ def test_a_store_uri_from_a_file_reaches_the_server_through_its_environment_only
             env=env,
             cwd=tmp_path,
         )
-        pid = server.pid
+        pid = server.process.pid
         assert pid is not None, done.stderr  # still trying to reach the database
         assert secret.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
         assert f"MLFLOW_BACKEND_STORE_URI={uri}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes()
@@ -142,7 +142,8 @@ def test_a_store_uri_from_a_file_reaches_the_server_through_its_environment_only
         server.stop()
     assert done.returncode == 3, done.stderr
     assert done.stderr.count("\n") == 1 and "did not answer /health in time" in done.stderr
-    assert secret not in done.stdout + done.stderr + server.log_file.read_text()  # MLflow's own log too
+    logged = server.process.log_file.read_text()  # MLflow's own log too
+    assert secret not in done.stdout + done.stderr + logged
 
 
 # -- train -> promote -> serve through the server only ---------------------------------------------------
