@@ -194,7 +194,8 @@ def test_cli_scores_a_bounded_number_of_minutes_and_stops(
     command += ["--from-beginning", "--max-minutes", "50", "--idle-timeout", "30", "--metrics-port", "0"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "monitored 50 minutes (50 rows read, 0 bad messages)" in done.stdout
+    summary = [line for line in done.stdout.splitlines() if line.startswith("monitored")]
+    assert "monitored 50 minutes (50 rows read, 0 bad messages)" in done.stdout, (summary, done.stdout[:2000])
     assert re.search(r"btc-close\s+│\s+2\s+│\s+challenger\s+│\s+60m\s+│\s+49\s+│\s+rmse", done.stdout), (
         done.stdout
     )
