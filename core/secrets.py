@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("btcflow")
+log = logging.getLogger("core")
 
 MASK = "***"
 

@@ -124,7 +124,8 @@ class Monitor:
             self.runs.close(status, reason)
         self.exporter.close()
 
-    def _on_signal(self, signum: int) -> None:
+    def on_signal(self, signum: int) -> None:
+        """Remember the signal that stops the loop (the runs end KILLED, naming it)."""
         self.signal = signal.Signals(signum).name
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -139,13 +140,12 @@ class Monitor:
         started = time.monotonic()
         status, reason = "FINISHED", "stopped by its caller"
         try:
-            with stop_on_signals(stop, self._on_signal):
+            with stop_on_signals(stop, self.on_signal):
                 reason = self._loop(max_minutes, idle_timeout_s, from_beginning, stop) or reason
             if self.signal is not None:
                 status, reason = "KILLED", f"{self.signal} received"
         except BaseException as exc:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-            reason = f"{type(exc).__name__}: {exc}"
+            status, reason = ending(exc)
             raise
         finally:
             self.close(status, reason)
@@ -329,6 +329,11 @@ class Monitor:
         return rows
 
 
+def ending(exc: BaseException) -> tuple[str, str]:
+    """How an exception ends the monitoring runs: KILLED for Ctrl-C, else FAILED; the reason names it."""
+    return "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", f"{type(exc).__name__}: {exc}"
+
+
 def monitor(
     pipeline: PipelineSettings,
     training: TrainingSettings,
@@ -345,10 +350,10 @@ def monitor(
     (loading the lineup) is kept and stops the loop before its first poll."""
     stop = stop or threading.Event()
     session = Monitor(pipeline, training, settings, report, gates)
-    with stop_on_signals(stop, session._on_signal):
+    with stop_on_signals(stop, session.on_signal):
         try:
             session.start()
         except BaseException as exc:  # Kafka, MLflow or the port: the runs opened so far end FAILED
-            session.close("FAILED", f"{type(exc).__name__}: {exc}")
+            session.close(*ending(exc))
             raise
     return session.run(max_minutes, idle_timeout_s, from_beginning, stop)

@@ -1,10 +1,12 @@
 """The ingest's own errors, beside core.errors' shared kinds (BadInput, BrokerUnavailable)."""
 
-from core.errors import BadInput, Unavailable
+from core.errors import BadInput, BtcflowError
 
 
-class StorageFull(Unavailable):
+class StorageFull(BtcflowError):
     """The batch folder's disk is full: nothing was written, the run stops so that space can be freed."""
+
+    exit_code = 3
 
 
 class OffsetMismatch(BadInput):

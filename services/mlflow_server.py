@@ -25,7 +25,7 @@ from core.secrets import kept_secret
 from services.postgres import PostgresCluster
 from services.processes import ServiceState, Supervised, alive, port_open
 
-log = logging.getLogger("training")
+log = logging.getLogger("services")
 
 HOST = "127.0.0.1"
 

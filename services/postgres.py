@@ -26,7 +26,7 @@ from core.errors import ServiceDidNotStart
 from core.secrets import kept_secret
 from services.processes import Supervised, port_open
 
-log = logging.getLogger("training")
+log = logging.getLogger("services")
 
 HOST = "127.0.0.1"
 ROLE = "btcflow"

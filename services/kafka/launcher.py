@@ -18,7 +18,7 @@ from pathlib import Path
 from core.errors import BrokerUnavailable
 from services import processes
 
-log = logging.getLogger("pipeline")
+log = logging.getLogger("services")
 
 KAFKA_DIR = Path(__file__).parent
 POM = KAFKA_DIR / "pom.xml"
