@@ -1,15 +1,20 @@
-"""The batch dataset's on-disk format, the one definition that the consumer (which writes it) and
-training (which reads it) share: `DIR/batch_<n>.<parquet|csv>` plus `DIR/manifest.json`.
+"""The batch dataset's format, the one definition that the consumer (which writes it) and training
+(which reads it) share: `DIR/batch_<n>.<parquet|csv>`, the commit log `DIR/_commits/<n>.json` (one record
+per batch, the truth) and `DIR/manifest.json` (the merged view of the log). DIR is a `core.storage`
+folder: the local disk or HDFS.
 
 It lives outside `pipeline` and `training` so that neither imports the other, and it imports nothing
 heavy (no pyarrow, no pyspark): training, the store and the demo all read the manifest through it.
 
-The manifest is the truth of what was ingested: a file it does not list is a crash's leftover.
+The log is the truth of what was ingested: a file no record names is a crash's leftover. The view may
+lag behind the log by the last few batches (its writer died, or lost a race), so every reader here reads
+the view and then the records after it; the lag costs one probe when there is none.
 One rule for its entries everywhere: the contract's keys are required, keys this version does not
 know are ignored (a newer writer may add some), anything else makes the manifest unreadable.
 
-An entry's `sha256` is the digest of the file's bytes as they were renamed into place (the writer hashes
-the finished file, `sha256_of`); `verify` is the reader's side of that promise, so both live here.
+An entry's `sha256` is the digest of the file's bytes as the writer made them, and `crc32c` their CRC32C,
+which HDFS can compute for a file from the checksums its DataNodes already keep (COMPOSITE_CRC), without
+reading the bytes; `verify` is the reader's side of that promise, so both live here.
 """
 
 from __future__ import annotations
@@ -17,11 +22,17 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+import crc32c
+
+from core.storage import LocalStorage, Storage, open_storage
 
 COLUMNS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")
 MANIFEST = "manifest.json"
+RECORDS = "_commits"
 
 
 class ManifestError(ValueError):
@@ -47,6 +58,8 @@ class BatchEntry:
     sha256: str
     closed_at: str = ""
     topic_id: str | None = None
+    crc32c: str | None = None  # hex CRC32C of the file's bytes (written since the HDFS store)
+    rejected: int = 0  # messages among the offsets that were not rows, kept in the batch's record
 
 
 _KNOWN = {f.name for f in fields(BatchEntry)}
@@ -56,23 +69,88 @@ def batch_file(number: int, fmt: str) -> str:
     return f"batch_{number}.{fmt}"
 
 
-def read_manifest(directory: Path) -> list[BatchEntry]:
-    """The closed batches in order; [] when there is no manifest yet; ManifestError when unreadable."""
-    path = directory / MANIFEST
+def record_name(number: int) -> str:
+    return f"{RECORDS}/{number}.json"
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """Batch n's record in the log: its entry, the hidden name its file had until it was published
+    (None for entries read from the view, all published), and its rejected messages."""
+
+    entry: BatchEntry
+    staged: str | None = None
+    rejected: list[dict[str, object]] = field(default_factory=list)
+
+    def text(self) -> bytes:
+        return json.dumps(
+            {"entry": _as_json(self.entry), "staged": self.staged, "rejected": self.rejected}
+        ).encode()
+
+    @classmethod
+    def parse(cls, data: bytes) -> CommitRecord:
+        raw = json.loads(data)
+        return cls(_entry(raw["entry"]), raw.get("staged"), raw.get("rejected", []))
+
+
+def _entry(raw: dict[str, object]) -> BatchEntry:
+    return BatchEntry(**{k: v for k, v in raw.items() if k in _KNOWN})  # type: ignore[arg-type]
+
+
+def read_view(storage: Storage) -> list[BatchEntry]:
+    """`manifest.json` alone; [] when there is none yet; ManifestError when unreadable."""
     try:
-        text = path.read_text()
+        text = storage.read(MANIFEST)
     except FileNotFoundError:
         return []
+    where = storage.location(MANIFEST)
     try:
-        entries = [
-            BatchEntry(**{k: v for k, v in e.items() if k in _KNOWN}) for e in json.loads(text)["batches"]
-        ]
+        entries = [_entry(e) for e in json.loads(text)["batches"]]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ManifestError(f"unreadable manifest {path}: {exc}") from None
+        raise ManifestError(f"unreadable manifest {where}: {exc}") from None
     for number, entry in enumerate(entries, start=1):
         if entry.batch != number:
-            raise ManifestError(f"unreadable manifest {path}: entry {number} says batch {entry.batch}")
+            raise ManifestError(f"unreadable manifest {where}: entry {number} says batch {entry.batch}")
     return entries
+
+
+def committed(storage: Storage, *, view_only: bool = False) -> list[CommitRecord]:
+    """Every claimed batch: the view's, then each record after it until a number nobody claimed.
+    Records after the view keep their staged name, so a writer can publish one whose file is not yet
+    in place (`pipeline.store`)."""
+    records = [CommitRecord(e) for e in read_view(storage)]
+    while not view_only:
+        number = len(records) + 1
+        try:
+            data = storage.read(record_name(number))
+        except FileNotFoundError:
+            break
+        try:
+            record = CommitRecord.parse(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ManifestError(
+                f"unreadable commit record {storage.location(record_name(number))}: {exc}"
+            ) from None
+        if record.entry.batch != number:
+            raise ManifestError(f"commit record {number} says batch {record.entry.batch}")
+        records.append(record)
+    return records
+
+
+def listed(storage: Storage) -> list[BatchEntry]:
+    """The batches readers may use: every claimed one whose file is in place (a record's file is
+    published a moment after the claim; the listing stops before the first that is not yet)."""
+    out = []
+    for record in committed(storage):
+        if record.staged is not None and not storage.exists(record.entry.file):
+            break
+        out.append(record.entry)
+    return out
+
+
+def read_manifest(where: Storage | Path | str) -> list[BatchEntry]:
+    """The listed batches of the dataset at `where`, in order; [] when there are none yet."""
+    return listed(where if isinstance(where, Storage) else open_storage(where))
 
 
 def manifest_text(entries: list[BatchEntry]) -> str:
@@ -81,8 +159,9 @@ def manifest_text(entries: list[BatchEntry]) -> str:
 
 def _as_json(entry: BatchEntry) -> dict[str, object]:
     record = asdict(entry)
-    if record["topic_id"] is None:  # written by a version that did not know it: keep the old shape
-        del record["topic_id"]
+    for key in ("topic_id", "crc32c"):  # written by a version that did not know it: keep the old shape
+        if record[key] is None:
+            del record[key]
     return record
 
 
@@ -118,20 +197,51 @@ _verified: dict[Path, tuple[str, tuple[int, ...]]] = {}
 RACY_NS = 2_000_000_000
 
 
-def verify(directory: Path, entry: BatchEntry) -> None:
+FileCrc = Callable[[str], str]  # a file's location -> its hex CRC32C, as the store computes it
+
+
+def verify(storage: Storage, entry: BatchEntry, file_crc: FileCrc | None = None) -> None:
     """Check that `entry`'s file holds exactly the bytes the manifest recorded when it closed.
 
     BatchFileError, naming the batch, when the file is missing or was changed, truncated or replaced
-    since: lineage tags claim these bytes, so nothing may be read from a file that is not them. The
-    full hash runs once per file per process (watching, a cumulative selection re-reads old batches).
+    since: lineage tags claim these bytes, so nothing may be read from a file that is not them.
+    On the local disk the sha256 of the bytes, once per file per process (watching, a cumulative
+    selection re-reads old batches). Elsewhere `file_crc` (HDFS's own file checksum: no byte leaves the
+    DataNodes), or the CRC32C of the bytes streamed once when no such call is at hand.
     """
-    path = directory / entry.file
+    if isinstance(storage, LocalStorage):
+        _verify_local(storage, entry)
+        return
+    where = storage.location(entry.file)
+    try:
+        size = storage.info(entry.file).size
+    except FileNotFoundError:
+        raise BatchFileError(f"batch {entry.batch} ({where}) is listed in its manifest but missing") from None
+    if entry.crc32c is None:
+        actual_sha = hashlib.sha256(storage.read(entry.file)).hexdigest()
+        matches = actual_sha == entry.sha256
+    else:
+        actual = (
+            file_crc(where)
+            if file_crc is not None and size
+            else f"{crc32c.crc32c(storage.read(entry.file)):08x}"
+        )
+        matches = actual == entry.crc32c
+    if not matches:
+        raise BatchFileError(
+            f"batch {entry.batch} ({where}) does not match its manifest checksum: changed, truncated or "
+            "replaced since it closed"
+        )
+
+
+def _verify_local(storage: LocalStorage, entry: BatchEntry) -> None:
+    path = storage.path(entry.file)
     checked_at = time.time_ns()
     try:
         stat = path.stat()
     except FileNotFoundError:
         raise BatchFileError(
-            f"batch {entry.batch} ({path}) is listed in {directory / MANIFEST} but missing"
+            f"batch {entry.batch} ({path}) is listed in {storage.path(MANIFEST)} but missing"
         ) from None
     identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     key = path.absolute()

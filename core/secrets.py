@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from core.storage import fsync_dir
+
 log = logging.getLogger("core")
 
 MASK = "***"
@@ -188,7 +190,7 @@ def _link_new(path: Path, value: str) -> bool:
             os.link(tmp, path)
         except FileExistsError:
             return False
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -207,13 +209,5 @@ def _set_aside(path: Path) -> None:
             log.warning(
                 "%s held no usable secret (an interrupted write?): moved to %s, making a new one", path, aside
             )
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)

@@ -106,7 +106,7 @@ class BatchingConsumer:
             self.store.entries,
             self.topic_id,
             from_beginning=self.from_beginning,
-            where=self.store.directory,
+            where=self.store.where,
         )
         try:
             for tp, offset in starts.items():
@@ -226,7 +226,7 @@ class BatchingConsumer:
 
 def consume(
     settings: PipelineSettings,
-    out_dir: Path,
+    out_dir: Path | str,
     batch_rows: int | None = None,
     window_s: float | None = None,
     max_batches: int | None = None,

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -102,7 +101,7 @@ def start_offsets(
     live_topic_id: str | None,
     *,
     from_beginning: bool,
-    where: Path,
+    where: str,
 ) -> dict[TopicPartition, int]:
     """Where each assigned partition starts: right after the last offset the dataset records for it,
     at its beginning when the dataset has none (a new dataset, a new partition).

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.storage import Storage, open_storage
 from pipeline import defaults
 
 if TYPE_CHECKING:
@@ -35,6 +36,11 @@ class PipelineSettings(BaseSettings):
         "it does not list starts at the beginning.",
     )
     data_dir: Path = Field(Path("data"), description="Input CSV and batch/ output live here.")
+    batch_uri: str | None = Field(
+        None,
+        description="Where the dataset lives (batch files, manifest.json, the _commits/ log): a local "
+        "folder, or hdfs://host:port/path on HDFS (reached without a JVM). Unset: <data_dir>/batch.",
+    )
     broker_nodes: int = Field(
         defaults.BROKER_NODES,
         ge=1,
@@ -73,7 +79,15 @@ class PipelineSettings(BaseSettings):
 
     @property
     def batch_dir(self) -> Path:
+        """The local default of the dataset's folder (when BTCFLOW_BATCH_URI is unset)."""
         return self.data_dir / "batch"
+
+    @property
+    def batch_location(self) -> str:
+        return self.batch_uri or str(self.batch_dir)
+
+    def batch_storage(self) -> Storage:
+        return open_storage(self.batch_location)
 
     @property
     def broker_home(self) -> Path:

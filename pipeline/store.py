@@ -1,30 +1,44 @@
 """The batch store: batch files and their manifest (format: `core.dataset`), written by any number of
-consumer-group members at once.
+consumer-group members at once, on the local disk or on HDFS (`core.storage`), without a lock.
 
-A batch is committed in three steps. Its file is written under a unique hidden name, outside any lock
-(seconds for a big batch, so members write in parallel). Then, under a short exclusive lock on
-`DIR/.lock`, the store reads the manifest as it is now, checks that the batch continues every one of
-its partitions exactly where the manifest leaves it (so a member that lost its partitions to another
-can never write the same offsets twice), takes the next number, renames the file to `batch_<n>`,
-appends the batch's rejected messages and replaces the manifest (written aside, renamed). A crash at
-any moment leaves the manifest either with the batch or without it; an unlisted file is a leftover.
+A commit log, as Delta Lake and Iceberg keep: batch n is committed when its record `_commits/<n>.json`
+is created, and a store creates a file only if its name is free, so of two members claiming n exactly
+one wins. A commit goes:
+
+1. **stage**: the batch's bytes go to a hidden name only this member knows (`.incoming-<uuid>.<fmt>`).
+   Seconds for a big batch, so members stage in parallel.
+2. **claim**: read where the dataset stands (the manifest view, then the records after it), check the
+   batch continues each of its partitions there, and create record n = next. Taken: read again, retry.
+   The record holds the batch's manifest entry, its staged name and its rejected messages: from now on
+   the batch is in the dataset, whatever happens to this member.
+3. **publish**: rename the staged file to `batch_<n>` (a rename that never replaces). Any member that
+   finds a record whose file is not in place yet does this for it (roll forward) before it claims.
+4. **view**: rewrite `manifest.json`, the merged view readers use, when it lags.
+
+Clean-up happens only before a claim (a member removes its own staged file) or, for a member that died
+before claiming, once its staged file is older than `LEFTOVER_AGE_S`. A failure at any step leaves the
+batch either claimed (listed once its file is in place, which the next commit or the owner's retry
+does) or nowhere. The claim reads the view once and probes one record: its cost does not grow with the
+number of batches; the view's rewrite does (a few bytes per batch), off the claim.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
-import os
+import hashlib
+import io
+import logging
 import shutil
+import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
+import crc32c
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -33,38 +47,30 @@ from core.dataset import (
     COLUMNS,
     MANIFEST,
     BatchEntry,
+    CommitRecord,
     ManifestError,
     batch_file,
+    committed,
+    listed,
     manifest_text,
-    read_manifest,
+    record_name,
     resume_offsets,
-    sha256_of,
 )
 from core.errors import BadInput, BtcflowError
+from core.storage import LocalStorage, Storage, open_storage
 from pipeline.errors import StorageFull
 
+log = logging.getLogger("pipeline")
+
 SCHEMA = pa.schema([(name, pa.float64()) for name in COLUMNS])
-LOCK = ".lock"
-REJECTED = "rejected.jsonl"
 CHUNK_ROWS = 256 * 1024  # rows per parquet row group and per CSV slice
+STAGED_PREFIX = ".incoming-"
+LEFTOVER_AGE_S = 3600.0  # a staged file this old has no live writer (a commit takes seconds)
 Format = Literal["parquet", "csv"]
 
 
 class StaleBatch(BtcflowError):
     """The batch does not continue the dataset: another member already wrote (some of) its offsets."""
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb+") as f:
-        os.fsync(f.fileno())
 
 
 def _is_sorted(column: pa.ChunkedArray) -> bool:
@@ -80,59 +86,67 @@ def _is_sorted(column: pa.ChunkedArray) -> bool:
     return True
 
 
-def _write_csv(table: pa.Table, path: Path) -> None:
-    """pandas writes floats as the Kaggle file does (1325412060.0, so readers infer float64 again);
-    slice by slice so the text of a 2.33M-row batch never sits in memory at once."""
-    with path.open("w", newline="") as f:
+def encode(table: pa.Table, fmt: Format) -> bytes:
+    """The batch file's bytes. Parquet without dictionary pages: prices are nearly unique floats, and
+    building them copies the batch. CSV as the Kaggle file writes floats (1325412060.0, so readers infer
+    float64 again), slice by slice."""
+    sink = io.BytesIO()
+    if fmt == "parquet":
+        pq.write_table(table, sink, compression="zstd", row_group_size=CHUNK_ROWS, use_dictionary=False)
+    else:
         for start in range(0, table.num_rows, CHUNK_ROWS):
             part = table.slice(start, CHUNK_ROWS).to_pandas()
-            part.to_csv(f, index=False, header=start == 0, lineterminator="\n")
+            sink.write(part.to_csv(index=False, header=start == 0, lineterminator="\n").encode())
+    return sink.getvalue()
 
 
-def _write_table(table: pa.Table, path: Path, fmt: Format) -> None:
-    if fmt == "parquet":
-        # no dictionary pages: prices are nearly unique floats, and building them copies the batch
-        pq.write_table(table, path, compression="zstd", row_group_size=CHUNK_ROWS, use_dictionary=False)
-    else:
-        _write_csv(table, path)
-    _fsync(path)
-
-
-def _claim(path: Path) -> IO[bytes]:
-    """Create `path` and hold an exclusive flock on it while it is written: a store that finds a hidden
-    temporary file it can lock knows its writer is dead and removes it."""
-    f = path.open("xb")
-    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-    return f
+def _is_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 class BatchStore:
-    """Commits batches to a directory shared by any number of writers (processes of one consumer group)."""
+    """Commits batches to a folder shared by any number of writers (processes of one consumer group)."""
 
-    def __init__(self, directory: Path, fmt: Format = "parquet") -> None:
-        self.directory = directory
+    def __init__(self, where: Storage | Path | str, fmt: Format = "parquet") -> None:
+        self.storage = where if isinstance(where, Storage) else open_storage(where)
         self.fmt = fmt
         try:
-            directory.mkdir(parents=True, exist_ok=True)
+            self.storage.make_folder("_commits")
         except OSError as exc:
-            raise BadInput(f"cannot create the batch folder {directory}: {exc.strerror}") from None
+            raise BadInput(f"cannot create the batch folder {self.storage.uri}: {exc}") from None
         self._remove_dead_leftovers()
 
     @property
+    def where(self) -> str:
+        return self.storage.uri
+
+    @property
     def entries(self) -> list[BatchEntry]:
-        """The manifest as it is on disk now (other members append to it)."""
+        """Every claimed batch as it is now (other members append to it), rolled forward."""
+        return [r.entry for r in self._records()]
+
+    def _records(self) -> list[CommitRecord]:
         try:
-            return read_manifest(self.directory)
+            records = committed(self.storage)
         except ManifestError as exc:
             raise BadInput(str(exc)) from None
+        for record in records:
+            if record.staged:
+                self._publish(record)
+        return records
 
     def rejected_count(self) -> int:
-        """Messages kept in `rejected.jsonl` (lines of unlisted batches included until the next commit)."""
-        try:
-            with (self.directory / REJECTED).open("rb") as f:
-                return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
-        except FileNotFoundError:
-            return 0
+        """Messages kept with the claimed batches (`rejected` of each manifest entry)."""
+        return sum(e.rejected for e in self.entries)
+
+    def rejected_messages(self) -> list[dict[str, object]]:
+        """Every rejected message, tagged with its batch, in batch order (read from the commit log)."""
+        out: list[dict[str, object]] = []
+        for entry in self.entries:
+            if entry.rejected:
+                record = CommitRecord.parse(self.storage.read(record_name(entry.batch)))
+                out.extend({"batch": entry.batch, **r} for r in record.rejected)
+        return out
 
     def write_batch(
         self,
@@ -144,53 +158,131 @@ class BatchStore:
         """Commit one batch (sorted by Timestamp here) with the messages among its offsets that were
         rejected; returns its manifest entry. Once this returns, the rows are durable and listed: only
         then may the caller commit offsets. StaleBatch when another writer got to these offsets first;
-        StorageFull (nothing left behind, the dataset as it was) when the disk is full."""
+        StorageFull (the dataset as it was) when the store is full."""
         if table.num_rows == 0:
             raise ValueError("a batch holds at least one row")
         table = table.select(list(COLUMNS)).cast(SCHEMA)
         if not _is_sorted(table.column("Timestamp")):  # one partition in file order already is
             table = table.take(pc.sort_indices(table, [("Timestamp", "ascending")]))
-        tmp = self.directory / f".incoming-{uuid.uuid4().hex}.{self.fmt}.tmp"
-        final: Path | None = None
+        data = encode(table, self.fmt)
+        staged = f"{STAGED_PREFIX}{uuid.uuid4().hex}.{self.fmt}"
+        ts = table.column("Timestamp")
+        entry = BatchEntry(
+            batch=0,
+            file="",
+            rows=table.num_rows,
+            min_ts=pc.min(ts).as_py(),
+            max_ts=pc.max(ts).as_py(),
+            offsets={str(p): [first, last] for p, (first, last) in sorted(offsets.items())},
+            sha256=hashlib.sha256(data).hexdigest(),
+            topic_id=topic_id,
+            crc32c=f"{crc32c.crc32c(data):08x}",
+            rejected=len(rejected),
+        )
+        claimed: CommitRecord | None = None
         try:
-            with _claim(tmp):
-                _write_table(table, tmp, self.fmt)
-                digest = sha256_of(tmp)
-                with self._locked():
-                    entries = self.entries
-                    self._check_continues(entries, offsets, topic_id)
-                    number = len(entries) + 1
-                    final = self.directory / batch_file(number, self.fmt)
-                    tmp.replace(final)
-                    _fsync_dir(self.directory)
-                    self._append_rejected(number, rejected)
-                    ts = table.column("Timestamp")
-                    entry = BatchEntry(
-                        batch=number,
-                        file=final.name,
-                        rows=table.num_rows,
-                        min_ts=pc.min(ts).as_py(),
-                        max_ts=pc.max(ts).as_py(),
-                        offsets={str(p): [first, last] for p, (first, last) in sorted(offsets.items())},
-                        sha256=digest,
-                        closed_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                        topic_id=topic_id,
-                    )
-                    self._replace_manifest([*entries, entry])
-                    final = None  # listed: no longer ours to clean up
-            return entry
+            self.storage.write(staged, data)  # 1. stage
+            claimed = self._claim(entry, staged, rejected, offsets, topic_id)  # 2. claim
+            self._publish(claimed)  # 3. publish
         except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if claimed is None and not self._claimed_by(staged):
+                self.storage.delete(staged)  # never claimed: ours to remove, and nothing else is left
+            if _is_full(exc):
+                raise StorageFull(
+                    f"no space left in {self.storage.uri}{self._free()}: batch not listed, the dataset is "
+                    "as it was; free some space and rerun to read its rows again"
+                ) from None
+            raise
+        except BaseException:
+            if claimed is None and not self._claimed_by(staged):
+                self.storage.delete(staged)
+            raise
+        try:
+            self._refresh_view()  # 4. view
+        except OSError as exc:  # the batch is listed through its record: the next commit rewrites the view
+            log.warning(
+                "manifest.json in %s not rewritten after batch %d: %s", self.where, claimed.entry.batch, exc
+            )
+        return claimed.entry
+
+    def _free(self) -> str:
+        if not isinstance(self.storage, LocalStorage):
+            return ""
+        return f" ({shutil.disk_usage(self.storage.root).free / 2**20:,.1f} MiB free)"
+
+    def _claim(
+        self,
+        entry: BatchEntry,
+        staged: str,
+        rejected: Sequence[dict[str, object]],
+        offsets: dict[int, tuple[int, int]],
+        topic_id: str | None,
+    ) -> CommitRecord:
+        """Create the next record for this batch: the first writer of a number wins, the other reads the
+        dataset again (its batch may now be stale) and tries the next number."""
+        while True:
+            records = self._records()
+            self._check_continues([r.entry for r in records], offsets, topic_id)
+            number = len(records) + 1
+            record = CommitRecord(
+                replace(
+                    entry,
+                    batch=number,
+                    file=batch_file(number, self.fmt),
+                    closed_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                ),
+                staged,
+                list(rejected),
+            )
+            try:
+                self.storage.create_new(record_name(number), record.text())
+            except FileExistsError:
+                continue
+            except OSError:
+                if self._claimed_by(staged):
+                    return record  # the record is there whole: the failure came after it
                 raise
-            free = shutil.disk_usage(self.directory).free
-            raise StorageFull(
-                f"no space left in {self.directory.resolve()} ({free / 2**20:,.1f} MiB free): batch not "
-                "written, the dataset is as it was; free some space and rerun to read its rows again"
-            ) from None
-        finally:
-            tmp.unlink(missing_ok=True)
-            if final is not None:
-                final.unlink(missing_ok=True)
+            return record
+
+    def _claimed_by(self, staged: str) -> bool:
+        """Whether a record names `staged`: then it is the dataset's, never to be removed by its writer.
+        Unknown (the store failing) counts as claimed; a published batch's staged name is gone anyway."""
+        try:
+            return any(r.staged == staged for r in committed(self.storage))
+        except (OSError, ManifestError):
+            return True
+
+    def _publish(self, record: CommitRecord) -> None:
+        """Give a claimed batch's staged file its name (roll forward): idempotent, any member may do it."""
+        final = record.entry.file
+        if self.storage.exists(final):
+            return
+        try:
+            self.storage.rename_new(record.staged, final)
+        except FileExistsError:
+            pass  # another member published it meanwhile
+        except FileNotFoundError:
+            if not self.storage.exists(final):
+                raise
+
+    def _refresh_view(self) -> None:
+        """Rewrite `manifest.json` if it lags behind the log. Two members may race; each checks again
+        after its rename, so the last one leaves the view complete."""
+        for _ in range(3):
+            records = self._records()
+            entries = [r.entry for r in records]
+            try:
+                view = committed(self.storage, view_only=True)
+            except ManifestError:
+                view = []
+            if len(view) >= len(entries):
+                return
+            tmp = f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
+            self.storage.write(tmp, manifest_text(entries).encode())
+            try:
+                self.storage.replace(tmp, MANIFEST)
+            finally:
+                self.storage.delete(tmp)
 
     @staticmethod
     def _check_continues(
@@ -206,78 +298,21 @@ class BatchStore:
                     f"(it continues at {resume[partition]})"
                 )
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """The commit lock: held for a rename and two small writes, released by the kernel if the
-        holder dies (a crash never leaves a stale lock)."""
-        with (self.directory / LOCK).open("ab") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            yield
-
-    def _replace_manifest(self, entries: list[BatchEntry]) -> None:
-        final = self.directory / MANIFEST
-        tmp = final.with_name(final.name + ".tmp")
-        try:
-            tmp.write_text(manifest_text(entries))
-            _fsync(tmp)
-            tmp.replace(final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self.directory)
-
-    def _append_rejected(self, number: int, rejected: Sequence[dict[str, object]]) -> None:
-        """`DIR/rejected.jsonl`: one line per message that was not a row, tagged with its batch.
-
-        Lines of a batch the manifest never listed (its writer died before the manifest) sit at the
-        end of the file, since every commit runs this under the lock: they are cut off first.
-        """
-        path = self.directory / REJECTED
-        _trim_unlisted(path, number - 1)
-        if not rejected:
-            return
-        with path.open("ab") as f:
-            f.write(b"".join(orjson.dumps({"batch": number, **r}) + b"\n" for r in rejected))
-            f.flush()
-            os.fsync(f.fileno())
-
     def _remove_dead_leftovers(self) -> None:
-        """Temporary files whose writer died: a batch file nobody holds the lock of, and the manifest's
-        or the rejects' replacement (they exist only inside a commit, so under the lock they are dead)."""
-        with self._locked():
-            for name in (MANIFEST, REJECTED):
-                (self.directory / f"{name}.tmp").unlink(missing_ok=True)
-        for tmp in self.directory.glob(".incoming-*.tmp"):
-            with contextlib.suppress(OSError), tmp.open("rb") as f:
-                try:
-                    fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live writer's
-                tmp.unlink(missing_ok=True)
+        """Staged files and temporaries older than LEFTOVER_AGE_S: their writers died. A staged file a
+        record names is published first (claimed bytes are never removed)."""
+        try:
+            self._records()
+        except BadInput:
+            return  # an unreadable manifest: the caller says so when it reads the entries
+        cutoff = time.time() - LEFTOVER_AGE_S
+        for info in [*self.storage.listing(), *self.storage.listing("_commits")]:
+            base = info.name.rsplit("/", 1)[-1]
+            if base.startswith(".") and info.mtime_s < cutoff:
+                log.info("removing %s, left by a writer that died", info.name)
+                self.storage.delete(info.name)
 
 
-def _trim_unlisted(path: Path, listed: int) -> None:
-    """Cut the lines of batches above `listed` (and a line torn by a crash) off the end of `path`."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return
-    if size == 0:
-        return
-    with path.open("rb") as f:
-        f.seek(max(0, size - 65536))
-        tail = f.read()
-    if tail.endswith(b"\n") and _batch_of(tail.splitlines()[-1]) <= listed:
-        return  # the usual case: nothing to cut, and the file was not read whole
-    lines = path.read_bytes().splitlines(keepends=True)
-    keep = [line for line in lines if line.endswith(b"\n") and _batch_of(line) <= listed]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(b"".join(keep))
-    _fsync(tmp)
-    tmp.replace(path)
-
-
-def _batch_of(line: bytes) -> int:
-    try:
-        return int(orjson.loads(line)["batch"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return 1 << 62  # torn or foreign: never listed
+def read_manifest(where: Storage | Path | str) -> list[BatchEntry]:
+    """The listed batches (for the demo, the bench and tests)."""
+    return listed(where if isinstance(where, Storage) else open_storage(where))

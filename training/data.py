@@ -2,9 +2,10 @@
 
 Training reads `manifest.json` through `core.dataset`, the format the consumer writes with (it never
 imports `pipeline`): the manifest is the truth of which batches are closed, so a file it does not list
-is never read, and a file it lists is read only once its bytes match the manifest's sha256
-(`verify_batches`). Both checks, and whether the selection holds enough rows for each model, run on the
-manifest alone, before Spark or the tracking store is touched.
+is never read, and a file it lists is read only once its bytes match the manifest's checksum
+(`verify_batches`: the sha256 on the local disk, HDFS's own file CRC through Spark's Hadoop client).
+Both checks (on HDFS, the file's presence), and whether the selection holds enough rows for each model,
+run on the manifest alone, before Spark or the tracking store is touched.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING, Literal
 
 from core import dataset
 from core.dataset import COLUMNS, BatchEntry
-from core.errors import BadInput
+from core.errors import BadInput, Unavailable
+from core.storage import LocalStorage, Storage
 from training.specs import SPREADS, ModelSpec
 
 if TYPE_CHECKING:
@@ -35,29 +37,68 @@ LOG4J = Path(__file__).with_name("log4j2.properties").resolve().as_uri()
 Batch = BatchEntry  # one closed batch as the manifest records it
 
 
-def read_manifest(directory: Path, *, required: bool = True) -> list[Batch]:
+def read_manifest(storage: Storage, *, required: bool = True) -> list[Batch]:
     """The closed batches, in order. No manifest is bad input unless `required` is False (watching)."""
     try:
-        entries = dataset.read_manifest(directory)
+        entries = dataset.read_manifest(storage)
     except dataset.ManifestError as exc:
         raise BadInput(str(exc)) from None
-    if not entries and required and not (directory / dataset.MANIFEST).exists():
-        path = directory / dataset.MANIFEST
-        raise BadInput(f"no manifest at {path}: run `btcflow consume` first (or set BTCFLOW_DATA_DIR)")
+    except OSError as exc:
+        raise Unavailable(f"cannot read the dataset at {storage.uri}: {exc}") from None
+    if not entries and required:
+        where = storage.location(dataset.MANIFEST)
+        raise BadInput(f"no manifest at {where}: run `btcflow consume` first (or set BTCFLOW_BATCH_URI)")
     return entries
 
 
-def verify_batches(directory: Path, batches: list[Batch]) -> None:
+def verify_batches(storage: Storage, batches: list[Batch], spark: SparkSession | None = None) -> None:
     """BadInput naming the first batch whose file is missing or not the bytes its manifest entry records.
 
-    The check itself is core.dataset.verify (the format's owner, beside the writer's hash): once per
-    file per process, so calling this again before each read costs a stat per file.
+    The check itself is core.dataset.verify (the format's owner, beside the writer's hash). On the local
+    disk it hashes each file once per process, so calling this again before each read costs a stat per
+    file. Elsewhere the store's own checksum answers, through Spark's Hadoop client: before Spark runs
+    (spark None) only each file's presence is checked, and read_batches checks the rest.
     """
+    local = isinstance(storage, LocalStorage)
+    file_crc = None if local or spark is None else hadoop_file_crc(spark)
     for batch in batches:
         try:
-            dataset.verify(directory, batch)
+            if local or spark is not None:
+                dataset.verify(storage, batch, file_crc)
+            elif not storage.exists(batch.file):
+                where = storage.location(batch.file)
+                raise dataset.BatchFileError(
+                    f"batch {batch.batch} ({where}) is listed in its manifest but missing"
+                )
         except dataset.BatchFileError as exc:
             raise BadInput(str(exc)) from None
+        except OSError as exc:
+            raise Unavailable(f"cannot read batch {batch.batch} at {storage.uri}: {exc}") from None
+
+
+def hadoop_file_crc(spark: SparkSession) -> dataset.FileCrc:
+    """A file's CRC32C as its store computes it, through the driver's Hadoop FileSystem: on HDFS the
+    DataNodes combine the chunk checksums they keep beside each block (COMPOSITE_CRC mode makes the result
+    the CRC32C of the whole file, whatever the block size), so no byte of the file crosses the network."""
+    jvm = spark._jvm  # noqa: SLF001 - py4j's gateway to the driver's JVM: Hadoop has no Python API
+    conf = jvm.org.apache.hadoop.conf.Configuration(spark._jsc.hadoopConfiguration())  # noqa: SLF001
+    conf.set("dfs.checksum.combine.mode", "COMPOSITE_CRC")
+
+    def crc(location: str) -> str:
+        path = jvm.org.apache.hadoop.fs.Path(location)
+        fs = jvm.org.apache.hadoop.fs.FileSystem.newInstance(
+            path.toUri(), conf
+        )  # not the cached one: our conf
+        try:
+            checksum = fs.getFileChecksum(path)
+        finally:
+            fs.close()
+        if checksum is None or checksum.getAlgorithmName() != "COMPOSITE-CRC32C":
+            name = None if checksum is None else checksum.getAlgorithmName()
+            raise dataset.BatchFileError(f"{location}: the store gave no CRC32C file checksum ({name})")
+        return bytes(checksum.getBytes()).hex()
+
+    return crc
 
 
 def short_of_rows(spec: ModelSpec, batches: list[Batch]) -> str | None:
@@ -175,9 +216,8 @@ def spark_session(
             "spark.eventLog.dir", event_dir.as_uri()
         )
     if not local:
-        builder = (
-            builder.config("spark.executor.memory", executor_memory)
-            .config("spark.executor.extraJavaOptions", java_options)
+        builder = builder.config("spark.executor.memory", executor_memory).config(
+            "spark.executor.extraJavaOptions", java_options
         )
         if executor_cores is not None:
             builder = builder.config("spark.executor.cores", str(executor_cores))
@@ -213,10 +253,10 @@ def spark_schema():  # noqa: ANN201 - pyspark type, imported lazily
     return StructType([StructField(name, DoubleType(), nullable=True) for name in COLUMNS])
 
 
-def read_batches(spark: SparkSession, directory: Path, batches: list[Batch]) -> DataFrame:
+def read_batches(spark: SparkSession, storage: Storage, batches: list[Batch]) -> DataFrame:
     """The selected batches as one DataFrame with the Kaggle columns as doubles (explicit schema)."""
-    verify_batches(directory, batches)  # done already before Spark started: a stat per file now
-    paths = [str((directory / b.file).resolve()) for b in batches]
+    verify_batches(storage, batches, spark)  # locally done before Spark started: a stat per file now
+    paths = [storage.location(b.file) for b in batches]
     parquet = [p for p in paths if p.endswith(".parquet")]
     csv = [p for p in paths if not p.endswith(".parquet")]
     frames = []

@@ -78,7 +78,7 @@ def baseline(spec: ModelSpec, before: DataFrame, scored: pd.DataFrame) -> Baseli
 
 def _window_batches(settings: TrainingSettings, cutoff: float) -> list[data.Batch]:
     """The batches with rows after the cutoff, plus the one holding the last row before it (baseline)."""
-    manifest = data.read_manifest(settings.batch_dir)
+    manifest = data.read_manifest(settings.batch_storage())
     after = [b for b in manifest if b.max_ts > cutoff]
     if not after:
         raise TrainingError(
@@ -173,9 +173,10 @@ def promote_best(
     compared = ([champion] if champion else []) + challengers  # the champion first: its failure stops all
     cutoff = max(_train_max_ts(client, v) or 0.0 for v in compared)  # a champion not ours: trust it
     held_out = _window_batches(settings, cutoff)
-    data.verify_batches(settings.batch_dir, held_out)  # before Spark: a changed file is exit 2, nothing read
+    storage = settings.batch_storage()
+    data.verify_batches(storage, held_out)  # before Spark: a changed file is exit 2, nothing read
     spark = spark or data.session(settings)
-    base = data.read_batches(spark, settings.batch_dir, held_out)
+    base = data.read_batches(spark, storage, held_out)
     window = prepare(spec, base.where(base.Timestamp > cutoff)).cache()
     try:
         rows = window.count()

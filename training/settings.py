@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.storage import Storage, open_storage
 from core.tracking import MLRUNS_DIR, default_tracking_uri
 from services.spark.settings import event_log_dir
 from training.specs import EXPERIMENT
@@ -16,6 +17,11 @@ class TrainingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BTCFLOW_", extra="ignore", populate_by_name=True)
 
     data_dir: Path = Field(Path("data"), description="Batch files are read from <data_dir>/batch.")
+    batch_uri: str | None = Field(
+        None,
+        description="Where the dataset lives (batch files, manifest.json, the _commits/ log): a local "
+        "folder, or hdfs://host:port/path on HDFS (reached without a JVM). Unset: <data_dir>/batch.",
+    )
     spark_master: str = Field("local[*]", description="Spark master for training (local mode by default).")
     spark_driver_memory: str = Field(
         "4g", description="Driver heap for local Spark; the whole job runs in the driver in local mode."
@@ -56,7 +62,15 @@ class TrainingSettings(BaseSettings):
 
     @property
     def batch_dir(self) -> Path:
+        """The local default of the dataset's folder (when BTCFLOW_BATCH_URI is unset)."""
         return self.data_dir / "batch"
+
+    @property
+    def batch_location(self) -> str:
+        return self.batch_uri or str(self.batch_dir)
+
+    def batch_storage(self) -> Storage:
+        return open_storage(self.batch_location)
 
     @property
     def tracking_uri(self) -> str:

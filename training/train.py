@@ -222,7 +222,7 @@ def train_one(
             mlflow.log_metrics(values)
             digest = ",".join(b.sha256[:8] for b in batches)[:36]
             dataset = from_spark(
-                train_df, path=str(settings.batch_dir.resolve()), name=f"batches-{label}", digest=digest
+                train_df, path=settings.batch_storage().location(""), name=f"batches-{label}", digest=digest
             )
             mlflow.log_input(dataset, context="training")
             for path, figure in plots.figures(spec, test, importances(spec, model)).items():
@@ -295,7 +295,8 @@ def train_models(
     fails before anything is logged or Spark starts. Each selection is read once and cached for all models.
     """
     specs = [get_spec(m) for m in models]
-    manifest = data.read_manifest(settings.batch_dir)
+    storage = settings.batch_storage()
+    manifest = data.read_manifest(storage)
     by_number = {b.batch: b for b in manifest}
     numbers = batches if isinstance(batches, list) else data.parse_spec(batches, list(by_number))
     if missing := [n for n in numbers if n not in by_number]:
@@ -303,7 +304,7 @@ def train_models(
     plan = data.selections(numbers, scheme)
     for selection in plan or [[]]:  # no selection at all is refused too
         data.check_rows(specs, [by_number[n] for n in selection])
-    data.verify_batches(settings.batch_dir, [by_number[n] for n in numbers])
+    data.verify_batches(storage, [by_number[n] for n in numbers])
     connect(settings)
     spark = spark or data.session(settings)
     results: list[TrainResult] = []
@@ -323,7 +324,11 @@ def train_selection(
 ) -> list[TrainResult]:
     """One version of each model on exactly these batches, read once and cached for all of them."""
     # Spread over a few partitions (one Parquet file is one partition) so every core fits; cache once.
-    base = data.read_batches(spark, settings.batch_dir, chosen).repartition(settings.spark_partitions).cache()
+    base = (
+        data.read_batches(spark, settings.batch_storage(), chosen)
+        .repartition(settings.spark_partitions)
+        .cache()
+    )
     try:
         return [train_one(spark, settings, spec, chosen, base, scheme, overrides) for spec in specs]
     finally:

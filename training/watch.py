@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from core.dataset import MANIFEST
 from core.signals import stop_on_signals
 from training import data
 from training.data import Batch, Scheme
@@ -87,13 +86,14 @@ def watch(
     specs = [get_spec(m) for m in models]
     connect(settings)
     done = {spec.name: trained_upto(spec, scheme) for spec in specs}
-    if not (settings.batch_dir / MANIFEST).exists():  # said once: a wrong BTCFLOW_DATA_DIR would wait forever
-        log.warning("no manifest in %s yet: waiting for `btcflow consume`", settings.batch_dir)
+    storage = settings.batch_storage()
+    if not data.read_manifest(storage, required=False):  # said once: a wrong location would wait forever
+        log.warning("no batch in %s yet: waiting for `btcflow consume`", storage.uri)
     with stop_on_signals(on_signal=_stopping) as stop:
         results: list[TrainResult] = []
         seen, looked, last_progress = 0, 0, time.monotonic()
         while not stop.is_set():
-            manifest = data.read_manifest(settings.batch_dir, required=False)
+            manifest = data.read_manifest(storage, required=False)
             pending = [b for b in manifest if b.batch > max(min(done.values()), looked)]
             if pending:
                 targets = [pending[-1]] if scheme == "cumulative" else pending[:1]
@@ -107,7 +107,7 @@ def watch(
                         done.update({s.name: batch.batch for s in todo if s not in ready})
                     if not ready:
                         continue
-                    data.verify_batches(settings.batch_dir, chosen)  # exit 2: never train on unvouched bytes
+                    data.verify_batches(storage, chosen)  # exit 2: never train on unvouched bytes
                     spark = spark or data.session(settings)
                     for result in train_selection(spark, settings, ready, chosen, scheme, overrides):
                         results.append(result)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,8 +18,11 @@ class FileFormat(StrEnum):
 
 def consume(
     out: Annotated[
-        Path | None,
-        typer.Option(help="Folder of the batch files and manifest.json (default: $BTCFLOW_DATA_DIR/batch)."),
+        str | None,
+        typer.Option(
+            help="Where the batch files and manifest.json go: a folder, or hdfs://host:port/path "
+            "(default: BTCFLOW_BATCH_URI, else $BTCFLOW_DATA_DIR/batch)."
+        ),
     ] = None,
     batch_rows: Annotated[
         int | None, typer.Option(min=1, help="Close a batch at this many rows (give this or --window).")
@@ -80,7 +82,7 @@ def consume(
         settings = settings.model_copy(update={"topic": topic})
     if group:
         settings = settings.model_copy(update={"consumer_group": group})
-    out_dir = out or settings.batch_dir
+    out_dir = out or settings.batch_location
     show = sys.stderr.isatty() if progress is None else progress
     if instances > 1:
         from pipeline.batching import BatchPolicy
@@ -116,7 +118,7 @@ def consume(
     typer.echo(summary.line())
 
 
-def _run_instances(count: int, member_args: list[str], out_dir: Path, show: bool) -> None:
+def _run_instances(count: int, member_args: list[str], out_dir: str, show: bool) -> None:
     """N members with the same options, one summary line each; the exit status is the worst of theirs.
     The progress line follows the dataset: rows and batches the manifest lists, rejects kept."""
     from core.progress import RowProgress

@@ -8,18 +8,21 @@ call each route and stop it. Each step is the same library call its own command 
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from btcflow.cli.output import console
+
+if TYPE_CHECKING:
+    from core.storage import Storage
 
 TRAINED_BATCHES = 3  # cumulative 1, 1+2, 1+2+3; batch 4 (the tail) is the unseen promotion window
 LIVE_MINUTES = 3_000  # the tail replayed for `btcflow monitor`: two days in a few seconds (batch 4 at most)
@@ -63,7 +66,7 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
         _say(f"using the cluster at {settings.bootstrap}")
     # The demo starts from nothing: an empty topic and no batches, so a rerun never doubles rows.
     delete_topic(settings.bootstrap, settings.topic)
-    shutil.rmtree(settings.batch_dir, ignore_errors=True)
+    settings.batch_storage().clear()
 
     _step(f"3. replay {source.name} through '{settings.topic}', batches of {size:,} rows")
     # its summary line is read below; its stderr is ours, and it logs at our (exported) BTCFLOW_LOG_LEVEL
@@ -87,7 +90,7 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
         raise typer.Exit(consumer.returncode)
 
     table = Table("batch", "file", "rows", "first minute (UTC)", "last minute (UTC)", "offsets")
-    entries = read_manifest(settings.batch_dir)
+    entries = read_manifest(settings.batch_storage())
     for e in entries:
         table.add_row(
             str(e.batch),
@@ -98,7 +101,7 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
             ", ".join(f"p{p}: {a}-{b}" for p, (a, b) in e.offsets.items()),
         )
     _say(table)
-    _say(f"manifest: {settings.batch_dir / 'manifest.json'}")
+    _say(f"manifest: {settings.batch_storage().location('manifest.json')}")
     if len(entries) <= TRAINED_BATCHES:
         raise typer.BadParameter(
             f"the demo needs more than {TRAINED_BATCHES} batches (got {len(entries)}): lower --batch-rows"
@@ -201,18 +204,19 @@ def _monitor(source: Path, minutes: int) -> None:
     )
 
 
-def _last_row(batch_dir: Path) -> dict[str, float]:
+def _last_row(storage: Storage) -> dict[str, float]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from pipeline.store import read_manifest
 
-    last = read_manifest(batch_dir)[-1]
-    path = batch_dir / last.file
-    if path.suffix == ".csv":
+    last = read_manifest(storage)[-1]
+    data = storage.read(last.file)
+    if last.file.endswith(".csv"):
         import pandas as pd
 
-        return {k: float(v) for k, v in pd.read_csv(path).iloc[-1].items()}
-    table = pq.read_table(path)
+        return {k: float(v) for k, v in pd.read_csv(io.BytesIO(data)).iloc[-1].items()}
+    table = pq.read_table(pa.BufferReader(data))
     return {name: float(table.column(name)[-1].as_py()) for name in table.column_names}
 
 
@@ -251,8 +255,9 @@ def demo(
         workers = 2
     source = _ingest(rows, input_path, batch_rows, seed)
     _train()
-    _serve(_last_row(PipelineSettings().batch_dir), workers)
-    held_out = read_manifest(PipelineSettings().batch_dir)[-1].rows
+    storage = PipelineSettings().batch_storage()
+    _serve(_last_row(storage), workers)
+    held_out = read_manifest(storage)[-1].rows
     _monitor(source, min(LIVE_MINUTES, held_out))
     if stack:
         _say(

@@ -3,7 +3,6 @@ bad messages, restarts (clean, SIGKILL, group offsets that disagree with the man
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -230,7 +229,7 @@ def test_bad_messages_are_counted_and_kept_with_their_reason(settings: PipelineS
     entries, got = read_batches(out)
     assert entries[0].offsets == {"0": [0, 602]}  # the rejected offsets belong to the batch
     assert_exactly(np.concatenate([rows, make_rows(100, start=500)]), got)
-    kept = [json.loads(line) for line in (out / "rejected.jsonl").read_text().splitlines()]
+    kept = BatchStore(out).rejected_messages()
     assert [(r["batch"], r["partition"], r["offset"]) for r in kept] == [
         (1, 0, 500),
         (1, 0, 501),

@@ -8,8 +8,8 @@ import multiprocessing as mp
 import os
 import shutil
 import subprocess
-import sys
-import uuid
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.dataset import BatchEntry, ManifestError, manifest_text, resume_offsets
+from core.dataset import BatchEntry, CommitRecord, ManifestError, manifest_text, resume_offsets
 from pipeline.errors import StorageFull
 from pipeline.settings import PipelineSettings
-from pipeline.store import COLUMNS, BatchStore, StaleBatch, read_manifest
+from pipeline.store import COLUMNS, LEFTOVER_AGE_S, BatchStore, StaleBatch, encode, read_manifest
 from tests.pipeline.ingest import consume_cli, make_rows, read_batches, send
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,13 +41,16 @@ def test_batches_are_numbered_in_commit_order_and_a_late_one_is_refused(tmp_path
         second.write_batch(rows(20, 16), {0: (10, 25)})
     assert [e.batch for e in read_manifest(tmp_path)] == [1, 2, 3]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".lock",
+        "_commits",
         "batch_1.parquet",
         "batch_2.parquet",
         "batch_3.parquet",
         "manifest.json",
     ]
+    assert sorted(p.name for p in (tmp_path / "_commits").iterdir()) == ["1.json", "2.json", "3.json"]
     assert resume_offsets(read_manifest(tmp_path)) == {0: 20, 1: 10}
+    view = json.loads((tmp_path / "manifest.json").read_text())["batches"]  # the merged view, contract keys
+    assert [b["batch"] for b in view] == [1, 2, 3] and {"sha256", "offsets", "crc32c"} <= set(view[0])
 
 
 def _writer(directory: str, partition: int, batches: int, size: int) -> None:
@@ -80,47 +83,43 @@ def test_concurrent_writers_never_collide(tmp_path: Path) -> None:
         assert spans == [[k * size, k * size + size - 1] for k in range(8)]
 
 
-def test_a_dead_writers_leftover_goes_and_a_live_writers_stays(tmp_path: Path) -> None:
-    BatchStore(tmp_path)
-    dead = tmp_path / f".incoming-{uuid.uuid4().hex}.parquet.tmp"
-    dead.write_bytes(b"half a batch")
-    (tmp_path / "manifest.json.tmp").write_text('{"batches": [')  # a writer died inside its commit
-    live = tmp_path / f".incoming-{uuid.uuid4().hex}.parquet.tmp"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, sys; f = open(sys.argv[1], 'xb'); fcntl.flock(f, fcntl.LOCK_EX); "
-            "print('held', flush=True); sys.stdin.read()",
-            str(live),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        BatchStore(tmp_path)
-        assert not dead.exists() and live.exists()
-        assert not (tmp_path / "manifest.json.tmp").exists()
-    finally:
-        holder.kill()
-        holder.wait(timeout=30)
-    BatchStore(tmp_path)
-    assert not live.exists()  # the kernel dropped the dead holder's lock
-
-
-def test_rejected_lines_of_a_batch_the_manifest_never_listed_are_cut_at_the_next_commit(
+def test_a_dead_writers_leftover_goes_a_live_ones_stays_and_a_claimed_batch_is_published(
     tmp_path: Path,
 ) -> None:
     store = BatchStore(tmp_path)
+    store.write_batch(rows(0, 10), {0: (0, 9)})
+    dead = tmp_path / ".incoming-dead.parquet"
+    dead.write_bytes(b"half a batch")
+    old = time.time() - LEFTOVER_AGE_S - 60
+    os.utime(dead, (old, old))
+    live = tmp_path / ".incoming-live.parquet"  # a member staging now
+    live.write_bytes(b"a batch being written")
+    # a member that died between its claim and its rename: the record names its staged file
+    orphan = BatchStore(tmp_path)
+    staged = ".incoming-claimed.parquet"
+    (tmp_path / staged).write_bytes(encode(rows(10, 5), "parquet"))
+    entry = store.entries[0]
+    claimed = CommitRecord(
+        replace(entry, batch=2, file="batch_2.parquet", offsets={"0": [10, 14]}, rows=5, sha256="x"), staged
+    )
+    (tmp_path / "_commits" / "2.json").write_bytes(claimed.text())
+    assert [e.batch for e in read_manifest(tmp_path)] == [1]  # claimed, not yet listed: no file
+    os.utime(tmp_path / staged, (old, old))
+    BatchStore(tmp_path)  # the next member to open the store publishes it, and removes only the dead file
+    assert not dead.exists() and live.exists() and not (tmp_path / staged).exists()
+    assert [e.batch for e in read_manifest(tmp_path)] == [1, 2]
+    assert orphan.write_batch(rows(15, 5), {0: (15, 19)}).batch == 3
+
+
+def test_rejected_messages_are_kept_with_their_batch(tmp_path: Path) -> None:
+    store = BatchStore(tmp_path)
     store.write_batch(rows(0, 5), {0: (0, 6)}, [{"partition": 0, "offset": 5, "reason": "x"}])
-    with (tmp_path / "rejected.jsonl").open("a") as f:  # a writer died after its rejects, before its manifest
-        f.write(json.dumps({"batch": 2, "partition": 1, "offset": 0, "reason": "lost"}) + "\n")
-        f.write('{"batch": 2, "par')
-    store.write_batch(rows(5, 5), {0: (7, 11)}, [{"partition": 0, "offset": 9, "reason": "y"}])
-    kept = [json.loads(x) for x in (tmp_path / "rejected.jsonl").read_text().splitlines()]
-    assert [(r["batch"], r["offset"], r["reason"]) for r in kept] == [(1, 5, "x"), (2, 9, "y")]
+    store.write_batch(rows(5, 5), {0: (7, 11)})
+    store.write_batch(rows(10, 5), {0: (12, 17)}, [{"partition": 0, "offset": 16, "reason": "y"}])
+    kept = store.rejected_messages()
+    assert [(r["batch"], r["offset"], r["reason"]) for r in kept] == [(1, 5, "x"), (3, 16, "y")]
+    assert store.rejected_count() == 2
+    assert [e.rejected for e in read_manifest(tmp_path)] == [1, 0, 1]
 
 
 def test_one_rule_for_manifest_keys(tmp_path: Path) -> None:
@@ -165,7 +164,7 @@ def test_a_full_disk_stops_with_one_line_and_leaves_the_dataset_intact(small_dis
     assert caught.value.exit_code == 3 and "\n" not in message
     assert str(small_disk) in message and "MiB free" in message
     assert (small_disk / "manifest.json").read_bytes() == before
-    assert sorted(p.name for p in small_disk.iterdir()) == [".lock", "batch_1.csv", "manifest.json"]
+    assert sorted(p.name for p in small_disk.iterdir()) == ["_commits", "batch_1.csv", "manifest.json"]
     assert os.path.getsize(small_disk / "batch_1.csv") > 0
 
 
