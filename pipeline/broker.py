@@ -14,6 +14,7 @@ from services.kafka.admin import admin_client, live_brokers
 
 log = logging.getLogger("pipeline")
 
+
 def ensure_topic(bootstrap: str, topic: str, partitions: int = 1) -> int:
     """Create `topic` if missing; return its partition count (an existing topic keeps its own).
 
@@ -78,8 +79,6 @@ def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
         raise BrokerUnavailable(f"Kafka at {bootstrap} could not describe {topic}'s config: {exc}") from exc
     finally:
         admin.close()
-
-
 
 
 def delete_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> bool:

@@ -58,7 +58,7 @@ from core.dataset import (
 )
 from core.errors import BadInput, BtcflowError
 from core.storage import LocalStorage, Storage, open_storage
-from pipeline.errors import StorageFull
+from pipeline.errors import StorageFull, StoreUnavailable
 
 log = logging.getLogger("pipeline")
 
@@ -100,6 +100,11 @@ def encode(table: pa.Table, fmt: Format) -> bytes:
     return sink.getvalue()
 
 
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def _is_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
@@ -110,6 +115,7 @@ class BatchStore:
     def __init__(self, where: Storage | Path | str, fmt: Format = "parquet") -> None:
         self.storage = where if isinstance(where, Storage) else open_storage(where)
         self.fmt = fmt
+        self._known: list[CommitRecord] = []
         try:
             self.storage.make_folder("_commits")
         except OSError as exc:
@@ -126,14 +132,18 @@ class BatchStore:
         return [r.entry for r in self._records()]
 
     def _records(self) -> list[CommitRecord]:
+        """The log as far as it goes now: what this store read before, plus the records after it, each
+        published (records never change once created, so what was read stays true)."""
         try:
-            records = committed(self.storage)
+            records = committed(self.storage, known=self._known)
         except ManifestError as exc:
             raise BadInput(str(exc)) from None
-        for record in records:
+        for k, record in enumerate(records):
             if record.staged:
                 self._publish(record)
-        return records
+                records[k] = replace(record, staged=None)
+        self._known = records
+        return list(records)
 
     def rejected_count(self) -> int:
         """Messages kept with the claimed batches (`rejected` of each manifest entry)."""
@@ -192,7 +202,11 @@ class BatchStore:
                     f"no space left in {self.storage.uri}{self._free()}: batch not listed, the dataset is "
                     "as it was; free some space and rerun to read its rows again"
                 ) from None
-            raise
+            state = "claimed, its file not yet in place" if claimed else "not listed"
+            raise StoreUnavailable(
+                f"the dataset store {self.storage.uri} failed ({_one_line(exc)}): batch {state}, its "
+                "offsets not committed; rerun to go on exactly once"
+            ) from exc
         except BaseException:
             if claimed is None and not self._claimed_by(staged):
                 self.storage.delete(staged)
@@ -255,7 +269,7 @@ class BatchStore:
     def _publish(self, record: CommitRecord) -> None:
         """Give a claimed batch's staged file its name (roll forward): idempotent, any member may do it."""
         final = record.entry.file
-        if self.storage.exists(final):
+        if record.staged is None or self.storage.exists(final):
             return
         try:
             self.storage.rename_new(record.staged, final)
@@ -266,23 +280,21 @@ class BatchStore:
                 raise
 
     def _refresh_view(self) -> None:
-        """Rewrite `manifest.json` if it lags behind the log. Two members may race; each checks again
-        after its rename, so the last one leaves the view complete."""
+        """Rewrite `manifest.json` from the log. Members race, and an older view may land after a newer
+        one; each member reads the log again after its rename and writes again if it grew, so the last
+        rename always comes from a member that saw every record before it: the view ends complete."""
+        records = self._records()
         for _ in range(3):
-            records = self._records()
-            entries = [r.entry for r in records]
-            try:
-                view = committed(self.storage, view_only=True)
-            except ManifestError:
-                view = []
-            if len(view) >= len(entries):
-                return
             tmp = f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
-            self.storage.write(tmp, manifest_text(entries).encode())
+            self.storage.write(tmp, manifest_text([r.entry for r in records]))
             try:
                 self.storage.replace(tmp, MANIFEST)
             finally:
                 self.storage.delete(tmp)
+            newer = self._records()
+            if len(newer) == len(records):
+                return
+            records = newer
 
     @staticmethod
     def _check_continues(

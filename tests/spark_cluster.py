@@ -37,7 +37,7 @@ def spark_env(cluster: SparkCluster) -> dict[str, str]:
         "BTCFLOW_SPARK_UI_PORT": str(cluster.ui_port),
         "BTCFLOW_SPARK_WORKER_UI_PORT": str(cluster.worker_ui_port),
         "BTCFLOW_SPARK_HISTORY_PORT": str(cluster.history_port),
-        "BTCFLOW_SPARK_EVENT_DIR": str(cluster.event_dir),
+        "BTCFLOW_SPARK_EVENT_DIR": cluster.event_uri,
     }
 
 
@@ -45,7 +45,7 @@ def spark_env(cluster: SparkCluster) -> dict[str, str]:
 def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SparkCluster]:
     """One master, one worker (2 cores, 2g) and the history server for the session, always stopped.
 
-    Tests train on `.master_url`, write event logs to `.event_dir` and ask `.history_url`.
+    Tests train on `.master_url`, write event logs to `.event_uri` and ask `.history_url`.
     """
     cluster = spark_cluster_on_free_ports(tmp_path_factory.mktemp("spark-cluster") / "data")
     try:

@@ -15,12 +15,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from core import dataset
 from core.dataset import COLUMNS, BatchEntry
 from core.errors import BadInput, Unavailable
 from core.storage import LocalStorage, Storage
+from services.spark.settings import make_event_dir
 from training.specs import SPREADS, ModelSpec
 
 if TYPE_CHECKING:
@@ -80,15 +81,14 @@ def hadoop_file_crc(spark: SparkSession) -> dataset.FileCrc:
     """A file's CRC32C as its store computes it, through the driver's Hadoop FileSystem: on HDFS the
     DataNodes combine the chunk checksums they keep beside each block (COMPOSITE_CRC mode makes the result
     the CRC32C of the whole file, whatever the block size), so no byte of the file crosses the network."""
-    jvm = spark._jvm  # noqa: SLF001 - py4j's gateway to the driver's JVM: Hadoop has no Python API
+    jvm: Any = spark._jvm  # noqa: SLF001 - py4j's gateway to the driver's JVM: Hadoop has no Python API
     conf = jvm.org.apache.hadoop.conf.Configuration(spark._jsc.hadoopConfiguration())  # noqa: SLF001
     conf.set("dfs.checksum.combine.mode", "COMPOSITE_CRC")
 
     def crc(location: str) -> str:
         path = jvm.org.apache.hadoop.fs.Path(location)
-        fs = jvm.org.apache.hadoop.fs.FileSystem.newInstance(
-            path.toUri(), conf
-        )  # not the cached one: our conf
+        # a new instance, not the cached one, which would keep the conf it was made with
+        fs = jvm.org.apache.hadoop.fs.FileSystem.newInstance(path.toUri(), conf)
         try:
             checksum = fs.getFileChecksum(path)
         finally:
@@ -167,7 +167,7 @@ def spark_session(
     driver_memory: str = "4g",
     partitions: int = 4,
     *,
-    event_dir: Path | None = None,
+    event_dir: str | None = None,
     executor_memory: str = "1g",
     executor_cores: int | None = None,
     log_dir: Path | None = None,
@@ -210,11 +210,8 @@ def spark_session(
         .config("spark.sql.session.timeZone", "UTC")
     )
     if event_dir is not None:
-        event_dir = event_dir.resolve()
-        event_dir.mkdir(parents=True, exist_ok=True)
-        builder = builder.config("spark.eventLog.enabled", "true").config(
-            "spark.eventLog.dir", event_dir.as_uri()
-        )
+        make_event_dir(event_dir)
+        builder = builder.config("spark.eventLog.enabled", "true").config("spark.eventLog.dir", event_dir)
     if not local:
         builder = builder.config("spark.executor.memory", executor_memory).config(
             "spark.executor.extraJavaOptions", java_options

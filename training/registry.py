@@ -289,4 +289,3 @@ def stages(settings: TrainingSettings, pairs: list[tuple[str, str]]) -> dict[tup
     """(registered name, version) → current stage, for summary tables."""
     client = registry_client(settings)
     return {(name, v): client.get_model_version(name, v).current_stage or "None" for name, v in pairs}
-

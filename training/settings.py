@@ -9,7 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.storage import Storage, open_storage
 from core.tracking import MLRUNS_DIR, default_tracking_uri
-from services.spark.settings import event_log_dir
+from services.spark.settings import event_log_uri
 from training.specs import EXPERIMENT
 
 
@@ -49,16 +49,16 @@ class TrainingSettings(BaseSettings):
     spark_executor_cores: int | None = Field(
         None, ge=1, description="Cores per executor on a standalone cluster; unset: all of a worker's cores."
     )
-    spark_event_dir: Path | None = Field(
+    spark_event_dir: str | None = Field(
         None,
         description="Spark event logs of every training run, read by the history server. "
         "Unset: <data_dir>/spark/events.",
     )
 
     @property
-    def event_dir(self) -> Path:
+    def event_dir(self) -> str:
         """The event log folder, absolute; the same default as the history server's (SparkSettings)."""
-        return event_log_dir(self.data_dir, self.spark_event_dir)
+        return event_log_uri(self.data_dir, self.spark_event_dir)
 
     @property
     def batch_dir(self) -> Path:

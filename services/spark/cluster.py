@@ -5,7 +5,7 @@ Nothing is downloaded and nothing is written into the pyspark install: `<home>` 
 `<BTCFLOW_DATA_DIR>/spark`) holds `conf/spark-defaults.conf` (written at every start), `logs/<daemon>.log`,
 `pids/<daemon>.pid`, `work/worker-<i>/` (the executors' folders), `local/` (shuffle and spill files)
 and `cluster.json` (how many workers the last start ran, so `status` and `stop` know them).
-Training writes its event logs to the folder the history server reads (`event_dir`).
+Training writes its event logs to the folder the history server reads (`event_uri`: local or HDFS).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from core.errors import BadInput, ServiceDidNotStart
 from services.processes import ServiceState, Supervised, http_ok, port_open, stop_pids
-from services.spark.settings import HOST, SparkSettings, event_log_dir, memory_mb
+from services.spark.settings import HOST, SparkSettings, event_log_uri, make_event_dir, memory_mb
 
 
 class SparkUnavailable(ServiceDidNotStart):
@@ -107,7 +107,7 @@ class SparkCluster:
     def __init__(
         self,
         home: Path,
-        event_dir: Path,
+        event_uri: str,
         *,
         workers: int = 1,
         cores: int = 2,
@@ -123,7 +123,7 @@ class SparkCluster:
         memory_mb(memory, "worker memory")
         memory_mb(daemon_memory, "daemon memory")
         self.home = home.resolve()
-        self.event_dir = event_dir.resolve()
+        self.event_uri = event_uri
         self.workers = workers
         self.cores = cores
         self.memory = memory
@@ -152,7 +152,7 @@ class SparkCluster:
             )
         return cls(
             s.home,
-            event_log_dir(s.data_dir, s.event_dir),
+            event_log_uri(s.data_dir, s.event_dir),
             workers=workers or s.workers,
             cores=cores or s.worker_cores,
             memory=worker_memory,
@@ -289,9 +289,9 @@ class SparkCluster:
     def _prepare(self) -> None:
         for folder in ("conf", "logs", "pids", "work", "local"):
             (self.home / folder).mkdir(parents=True, exist_ok=True)
-        self.event_dir.mkdir(parents=True, exist_ok=True)
+        make_event_dir(self.event_uri)
         self.conf_file.write_text(
-            SPARK_DEFAULTS.format(event_uri=self.event_dir.as_uri(), history_port=self.history_port)
+            SPARK_DEFAULTS.format(event_uri=self.event_uri, history_port=self.history_port)
         )
 
     def _env(self) -> dict[str, str]:

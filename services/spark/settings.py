@@ -14,9 +14,19 @@ from core.errors import BadInput
 HOST = "127.0.0.1"
 
 
-def event_log_dir(data_dir: Path, configured: Path | None) -> Path:
-    """Where training writes Spark event logs and the history server reads them, absolute (one default)."""
-    return (configured or data_dir / "spark" / "events").resolve()
+def event_log_uri(data_dir: Path, configured: str | None) -> str:
+    """Where training writes Spark event logs and the history server reads them (one default): an
+    absolute file:// URI, or the hdfs:// one configured (on hosts that share no disk)."""
+    if configured and "://" in configured:
+        return configured.rstrip("/")
+    return (Path(configured) if configured else data_dir / "spark" / "events").resolve().as_uri()
+
+
+def make_event_dir(uri: str) -> None:
+    """Create the event log folder, on the local disk or on HDFS."""
+    from core.storage import open_storage
+
+    open_storage(uri).make_folder()
 
 
 class SparkSettings(BaseSettings):
@@ -48,9 +58,10 @@ class SparkSettings(BaseSettings):
     executor_memory: str = Field(
         "1g", description="Executor heap training asks for (as TrainingSettings reads it): must fit a worker."
     )
-    event_dir: Path | None = Field(
+    event_dir: str | None = Field(
         None,
-        description="Event logs training writes, the history server shows. Unset: <data_dir>/spark/events.",
+        description="Event logs training writes, the history server shows: a folder, or "
+        "hdfs://host:port/path when the hosts share no disk. Unset: <data_dir>/spark/events.",
     )
 
     @property

@@ -27,6 +27,7 @@ import pytest
 import core.storage
 from core.dataset import read_view
 from core.storage import FileInfo, HdfsStorage, LocalStorage, Storage
+from pipeline.errors import StoreUnavailable
 from pipeline.store import COLUMNS, BatchStore, StaleBatch, read_manifest
 
 
@@ -192,7 +193,7 @@ def test_a_failure_at_any_step_leaves_the_batch_listed_with_its_file_or_nowhere(
         first = BatchStore(faulty)
     try:
         first.write_batch(rows(50, 30), {0: (50, 79)})
-    except OSError:
+    except StoreUnavailable:
         monkeypatch.undo()
         # a restarted member: its offsets were not committed, so it reads and writes the rows again;
         # StaleBatch when the failed commit had claimed the batch: the retry is refused, nothing doubles

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -125,7 +126,7 @@ def train_env(root: Path, master: str, cluster: SparkCluster) -> dict[str, str]:
         **os.environ,
         "BTCFLOW_SPARK_MASTER": master,
         "BTCFLOW_DATA_DIR": str(root / "data"),
-        "BTCFLOW_SPARK_EVENT_DIR": str(cluster.event_dir),
+        "BTCFLOW_SPARK_EVENT_DIR": cluster.event_uri,
         "BTCFLOW_SPARK_PARTITIONS": "2",
         "BTCFLOW_SPARK_DRIVER_MEMORY": "1g",
         "MLFLOW_TRACKING_URI": f"sqlite:///{root}/{'cluster' if master.startswith('spark') else 'local'}.db",
@@ -172,7 +173,8 @@ def test_runs_carry_their_spark_application(trained, spark_cluster) -> None:
 def test_event_logs_of_both_runs_reach_the_history_server(trained, spark_cluster) -> None:
     apps = {where: run["tags"]["btcflow.spark_app_id"] for where, run in trained.items()}
     for app in apps.values():  # local mode logs its events too
-        assert list(spark_cluster.event_dir.glob(f"*{app}*")), sorted(spark_cluster.event_dir.iterdir())
+        events = Path(urlsplit(spark_cluster.event_uri).path)
+        assert list(events.glob(f"*{app}*")), sorted(events.iterdir())
     # the history server looks at its folder every 2 s; an application it listed while its run was still
     # writing shows as completed only after its next look
     deadline = time.monotonic() + 30

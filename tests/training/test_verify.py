@@ -119,7 +119,7 @@ def test_batch_files_without_a_manifest_are_refused(tmp_path: Path, btcflow) -> 
 )
 def test_an_empty_manifest_selects_nothing(spec: str, message: str, tmp_path: Path, btcflow) -> None:
     (tmp_path / "data" / "batch").mkdir(parents=True)
-    (tmp_path / "data" / "batch" / "manifest.json").write_text(dataset.manifest_text([]))
+    (tmp_path / "data" / "batch" / "manifest.json").write_bytes(dataset.manifest_text([]))
     env = {"BTCFLOW_DATA_DIR": str(tmp_path / "data"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m/m.db"}
     assert message in one_line(btcflow("train", "--model", "close", "--batches", spec, env=env))
 
