@@ -18,7 +18,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
@@ -168,6 +168,10 @@ class HdfsStorage(Storage):
     """A folder on HDFS. hdfs-native raises FileNotFoundError and FileExistsError as the local disk does;
     its rename never replaces (HDFS's rename-to-existing fails), so `rename_new` is one RPC."""
 
+    # DataNodes are reached by the name they registered with (their own address, which on a host of its
+    # own is not the one the NameNode saw them connect from), as Spark's Hadoop client is told too
+    CLIENT_CONFIG: ClassVar[dict[str, str]] = {"dfs.client.use.datanode.hostname": "true"}
+
     def __init__(self, uri: str, client: hdfs_native.Client | None = None) -> None:
         parts = urlsplit(uri)
         self.uri = uri.rstrip("/")
@@ -180,7 +184,7 @@ class HdfsStorage(Storage):
         if self._client is None:  # opened on first use: a store is cheap to build
             import hdfs_native
 
-            self._client = hdfs_native.Client(self.namenode)
+            self._client = hdfs_native.Client(self.namenode, config=self.CLIENT_CONFIG)
         return self._client
 
     def path(self, name: str) -> str:
@@ -231,6 +235,11 @@ class HdfsStorage(Storage):
     def clear(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.client.delete(self.base, recursive=True)
+
+
+def as_storage(where: Storage | Path | str) -> Storage:
+    """`where` as a store: a store as is, a path or a URI opened (callers and tests may name a folder)."""
+    return where if isinstance(where, Storage) else open_storage(where)
 
 
 def open_storage(uri: str | Path) -> Storage:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from core import dataset
 from core.dataset import COLUMNS, BatchEntry
 from core.errors import BadInput, Unavailable
-from core.storage import LocalStorage, Storage
+from core.storage import LocalStorage, Storage, as_storage
 from services.spark.settings import make_event_dir
 from training.specs import SPREADS, ModelSpec
 
@@ -38,21 +38,24 @@ LOG4J = Path(__file__).with_name("log4j2.properties").resolve().as_uri()
 Batch = BatchEntry  # one closed batch as the manifest records it
 
 
-def read_manifest(storage: Storage, *, required: bool = True) -> list[Batch]:
+def read_manifest(where: Storage | Path, *, required: bool = True) -> list[Batch]:
     """The closed batches, in order. No manifest is bad input unless `required` is False (watching)."""
+    storage = as_storage(where)
     try:
         entries = dataset.read_manifest(storage)
     except dataset.ManifestError as exc:
         raise BadInput(str(exc)) from None
     except OSError as exc:
         raise Unavailable(f"cannot read the dataset at {storage.uri}: {exc}") from None
-    if not entries and required:
+    if not entries and required and not storage.exists(dataset.MANIFEST):
         where = storage.location(dataset.MANIFEST)
         raise BadInput(f"no manifest at {where}: run `btcflow consume` first (or set BTCFLOW_BATCH_URI)")
     return entries
 
 
-def verify_batches(storage: Storage, batches: list[Batch], spark: SparkSession | None = None) -> None:
+def verify_batches(
+    where: Storage | Path, batches: list[Batch], spark: SparkSession | None = None
+) -> None:
     """BadInput naming the first batch whose file is missing or not the bytes its manifest entry records.
 
     The check itself is core.dataset.verify (the format's owner, beside the writer's hash). On the local
@@ -60,6 +63,7 @@ def verify_batches(storage: Storage, batches: list[Batch], spark: SparkSession |
     file. Elsewhere the store's own checksum answers, through Spark's Hadoop client: before Spark runs
     (spark None) only each file's presence is checked, and read_batches checks the rest.
     """
+    storage = as_storage(where)
     local = isinstance(storage, LocalStorage)
     file_crc = None if local or spark is None else hadoop_file_crc(spark)
     for batch in batches:
@@ -250,8 +254,9 @@ def spark_schema():  # noqa: ANN201 - pyspark type, imported lazily
     return StructType([StructField(name, DoubleType(), nullable=True) for name in COLUMNS])
 
 
-def read_batches(spark: SparkSession, storage: Storage, batches: list[Batch]) -> DataFrame:
+def read_batches(spark: SparkSession, where: Storage | Path, batches: list[Batch]) -> DataFrame:
     """The selected batches as one DataFrame with the Kaggle columns as doubles (explicit schema)."""
+    storage = as_storage(where)
     verify_batches(storage, batches, spark)  # locally done before Spark started: a stat per file now
     paths = [storage.location(b.file) for b in batches]
     parquet = [p for p in paths if p.endswith(".parquet")]
