@@ -224,7 +224,9 @@ def verify(where: Storage | Path | str, entry: BatchEntry, file_crc: FileCrc | N
     try:
         size = storage.info(entry.file).size
     except FileNotFoundError:
-        raise BatchFileError(f"batch {entry.batch} ({location}) is listed in its manifest but missing") from None
+        raise BatchFileError(
+            f"batch {entry.batch} ({location}) is listed in its manifest but missing"
+        ) from None
     if entry.crc32c is None:
         actual_sha = hashlib.sha256(storage.read(entry.file)).hexdigest()
         matches = actual_sha == entry.sha256

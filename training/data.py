@@ -175,12 +175,15 @@ def spark_session(
     executor_memory: str = "1g",
     executor_cores: int | None = None,
     log_dir: Path | None = None,
+    driver_host: str | None = None,
 ) -> SparkSession:
     """The process's one SparkSession, quiet (no UI, WARN logs), local mode or a standalone cluster.
 
     `event_dir` turns Spark's event log on (the history server replays it). On a cluster the executors
     run this very interpreter (same packages), and a driver talking to a master on 127.0.0.1 binds
     127.0.0.1 too; a remote master needs the driver on an address its executors reach, Spark's default.
+    `driver_host` names the driver's own address when it is a host of its own. Hadoop's clients reach
+    HDFS's DataNodes by the names they registered with, as core.storage's does.
     `log_dir` takes the JVM's own output off the terminal (core.logs.jvm_output) unless the level is
     debug.
     """
@@ -193,8 +196,10 @@ def spark_session(
         hostport.split(":")[0] in ("127.0.0.1", "localhost")
         for hostport in master.removeprefix("spark://").split(",")
     )
-    if loopback:
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no lookup of the host's address
+    if driver_host is None and loopback:
+        driver_host = "127.0.0.1"
+    if driver_host is not None:
+        os.environ.setdefault("SPARK_LOCAL_IP", driver_host)  # no lookup of the host's address
     java_options = f"-Dlog4j2.configurationFile={LOG4J}"
     # Spark's Python workers (local mode too) and a cluster's executors start PYSPARK_PYTHON, else
     # `python3` on PATH: another interpreter when this one is a venv's not on PATH (a second Python
@@ -212,6 +217,7 @@ def spark_session(
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.hadoop.dfs.client.use.datanode.hostname", "true")
     )
     if event_dir is not None:
         make_event_dir(event_dir)
@@ -222,9 +228,9 @@ def spark_session(
         )
         if executor_cores is not None:
             builder = builder.config("spark.executor.cores", str(executor_cores))
-        if loopback:
-            builder = builder.config("spark.driver.host", "127.0.0.1").config(
-                "spark.driver.bindAddress", "127.0.0.1"
+        if driver_host is not None:
+            builder = builder.config("spark.driver.host", driver_host).config(
+                "spark.driver.bindAddress", driver_host
             )
     with logs.jvm_output(log_dir):
         spark = builder.getOrCreate()
@@ -245,6 +251,7 @@ def session(settings: TrainingSettings) -> SparkSession:
         executor_memory=settings.spark_executor_memory,
         executor_cores=settings.spark_executor_cores,
         log_dir=logs.jvm_log_dir(settings.data_dir),
+        driver_host=settings.spark_driver_host,
     )
 
 
