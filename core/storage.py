@@ -191,8 +191,14 @@ class HdfsStorage(Storage):
     its rename never replaces (HDFS's rename-to-existing fails), so `rename_new` is one RPC."""
 
     # DataNodes are reached by the name they registered with (their own address, which on a host of its
-    # own is not the one the NameNode saw them connect from), as Spark's Hadoop client is told too
-    CLIENT_CONFIG: ClassVar[dict[str, str]] = {"dfs.client.use.datanode.hostname": "true"}
+    # own is not the one the NameNode saw them connect from), as Spark's Hadoop client is told too; a
+    # write whose DataNode dies goes on with the replicas left instead of hunting for a replacement
+    # (clusters of 2-3 DataNodes have none to give), as services.hdfs's daemons are configured
+    CLIENT_CONFIG: ClassVar[dict[str, str]] = {
+        "dfs.client.use.datanode.hostname": "true",
+        "dfs.client.block.write.replace-datanode-on-failure.enable": "true",
+        "dfs.client.block.write.replace-datanode-on-failure.policy": "NEVER",
+    }
 
     def __init__(self, uri: str, client: hdfs_native.Client | None = None) -> None:
         parts = urlsplit(uri)

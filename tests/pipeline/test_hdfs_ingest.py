@@ -65,7 +65,7 @@ def test_a_datanode_killed_mid_ingest_loses_nothing(
         _, stderr = proc.communicate(timeout=240)
     finally:
         proc.kill()
-        hdfs_cluster.start(datanodes=hdfs_cluster.datanodes)
+        hdfs_cluster.start()
     producer.join(timeout=60)
     assert proc.returncode == 0, stderr[-2000:]
     entries, got = read_batches(dataset)
@@ -91,7 +91,7 @@ def test_the_namenode_down_stops_the_consumer_and_a_restart_completes_exactly_on
         stopped_s = time.monotonic() - started
     finally:
         proc.send_signal(signal.SIGKILL)
-        hdfs_cluster.start(datanodes=hdfs_cluster.datanodes)
+        hdfs_cluster.start()
     assert proc.returncode == 3, stderr[-2000:]
     lines = [line for line in stderr.splitlines() if line.startswith("btcflow: error:")]
     assert len(lines) == 1 and "Traceback" not in stderr, stderr[-2000:]
