@@ -7,3 +7,4 @@ STACK_DIR = Path("data/stack")  # BTCFLOW_STACK_DIR: apart from the embedded def
 STACK_BROKER_PORT = 9192  # BTCFLOW_STACK_BROKER_PORT: clear of the embedded defaults' 9092
 STACK_NODES = 3  # Kafka nodes of `btcflow stack up`
 STACK_SPARK_WORKERS = 2  # Spark workers of `btcflow stack up`
+STACK_DATANODES = 3  # HDFS DataNodes of `btcflow stack up`: every block on three of them
