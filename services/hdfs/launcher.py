@@ -1,0 +1,108 @@
+"""What running HDFS on this machine takes: Hadoop's jars, a Java, and the JVM command of a daemon.
+
+The jars are Apache Hadoop's own, resolved from Maven Central by `services/hdfs/pom.xml` at the version of
+the Hadoop client pyspark ships, so Spark and the daemons speak the same protocol. Each daemon reads its
+`core-site.xml` and `hdfs-site.xml` from its own conf folder, put first on its classpath: no HADOOP_HOME,
+no shell scripts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+from core.errors import Unavailable
+
+log = logging.getLogger("services")
+
+HDFS_DIR = Path(__file__).parent
+POM = HDFS_DIR / "pom.xml"
+LOG4J_CONFIG = HDFS_DIR / "log4j.properties"
+
+NAMENODE_CLASS = "org.apache.hadoop.hdfs.server.namenode.NameNode"
+DATANODE_CLASS = "org.apache.hadoop.hdfs.server.datanode.DataNode"
+HDFS_MARKER = b"org.apache.hadoop.hdfs.server."  # in the command line of both daemons
+
+
+class HdfsUnavailable(Unavailable):
+    """The HDFS NameNode does not answer, or a daemon btcflow runs (NameNode, DataNode) did not start."""
+
+
+def setup_jars(jars_dir: Path) -> Path:
+    """Resolve the Hadoop jars with Maven into `jars_dir/libs`, once per version of the pom."""
+    libs, stamp = jars_dir / "libs", jars_dir / "pom.sha256"
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()
+    if stamp.is_file() and stamp.read_text() == digest and any(libs.glob("hadoop-hdfs-*.jar")):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise HdfsUnavailable("Maven (mvn) not found on PATH: it is needed once to resolve the Hadoop jars")
+    staging = jars_dir / "libs.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    log.info("resolving Hadoop jars with Maven into %s", libs)
+    done = subprocess.run(
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(POM),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={staging}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        lines = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
+        raise HdfsUnavailable(f"Maven could not resolve the Hadoop jars: {lines[-1]}")
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    stamp.write_text(digest)
+    return libs
+
+
+def find_java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise HdfsUnavailable("Java not found (set JAVA_HOME or put java 17+ on PATH)")
+    return java
+
+
+def jvm_command(java: str, conf_dir: Path, libs: Path, heap: str, main_class: str, *args: str) -> list[str]:
+    """The command of one daemon (or of the NameNode's format): its conf folder first on the classpath."""
+    return [
+        java,
+        f"-Xmx{heap}",
+        "-XX:+UseSerialGC",  # a daemon of a few hundred MB: no GC threads to feed on 2 cores
+        "-Djava.net.preferIPv4Stack=true",  # as Hadoop's own scripts start it
+        "-Djava.awt.headless=true",
+        f"-Dlog4j.configuration={LOG4J_CONFIG.as_uri()}",
+        f"-Dhadoop.log.dir={conf_dir.parent}",
+        "-cp",
+        f"{conf_dir}{os.pathsep}{libs}/*",
+        main_class,
+        *args,
+    ]
+
+
+def site_xml(properties: dict[str, str]) -> str:
+    """A Hadoop configuration file (core-site.xml, hdfs-site.xml) holding `properties`."""
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        "<!-- Written by btcflow at every start of this daemon; edit services/hdfs/node.py instead. -->",
+        "<configuration>",
+    ]
+    lines += [
+        f"  <property><name>{escape(k)}</name><value>{escape(v)}</value></property>"
+        for k, v in properties.items()
+    ]
+    return "\n".join([*lines, "</configuration>", ""])
