@@ -298,14 +298,11 @@ class HdfsCluster:
     def status(self) -> HdfsStatus:
         """The NameNode's view (safe mode, live and dead DataNodes, capacity) and this home's daemons."""
         datanodes = self.datanodes()
-        has_namenode = (self.home / "namenode").is_dir() or not datanodes
-        if has_namenode:
-            namenode: NameNode | None = self.namenode
-            address, http_url = self.address, self.namenode.http_url
-        else:
-            namenode = None
-            address, http_url = datanodes[0].namenode, datanodes[0].namenode_http_url
-        info = namenode_info(http_url)
+        namenode = self.namenode if (self.home / "namenode").is_dir() or not datanodes else None
+        if namenode is not None:
+            address, info = self.address, namenode.info()
+        else:  # a home of DataNodes that joined a NameNode elsewhere: ask that one
+            address, info = datanodes[0].namenode, namenode_info(datanodes[0].namenode_http_url)
         live = tuple(LiveDataNode.of(k, v) for k, v in sorted(node_map(info, "LiveNodes").items()))
         states = tuple(
             ServiceState(d.name, d.address, pid := d.pid, pid is not None and d.live_in(info) is not None)

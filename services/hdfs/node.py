@@ -24,7 +24,7 @@ from services.hdfs.launcher import (
     jvm_command,
     site_xml,
 )
-from services.processes import Supervised, free_port
+from services.processes import Supervised, free_port, port_open
 
 # A DataNode heartbeats every second; the NameNode declares one dead after 2 x recheck + 10 heartbeats
 # (15 s, Hadoop's default is 10.5 min) and copies its blocks elsewhere.
@@ -121,7 +121,6 @@ class NameNode(HdfsNode):
             pid_file=folder / "namenode.pid",
             log_file=folder / "namenode.log",
             marker=NAMENODE_CLASS.encode(),
-            probe=f"http://{host}:{http_port}/jmx?qry=Hadoop:service=NameNode,name=NameNodeInfo",
             dir=folder,
             main_class=NAMENODE_CLASS,
             http_port=http_port,
@@ -132,7 +131,12 @@ class NameNode(HdfsNode):
         return f"http://{self.host}:{self.http_port}"
 
     def info(self) -> dict[str, Any] | None:
-        return namenode_info(self.http_url)
+        """Its own view (`namenode_info`) once it serves clients; None before (its web server and JMX
+        answer a second or more before its RPC port opens)."""
+        return namenode_info(self.http_url) if port_open(self.host, self.port) else None
+
+    def answers(self) -> bool:
+        return self.info() is not None
 
     @property
     def formatted(self) -> bool:
