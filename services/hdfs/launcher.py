@@ -99,6 +99,9 @@ def jvm_command(java: str, conf_dir: Path, libs: Path, heap: str, main_class: st
         java,
         f"-Xmx{heap}",
         "-XX:+UseSerialGC",  # a daemon of a few hundred MB: no GC threads to feed on 2 cores
+        # C1 only: half the CPU to start (the format, 2.2 s of CPU, takes 1.0 s); a daemon's hot paths
+        # are I/O and CRC32C, an intrinsic in C1 too
+        "-XX:TieredStopAtLevel=1",
         "-Djava.net.preferIPv4Stack=true",  # as Hadoop's own scripts start it
         "-Djava.awt.headless=true",
         f"-Dlog4j.configuration={LOG4J_CONFIG.as_uri()}",

@@ -90,6 +90,7 @@ def test_a_killed_datanode_is_seen_dead_and_restarted(hdfs_cluster: HdfsCluster)
     fs, path = client(hdfs_cluster), f"/test/{uuid.uuid4().hex}"
     write(fs, path, b"kept on both DataNodes")
     killed = hdfs_cluster.datanode(2)
+    pid = killed.pid
     try:
         assert killed.kill()
         assert [d.running for d in hdfs_cluster.status().datanodes] == [True, False]
@@ -102,7 +103,7 @@ def test_a_killed_datanode_is_seen_dead_and_restarted(hdfs_cluster: HdfsCluster)
         print(f"DataNode restarted in {time.monotonic() - started:.1f} s")
     state = hdfs_cluster.status()
     assert state.running and len(state.live) == 2 and not state.dead
-    assert hdfs_cluster.datanode(2).pid not in (None, killed.pid)
+    assert hdfs_cluster.datanode(2).pid not in (None, pid)
 
 
 def test_a_killed_namenode_is_restarted_with_its_files(hdfs_cluster: HdfsCluster) -> None:
