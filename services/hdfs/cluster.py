@@ -4,7 +4,8 @@ that runs elsewhere (another host, another loopback address).
 Every daemon is one JVM from the same jars (`services.hdfs.launcher`), known by its pid file in its folder
 under `<home>` (`services.hdfs.node`). The NameNode's own view, its JMX over HTTP, is the truth about the
 DataNodes: one counts as running once the NameNode lists it live. `<home>/cluster.json` records how many
-DataNodes the last `start` asked for, so a bare `start` brings back the same cluster.
+DataNodes the last `start` asked for and the replication given, so a bare `start` brings back the same
+cluster.
 """
 
 from __future__ import annotations
@@ -177,12 +178,24 @@ class HdfsCluster:
     def _record(self) -> Path:
         return self.home / "cluster.json"
 
+    def _recorded(self) -> dict[str, Any]:
+        try:
+            record = json.loads(self._record.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
     def recorded_datanodes(self) -> int | None:
         """How many DataNodes the last start asked for; None before the first."""
         try:
-            return int(json.loads(self._record.read_text())["datanodes"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return int(self._recorded()["datanodes"])
+        except (KeyError, TypeError, ValueError):
             return None
+
+    def _given_replication(self) -> int | None:
+        """Replicas of a block as given now, else at an earlier start (None: one per DataNode, at most 3)."""
+        recorded = self._recorded().get("replication")
+        return self.replication or (recorded if isinstance(recorded, int) and recorded > 0 else None)
 
     def start(self, datanodes: int | None = None, timeout_s: float = 120.0) -> str:
         """Start the NameNode and DataNodes 1..`datanodes` (default: as the last start, else 1; 0 runs the
@@ -216,10 +229,11 @@ class HdfsCluster:
         java = find_java()
         libs = setup_jars(self.jars_dir)
         self.home.mkdir(parents=True, exist_ok=True)
-        self._record.write_text(json.dumps({"datanodes": n}) + "\n")
+        given = self._given_replication()
+        self._record.write_text(json.dumps({"datanodes": n, "replication": given}) + "\n")
         started: dict[HdfsNode, subprocess.Popen[bytes]] = {}
         if namenode.pid is None:
-            namenode.configure(self.replication or min(3, max(1, n)))
+            namenode.configure(given or min(3, max(1, n)))
             namenode.format(java, libs, self.heap)
             started[namenode] = namenode.start_jvm(java, libs, self.heap)
         for d in members:
