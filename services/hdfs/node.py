@@ -38,7 +38,6 @@ DEAD_AFTER_S = 2 * RECHECK_MS / 1000 + 10 * HEARTBEAT_S
 # 1-3 DataNodes has none to spare: the write goes on with those left).
 CLIENT_CONFIG = {
     "dfs.client.use.datanode.hostname": "true",
-    "dfs.client.block.write.replace-datanode-on-failure.enable": "true",
     "dfs.client.block.write.replace-datanode-on-failure.policy": "NEVER",
 }
 
