@@ -80,7 +80,7 @@ class Host:
         return self.folder / "logs"
 
     def boot(self, others: list[Path]) -> None:
-        """Make its namespace: a private /tmp and /dev/shm, and an empty tmpfs over each other host's folder."""
+        """Make its namespace: a private /tmp and /dev/shm, an empty tmpfs over each other host's folder."""
         for folder in (self.folder, self.data, self.logs, self.folder / "home"):
             folder.mkdir(parents=True, exist_ok=True)
             folder.chmod(0o755)  # PostgreSQL runs as the postgres user when the tests run as root
@@ -143,8 +143,8 @@ class Host:
         )
         if check and done.returncode != 0:
             raise AssertionError(
-                f"on {self.name} ({self.address}): {shlex.join(argv[2:] if argv[:2] == btcflow()[:2] else argv)} "
-                f"exited {done.returncode}: {done.stderr.strip()[-1500:]}"
+                f"on {self.name} ({self.address}): {shlex.join(argv)} exited {done.returncode}: "
+                f"{done.stderr.strip()[-1500:]}"
             )
         return done
 
