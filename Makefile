@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml requirements.lock
 		$$(grep -i '^pyspark==' requirements.lock)
 	@touch $@
 
-setup: $(STAMP) ## idempotent bootstrap: .venv with pinned packages, Kafka jars resolved by Maven
+setup: $(STAMP) ## idempotent bootstrap: .venv with pinned packages, Kafka and Hadoop jars resolved by Maven
 	@$(BIN)/btcflow broker setup
+	@$(BIN)/btcflow hdfs setup
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then \
 		echo "installing PostgreSQL (btcflow tracking start runs its own cluster)"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null; }; \
@@ -51,9 +52,10 @@ lint: setup ## ruff and mypy on our packages
 	$(BIN)/ruff check core services btcflow pipeline training serving monitoring tests bench
 	$(BIN)/mypy
 
-clean: ## stop btcflow's services (broker, stack) and remove generated data, runs and caches (keeps .venv)
+clean: ## stop btcflow's services (broker, HDFS, stack) and remove generated data, runs and caches (keeps .venv)
 	-@$(BIN)/btcflow broker stop 2>/dev/null
 	-@$(BIN)/btcflow spark stop 2>/dev/null
+	-@$(BIN)/btcflow hdfs stop 2>/dev/null
 	-@$(BIN)/btcflow tracking stop 2>/dev/null
 	-@$(BIN)/btcflow stack down 2>/dev/null
 	rm -rf data/* mlruns/* .pytest_cache

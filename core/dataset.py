@@ -29,7 +29,7 @@ from pathlib import Path
 import crc32c
 import orjson
 
-from core.storage import LocalStorage, Storage, open_storage
+from core.storage import LocalStorage, Storage, as_storage
 
 COLUMNS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")
 MANIFEST = "manifest.json"
@@ -155,7 +155,7 @@ def listed(storage: Storage) -> list[BatchEntry]:
 
 def read_manifest(where: Storage | Path | str) -> list[BatchEntry]:
     """The listed batches of the dataset at `where`, in order; [] when there are none yet."""
-    return listed(where if isinstance(where, Storage) else open_storage(where))
+    return listed(as_storage(where))
 
 
 def manifest_text(entries: list[BatchEntry]) -> bytes:
@@ -207,7 +207,7 @@ RACY_NS = 2_000_000_000
 FileCrc = Callable[[str], str]  # a file's location -> its hex CRC32C, as the store computes it
 
 
-def verify(storage: Storage, entry: BatchEntry, file_crc: FileCrc | None = None) -> None:
+def verify(where: Storage | Path | str, entry: BatchEntry, file_crc: FileCrc | None = None) -> None:
     """Check that `entry`'s file holds exactly the bytes the manifest recorded when it closed.
 
     BatchFileError, naming the batch, when the file is missing or was changed, truncated or replaced
@@ -216,27 +216,30 @@ def verify(storage: Storage, entry: BatchEntry, file_crc: FileCrc | None = None)
     selection re-reads old batches). Elsewhere `file_crc` (HDFS's own file checksum: no byte leaves the
     DataNodes), or the CRC32C of the bytes streamed once when no such call is at hand.
     """
+    storage = as_storage(where)
     if isinstance(storage, LocalStorage):
         _verify_local(storage, entry)
         return
-    where = storage.location(entry.file)
+    location = storage.location(entry.file)
     try:
         size = storage.info(entry.file).size
     except FileNotFoundError:
-        raise BatchFileError(f"batch {entry.batch} ({where}) is listed in its manifest but missing") from None
+        raise BatchFileError(
+            f"batch {entry.batch} ({location}) is listed in its manifest but missing"
+        ) from None
     if entry.crc32c is None:
         actual_sha = hashlib.sha256(storage.read(entry.file)).hexdigest()
         matches = actual_sha == entry.sha256
     else:
         actual = (
-            file_crc(where)
+            file_crc(location)
             if file_crc is not None and size
             else f"{crc32c.crc32c(storage.read(entry.file)):08x}"
         )
         matches = actual == entry.crc32c
     if not matches:
         raise BatchFileError(
-            f"batch {entry.batch} ({where}) does not match its manifest checksum: changed, truncated or "
+            f"batch {entry.batch} ({location}) does not match its manifest checksum: changed, truncated or "
             "replaced since it closed"
         )
 

@@ -13,16 +13,22 @@ HDFS is reached without a JVM, through `hdfs-native` (a Rust client of HDFS's ow
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import hdfs_native
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -164,9 +170,35 @@ class LocalStorage(Storage):
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def _os_errors(method: Callable[P, R]) -> Callable[P, R]:
+    """hdfs-native raises OSError subclasses for what a file system says, but RuntimeError for some of
+    what the cluster does (an RPC refused mid-call, a pipeline with no DataNode left): one kind for
+    callers, OSError, as the local disk's."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(*args, **kwargs)
+        except RuntimeError as exc:
+            lines = str(exc).strip().splitlines() or ["HDFS error"]
+            raise OSError(errno.EIO, lines[0]) from exc
+
+    return call
+
+
 class HdfsStorage(Storage):
     """A folder on HDFS. hdfs-native raises FileNotFoundError and FileExistsError as the local disk does;
     its rename never replaces (HDFS's rename-to-existing fails), so `rename_new` is one RPC."""
+
+    # DataNodes are reached by the name they registered with (their own address, which on a host of its
+    # own is not the one the NameNode saw them connect from), as Spark's Hadoop client is told too; a
+    # write whose DataNode dies goes on with the replicas left instead of hunting for a replacement
+    # (clusters of 2-3 DataNodes have none to give), as services.hdfs's daemons are configured
+    CLIENT_CONFIG: ClassVar[dict[str, str]] = {
+        "dfs.client.use.datanode.hostname": "true",
+        "dfs.client.block.write.replace-datanode-on-failure.enable": "true",
+        "dfs.client.block.write.replace-datanode-on-failure.policy": "NEVER",
+    }
 
     def __init__(self, uri: str, client: hdfs_native.Client | None = None) -> None:
         parts = urlsplit(uri)
@@ -180,7 +212,7 @@ class HdfsStorage(Storage):
         if self._client is None:  # opened on first use: a store is cheap to build
             import hdfs_native
 
-            self._client = hdfs_native.Client(self.namenode)
+            self._client = hdfs_native.Client(self.namenode, config=self.CLIENT_CONFIG)
         return self._client
 
     def path(self, name: str) -> str:
@@ -189,10 +221,12 @@ class HdfsStorage(Storage):
     def location(self, name: str) -> str:
         return f"{self.namenode}{self.path(name)}"
 
+    @_os_errors
     def read(self, name: str) -> bytes:
         with self.client.read(self.path(name)) as f:
             return f.readall()
 
+    @_os_errors
     def write(self, name: str, data: bytes) -> None:
         from hdfs_native import WriteOptions
 
@@ -200,20 +234,25 @@ class HdfsStorage(Storage):
             f.write(data)
         # close() returns once every DataNode of the pipeline acknowledged the last packet
 
+    @_os_errors
     def rename_new(self, src: str, dst: str) -> None:
         self.client.rename(self.path(src), self.path(dst), overwrite=False)
 
+    @_os_errors
     def replace(self, src: str, dst: str) -> None:
         self.client.rename(self.path(src), self.path(dst), overwrite=True)
 
+    @_os_errors
     def delete(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.client.delete(self.path(name))
 
+    @_os_errors
     def info(self, name: str) -> FileInfo:
         status = self.client.get_file_info(self.path(name))
         return FileInfo(name, status.length, status.modification_time / 1000)
 
+    @_os_errors
     def listing(self, folder: str = "") -> list[FileInfo]:
         prefix = f"{folder}/" if folder else ""
         try:
@@ -225,12 +264,19 @@ class HdfsStorage(Storage):
         except FileNotFoundError:
             return []
 
+    @_os_errors
     def make_folder(self, folder: str = "") -> None:
         self.client.mkdirs(self.path(folder), create_parent=True)
 
+    @_os_errors
     def clear(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.client.delete(self.base, recursive=True)
+
+
+def as_storage(where: Storage | Path | str) -> Storage:
+    """`where` as a store: a store as is, a path or a URI opened (callers and tests may name a folder)."""
+    return where if isinstance(where, Storage) else open_storage(where)
 
 
 def open_storage(uri: str | Path) -> Storage:

@@ -175,14 +175,20 @@ def stop_pids(pid_files: list[Path], timeout_s: float, marker: bytes, what: str 
 
 
 def alive(pid: int) -> bool:
-    """The process runs: a zombie (dead, waiting for a parent that is not us to reap it) does not."""
+    """The process runs: a zombie (dead, waiting for a parent that is not us to reap it) does not.
+
+    A SIGKILLed JVM shows as a zombie as soon as its main thread is gone, while its other threads still
+    exit and its sockets are still open (seen: an HDFS NameNode's port answering a connect then): it
+    counts as running until its last thread is gone, so a port is free once `alive` says False."""
     _reap(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     with contextlib.suppress(OSError):  # Linux: the state follows the last ')' of /proc/<pid>/stat
-        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+        if Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z":
+            return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     return True
 
 

@@ -15,8 +15,8 @@ from services.kafka.launcher import free_port_block, free_port_pair
 REPO = Path(__file__).resolve().parents[1]
 KAGGLE_SAMPLE = REPO.parent / "shared" / "data" / "kaggle_head_10k.csv"
 
-# session services of their own: the Spark standalone cluster and the MLflow tracking server
-pytest_plugins = ["tests.spark_cluster", "tests.tracking_server"]
+# session services of their own: the Spark standalone cluster, the MLflow tracking server, HDFS
+pytest_plugins = ["tests.spark_cluster", "tests.tracking_server", "tests.hdfs_cluster"]
 
 
 @pytest.fixture(scope="session")

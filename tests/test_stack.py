@@ -1,6 +1,6 @@
 """`btcflow stack`: where it points btcflow's commands, and its status with nothing running.
 
-Starting the whole stack (three Kafka JVMs, three Spark daemons, PostgreSQL and MLflow) is what
+Starting the whole stack (HDFS, three Kafka JVMs, three Spark daemons, PostgreSQL and MLflow) is what
 `make demo-cluster` does; the suite covers each part with its own session fixture instead.
 """
 
@@ -20,7 +20,7 @@ from btcflow.cli.stack import point_at_stack
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.chdir(tmp_path)
     for name in list(os.environ):
-        if name.startswith(("BTCFLOW_", "MLFLOW_TRACKING_URI")):
+        if name.startswith(("BTCFLOW_", "MLFLOW_TRACKING_URI", "MLFLOW_DFS_TMP")):
             monkeypatch.delenv(name)
     return tmp_path
 
@@ -31,6 +31,9 @@ def test_the_stack_points_every_command_at_its_own_data_dir_and_ports(clean_env:
         "BTCFLOW_DATA_DIR": "data/stack",
         "BTCFLOW_BROKER_NODES": "3",
         "BTCFLOW_BROKER_PORT": "9192",
+        "BTCFLOW_BATCH_URI": "hdfs://127.0.0.1:9820/btcflow/batch",
+        "BTCFLOW_SPARK_EVENT_DIR": "hdfs://127.0.0.1:9820/btcflow/spark-events",
+        "MLFLOW_DFS_TMP": "hdfs://127.0.0.1:9820/btcflow/mlflow-tmp",
         "BTCFLOW_SPARK_MASTER": "spark://127.0.0.1:7077",
         "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
     }
@@ -58,6 +61,7 @@ def test_status_with_nothing_running_lists_every_part_and_exits_3(clean_env: Pat
     )
     assert done.returncode == 3, done.stderr
     out = done.stdout
+    assert "HDFS" in out and "hdfs://127.0.0.1:9820" in out
     assert "3-node Kafka cluster" in out and "127.0.0.1:9192" in out
     assert "Spark standalone cluster" in out and "spark://127.0.0.1:7077" in out
     assert "MLflow tracking server" in out and "http://127.0.0.1:5000" in out

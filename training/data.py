@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from core import dataset
 from core.dataset import COLUMNS, BatchEntry
 from core.errors import BadInput, Unavailable
-from core.storage import LocalStorage, Storage
+from core.storage import LocalStorage, Storage, as_storage
 from services.spark.settings import make_event_dir
 from training.specs import SPREADS, ModelSpec
 
@@ -38,21 +38,24 @@ LOG4J = Path(__file__).with_name("log4j2.properties").resolve().as_uri()
 Batch = BatchEntry  # one closed batch as the manifest records it
 
 
-def read_manifest(storage: Storage, *, required: bool = True) -> list[Batch]:
+def read_manifest(where: Storage | Path, *, required: bool = True) -> list[Batch]:
     """The closed batches, in order. No manifest is bad input unless `required` is False (watching)."""
+    storage = as_storage(where)
     try:
         entries = dataset.read_manifest(storage)
     except dataset.ManifestError as exc:
         raise BadInput(str(exc)) from None
     except OSError as exc:
         raise Unavailable(f"cannot read the dataset at {storage.uri}: {exc}") from None
-    if not entries and required:
+    if not entries and required and not storage.exists(dataset.MANIFEST):
         where = storage.location(dataset.MANIFEST)
         raise BadInput(f"no manifest at {where}: run `btcflow consume` first (or set BTCFLOW_BATCH_URI)")
     return entries
 
 
-def verify_batches(storage: Storage, batches: list[Batch], spark: SparkSession | None = None) -> None:
+def verify_batches(
+    where: Storage | Path, batches: list[Batch], spark: SparkSession | None = None
+) -> None:
     """BadInput naming the first batch whose file is missing or not the bytes its manifest entry records.
 
     The check itself is core.dataset.verify (the format's owner, beside the writer's hash). On the local
@@ -60,6 +63,7 @@ def verify_batches(storage: Storage, batches: list[Batch], spark: SparkSession |
     file. Elsewhere the store's own checksum answers, through Spark's Hadoop client: before Spark runs
     (spark None) only each file's presence is checked, and read_batches checks the rest.
     """
+    storage = as_storage(where)
     local = isinstance(storage, LocalStorage)
     file_crc = None if local or spark is None else hadoop_file_crc(spark)
     for batch in batches:
@@ -171,12 +175,15 @@ def spark_session(
     executor_memory: str = "1g",
     executor_cores: int | None = None,
     log_dir: Path | None = None,
+    driver_host: str | None = None,
 ) -> SparkSession:
     """The process's one SparkSession, quiet (no UI, WARN logs), local mode or a standalone cluster.
 
     `event_dir` turns Spark's event log on (the history server replays it). On a cluster the executors
     run this very interpreter (same packages), and a driver talking to a master on 127.0.0.1 binds
     127.0.0.1 too; a remote master needs the driver on an address its executors reach, Spark's default.
+    `driver_host` names the driver's own address when it is a host of its own. Hadoop's clients reach
+    HDFS's DataNodes by the names they registered with, as core.storage's does.
     `log_dir` takes the JVM's own output off the terminal (core.logs.jvm_output) unless the level is
     debug.
     """
@@ -189,8 +196,10 @@ def spark_session(
         hostport.split(":")[0] in ("127.0.0.1", "localhost")
         for hostport in master.removeprefix("spark://").split(",")
     )
-    if loopback:
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # no lookup of the host's address
+    if driver_host is None and loopback:
+        driver_host = "127.0.0.1"
+    if driver_host is not None:
+        os.environ.setdefault("SPARK_LOCAL_IP", driver_host)  # no lookup of the host's address
     java_options = f"-Dlog4j2.configurationFile={LOG4J}"
     # Spark's Python workers (local mode too) and a cluster's executors start PYSPARK_PYTHON, else
     # `python3` on PATH: another interpreter when this one is a venv's not on PATH (a second Python
@@ -208,6 +217,7 @@ def spark_session(
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.hadoop.dfs.client.use.datanode.hostname", "true")
     )
     if event_dir is not None:
         make_event_dir(event_dir)
@@ -218,9 +228,9 @@ def spark_session(
         )
         if executor_cores is not None:
             builder = builder.config("spark.executor.cores", str(executor_cores))
-        if loopback:
-            builder = builder.config("spark.driver.host", "127.0.0.1").config(
-                "spark.driver.bindAddress", "127.0.0.1"
+        if driver_host is not None:
+            builder = builder.config("spark.driver.host", driver_host).config(
+                "spark.driver.bindAddress", driver_host
             )
     with logs.jvm_output(log_dir):
         spark = builder.getOrCreate()
@@ -241,6 +251,7 @@ def session(settings: TrainingSettings) -> SparkSession:
         executor_memory=settings.spark_executor_memory,
         executor_cores=settings.spark_executor_cores,
         log_dir=logs.jvm_log_dir(settings.data_dir),
+        driver_host=settings.spark_driver_host,
     )
 
 
@@ -250,8 +261,9 @@ def spark_schema():  # noqa: ANN201 - pyspark type, imported lazily
     return StructType([StructField(name, DoubleType(), nullable=True) for name in COLUMNS])
 
 
-def read_batches(spark: SparkSession, storage: Storage, batches: list[Batch]) -> DataFrame:
+def read_batches(spark: SparkSession, where: Storage | Path, batches: list[Batch]) -> DataFrame:
     """The selected batches as one DataFrame with the Kaggle columns as doubles (explicit schema)."""
+    storage = as_storage(where)
     verify_batches(storage, batches, spark)  # locally done before Spark started: a stat per file now
     paths = [storage.location(b.file) for b in batches]
     parquet = [p for p in paths if p.endswith(".parquet")]

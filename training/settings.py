@@ -55,6 +55,11 @@ class TrainingSettings(BaseSettings):
     spark_executor_cores: int | None = Field(
         None, ge=1, description="Cores per executor on a standalone cluster; unset: all of a worker's cores."
     )
+    spark_driver_host: str | None = Field(
+        None,
+        description="Address the driver binds and its executors call back (a host of its own, e.g. "
+        "127.0.0.4). Unset: 127.0.0.1 with a master on 127.0.0.1, else Spark's own choice.",
+    )
     spark_event_dir: str | None = Field(
         None,
         description="Spark event logs of every training run, read by the history server. "

@@ -11,7 +11,19 @@ import sys
 
 import typer
 
-from btcflow.cli import broker, consume, demo, monitor, produce, serve, spark, stack, tracking, train
+from btcflow.cli import (
+    broker,
+    consume,
+    demo,
+    hdfs,
+    monitor,
+    produce,
+    serve,
+    spark,
+    stack,
+    tracking,
+    train,
+)
 from btcflow.cli.groups import QuickHelpGroup
 from core.errors import BtcflowError
 from core.secrets import mask_uri
@@ -51,7 +63,7 @@ def _root(
         raise typer.BadParameter(str(exc)) from None
 
 
-for module in (broker, produce, consume, spark, tracking, stack, train, serve, monitor, demo):
+for module in (broker, produce, consume, spark, hdfs, tracking, stack, train, serve, monitor, demo):
     module.register(app)
 
 

@@ -1,10 +1,11 @@
-"""`btcflow stack up|status|down`: the Kafka cluster, the Spark cluster and the MLflow server together.
+"""`btcflow stack up|status|down`: HDFS, the Kafka cluster, the Spark cluster and the MLflow server together.
 
-Each part is the same object its own command group drives (`broker`, `spark`, `tracking`); the stack
+Each part is the same object its own command group drives (`hdfs`, `broker`, `spark`, `tracking`); the stack
 only points the environment at its own data dir, starts the parts in the order the flow needs them,
 prints every address and the exports that point btcflow's commands at them, and stops them in the
 reverse order. It keeps its files apart from the embedded defaults (`data/stack/`, Kafka on 9192+), so
-`make demo` and `make demo-cluster` never meet.
+`make demo` and `make demo-cluster` never meet. What the roles share lives on HDFS, not on a disk: the
+dataset (BTCFLOW_BATCH_URI), Spark's event logs and MLflow's Spark-model staging (MLFLOW_DFS_TMP).
 """
 
 from __future__ import annotations
@@ -15,11 +16,23 @@ from typing import Any
 import typer
 
 from btcflow.cli.groups import group
-from services.defaults import STACK_BROKER_PORT, STACK_DIR, STACK_NODES, STACK_SPARK_WORKERS
+from services.defaults import (
+    STACK_BROKER_PORT,
+    STACK_DATANODES,
+    STACK_DIR,
+    STACK_NODES,
+    STACK_SPARK_WORKERS,
+)
+
+# where the stack keeps, on HDFS, what every role reads
+HDFS_BATCH = "/btcflow/batch"
+HDFS_EVENTS = "/btcflow/spark-events"
+HDFS_MLFLOW_TMP = "/btcflow/mlflow-tmp"
 
 stack_app = group(
-    help="The whole stack on 127.0.0.1: a Kafka cluster, a Spark standalone cluster (with its history "
-    f"server) and an MLflow tracking server on PostgreSQL, with its files in {STACK_DIR}/.",
+    help="The whole stack on 127.0.0.1: HDFS (the dataset, Spark's event logs), a Kafka cluster, a Spark "
+    f"standalone cluster (with its history server) and an MLflow tracking server on PostgreSQL, with its "
+    f"files in {STACK_DIR}/.",
 )
 
 
@@ -27,7 +40,8 @@ def point_at_stack(nodes: int | None = None) -> dict[str, str]:
     """Set this process's environment to the stack's and return those variables.
 
     The node count is `nodes`, else the one the stack's Kafka storage was formatted with, else 3.
-    The Spark and MLflow addresses are their own settings' (BTCFLOW_SPARK_PORT, BTCFLOW_TRACKING_PORT).
+    The HDFS, Spark and MLflow addresses are their own settings' (BTCFLOW_HDFS_PORT, BTCFLOW_SPARK_PORT,
+    BTCFLOW_TRACKING_PORT).
     """
     from btcflow.cli.stack_settings import StackSettings
     from pipeline.settings import PipelineSettings
@@ -41,30 +55,47 @@ def point_at_stack(nodes: int | None = None) -> dict[str, str]:
     from services.mlflow_server import TrackingServerSettings
     from services.spark.settings import SparkSettings
 
+    from services.hdfs.settings import HdfsSettings
+
+    hdfs = HdfsSettings().address
+    os.environ["BTCFLOW_BATCH_URI"] = f"{hdfs}{HDFS_BATCH}"
+    os.environ["BTCFLOW_SPARK_EVENT_DIR"] = f"{hdfs}{HDFS_EVENTS}"
+    os.environ["MLFLOW_DFS_TMP"] = f"{hdfs}{HDFS_MLFLOW_TMP}"
     os.environ["BTCFLOW_SPARK_MASTER"] = SparkSettings().master_url
     os.environ["MLFLOW_TRACKING_URI"] = TrackingServerSettings().uri
-    names = ("BTCFLOW_DATA_DIR", "BTCFLOW_BROKER_NODES", "BTCFLOW_BROKER_PORT")
-    return {name: os.environ[name] for name in (*names, "BTCFLOW_SPARK_MASTER", "MLFLOW_TRACKING_URI")}
+    names = ("BTCFLOW_DATA_DIR", "BTCFLOW_BROKER_NODES", "BTCFLOW_BROKER_PORT", "BTCFLOW_BATCH_URI")
+    names += ("BTCFLOW_SPARK_EVENT_DIR", "MLFLOW_DFS_TMP", "BTCFLOW_SPARK_MASTER", "MLFLOW_TRACKING_URI")
+    return {name: os.environ[name] for name in names}
 
 
-def _parts(spark_workers: int | None = None) -> tuple[Any, Any, Any]:
-    """The Kafka cluster, the Spark cluster and the tracking server, as the environment points."""
+def _parts(spark_workers: int | None = None) -> tuple[Any, Any, Any, Any]:
+    """HDFS, the Kafka cluster, the Spark cluster and the tracking server, as the environment points."""
     from pipeline.settings import PipelineSettings
+    from services.hdfs.settings import HdfsSettings
     from services.mlflow_server import TrackingServer, TrackingServerSettings
     from services.spark.cluster import SparkCluster
     from services.spark.settings import SparkSettings
 
     return (
+        HdfsSettings().cluster(),
         PipelineSettings().embedded_cluster(),
         SparkCluster.from_settings(SparkSettings(), workers=spark_workers),
         TrackingServer.from_settings(TrackingServerSettings()),
     )
 
 
-def up(nodes: int = STACK_NODES, spark_workers: int = STACK_SPARK_WORKERS) -> str:
+def up(
+    nodes: int = STACK_NODES, spark_workers: int = STACK_SPARK_WORKERS, datanodes: int = STACK_DATANODES
+) -> str:
     """Start what does not run yet (each part is idempotent); every address and the exports, to print."""
+    from core.storage import open_storage
+
     env = point_at_stack(nodes)
-    kafka, spark, tracking = _parts(spark_workers)
+    hdfs, kafka, spark, tracking = _parts(spark_workers)
+    typer.echo(f"starting HDFS (a NameNode, {datanodes} DataNode(s), files in {hdfs.home})...", err=True)
+    address = hdfs.start(datanodes, 180.0)
+    for uri in (env["BTCFLOW_BATCH_URI"], env["BTCFLOW_SPARK_EVENT_DIR"], env["MLFLOW_DFS_TMP"]):
+        open_storage(uri).make_folder()
     typer.echo(f"starting Kafka ({nodes} node(s), files in {kafka.home})...", err=True)
     bootstrap = kafka.start(180.0)
     typer.echo(f"starting Spark (master, {spark_workers} worker(s), history server)...", err=True)
@@ -72,6 +103,7 @@ def up(nodes: int = STACK_NODES, spark_workers: int = STACK_SPARK_WORKERS) -> st
     typer.echo("starting PostgreSQL and the MLflow tracking server...", err=True)
     uri = tracking.start(180.0)
     lines = [
+        f"HDFS           {address} ({datanodes} DataNode(s), web UI {hdfs.http_url})",
         f"Kafka          {bootstrap} ({nodes} node(s))",
         f"Spark master   {master} (web UI {spark.ui_url})",
         f"Spark history  {spark.history_url}",
@@ -84,38 +116,44 @@ def up(nodes: int = STACK_NODES, spark_workers: int = STACK_SPARK_WORKERS) -> st
 
 @stack_app.command(
     "up",
-    help="Start the Kafka cluster, the Spark cluster and the MLflow server (idempotent); print the exports."
-    "\n\nParts already running are left alone. Files go to BTCFLOW_STACK_DIR "
+    help="Start HDFS, the Kafka cluster, the Spark cluster and the MLflow server (idempotent); print the "
+    "exports.\n\nParts already running are left alone. Files go to BTCFLOW_STACK_DIR "
     f"({STACK_DIR}), apart from the embedded defaults; Kafka listens on BTCFLOW_STACK_BROKER_PORT "
     f"({STACK_BROKER_PORT}) and up, the Spark master on "
     "BTCFLOW_SPARK_PORT (7077; web UI 8080, history server 18080), MLflow on BTCFLOW_TRACKING_PORT (5000) "
-    "with PostgreSQL on BTCFLOW_POSTGRES_PORT (5433).",
+    "with PostgreSQL on BTCFLOW_POSTGRES_PORT (5433), HDFS's NameNode on BTCFLOW_HDFS_PORT (9820; web UI "
+    f"9870) with {STACK_DATANODES} DataNodes: the dataset in {HDFS_BATCH}, Spark's event logs in "
+    f"{HDFS_EVENTS}, MLflow's Spark-model staging in {HDFS_MLFLOW_TMP}.",
 )
 def up_command(
     nodes: int = typer.Option(STACK_NODES, "--nodes", min=1, help="Kafka nodes (brokers and controllers)."),
     spark_workers: int = typer.Option(
         STACK_SPARK_WORKERS, "--spark-workers", min=1, help="Spark standalone workers."
     ),
+    datanodes: int = typer.Option(
+        STACK_DATANODES, "--datanodes", min=1, help="HDFS DataNodes (blocks kept min(3, N) times)."
+    ),
 ) -> None:
-    typer.echo(up(nodes, spark_workers))
+    typer.echo(up(nodes, spark_workers, datanodes))
 
 
 @stack_app.command("status")
 def status() -> None:
     """Each part's status; exit 3 unless every part runs."""
     point_at_stack()
-    kafka, spark, tracking = (part.status() for part in _parts())
-    typer.echo("\n\n".join(state.describe() for state in (kafka, spark, tracking)))
-    if not (kafka.running and spark.running and tracking.all_running):
+    hdfs, kafka, spark, tracking = (part.status() for part in _parts())
+    typer.echo("\n\n".join(state.describe() for state in (hdfs, kafka, spark, tracking)))
+    if not (hdfs.running and kafka.running and spark.running and tracking.all_running):
         raise typer.Exit(3)
 
 
 @stack_app.command("down")
 def down() -> None:
-    """Stop the MLflow server and PostgreSQL, the Spark cluster, then the Kafka cluster."""
+    """Stop the MLflow server and PostgreSQL, the Spark cluster, the Kafka cluster, then HDFS."""
     point_at_stack()
-    kafka, spark, tracking = _parts()
-    for name, part in (("tracking server", tracking), ("Spark cluster", spark), ("Kafka cluster", kafka)):
+    hdfs, kafka, spark, tracking = _parts()
+    parts = (("tracking server", tracking), ("Spark cluster", spark), ("Kafka cluster", kafka), ("HDFS", hdfs))
+    for name, part in parts:
         typer.echo(f"{name} {'stopped' if part.stop() else 'was not running'}")
 
 

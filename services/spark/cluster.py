@@ -41,6 +41,8 @@ spark.history.fs.logDirectory {event_uri}
 spark.history.ui.port {history_port}
 # the history server looks for new event logs this often: a run shows up seconds after it ends
 spark.history.fs.update.interval 2s
+# event logs on HDFS: DataNodes are reached by the names they registered with (a host each, elsewhere)
+spark.hadoop.dfs.client.use.datanode.hostname true
 # no REST submission server (fixed port 6066): training connects as a client through spark://
 spark.master.rest.enabled false
 # finished applications' folders (jars, executor stdout/stderr) in work/ are removed after 7 days

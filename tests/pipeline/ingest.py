@@ -4,6 +4,7 @@ checks that every batch file and the manifest must pass."""
 from __future__ import annotations
 
 import hashlib
+import io
 import subprocess
 import sys
 import time
@@ -13,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from kafka import KafkaProducer
 
+from core.storage import Storage, as_storage
 from pipeline.broker import ensure_topic
 from pipeline.store import COLUMNS, read_manifest
 
@@ -56,18 +59,20 @@ def send(
         producer.close(timeout=10)
 
 
-def read_batches(out: Path) -> tuple[list, np.ndarray]:
-    """The manifest entries and all rows of all batch files, checking what must hold for any batch."""
-    entries = read_manifest(out)
+def read_batches(out: Path | Storage) -> tuple[list, np.ndarray]:
+    """The manifest entries and all rows of all batch files, checking what must hold for any batch
+    (on the local disk or any other store)."""
+    storage = as_storage(out)
+    entries = read_manifest(storage)
     frames = []
     for number, entry in enumerate(entries, start=1):
-        path = out / entry.file
+        data = storage.read(entry.file)
         assert entry.batch == number and entry.file.startswith(f"batch_{number}.")
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256
+        assert hashlib.sha256(data).hexdigest() == entry.sha256
         frame = (
-            pq.read_table(path).to_pandas()
-            if path.suffix == ".parquet"
-            else pd.read_csv(path, float_precision="round_trip")
+            pq.read_table(pa.BufferReader(data)).to_pandas()
+            if entry.file.endswith(".parquet")
+            else pd.read_csv(io.BytesIO(data), float_precision="round_trip")
         )
         assert list(frame.columns) == list(COLUMNS)
         assert all(str(t) == "float64" for t in frame.dtypes)
@@ -75,7 +80,7 @@ def read_batches(out: Path) -> tuple[list, np.ndarray]:
         assert frame["Timestamp"].is_monotonic_increasing
         assert (frame["Timestamp"].min(), frame["Timestamp"].max()) == (entry.min_ts, entry.max_ts)
         frames.append(frame.to_numpy())
-    assert not list(out.glob("*.tmp"))
+    assert not [f.name for f in storage.listing() if f.name.endswith(".tmp")]
     return entries, np.concatenate(frames) if frames else np.empty((0, len(COLUMNS)))
 
 
@@ -96,11 +101,11 @@ def assert_exactly(rows: np.ndarray, got: np.ndarray) -> None:
     np.testing.assert_array_equal(got, expected)
 
 
-def wait_for_batches(out: Path, count: int, timeout_s: float = 90) -> int:
-    """Poll the manifest until it lists `count` batches (or the time is up); returns how many it lists."""
+def wait_for_batches(out: Path | Storage, count: int, timeout_s: float = 90) -> int:
+    """Poll the dataset until it lists `count` batches (or the time is up); returns how many it lists."""
     deadline = time.monotonic() + timeout_s
     while True:
-        listed = len(read_manifest(out)) if (out / "manifest.json").exists() else 0
+        listed = len(read_manifest(out))
         if listed >= count or time.monotonic() > deadline:
             return listed
         time.sleep(0.1)

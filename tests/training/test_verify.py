@@ -103,8 +103,10 @@ def test_a_missing_batch_file_is_refused_naming_it(tmp_path: Path, btcflow) -> N
 
 
 def test_batch_files_without_a_manifest_are_refused(tmp_path: Path, btcflow) -> None:
+    """Batch files alone are no dataset: the commit records (and the manifest, their view) list them."""
     env = dataset_at(tmp_path, SIZES)
     (tmp_path / "data" / "batch" / "manifest.json").unlink()
+    shutil.rmtree(tmp_path / "data" / "batch" / "_commits")
     line = one_line(btcflow("train", "--model", "close", "--batches", "1", env=env))
     assert "no manifest at" in line and "btcflow consume" in line
     assert not (tmp_path / "m").exists()
@@ -251,4 +253,5 @@ def test_the_gate_refuses_a_tampered_window_batch(tmp_path: Path, store: str, bt
     line = one_line(btcflow("promote", "--model", "close", "--best", env=env))
     assert "batch 3 (" in line and "does not match its manifest sha256" in line
     (tmp_path / "data" / "batch" / "manifest.json").unlink()
+    shutil.rmtree(tmp_path / "data" / "batch" / "_commits")
     assert "no manifest at" in one_line(btcflow("promote", "--model", "close", "--best", env=env))
