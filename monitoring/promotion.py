@@ -144,7 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     (kind,) = argv if argv is not None else sys.argv[1:]
     logs.configure(logs.level_from(False, False))
     settings = TrainingSettings.model_validate_json(os.environ[SETTINGS_ENV])
-    os.environ.update(settings.driver_environment())  # the gate's Spark session
     try:
         print(promote_best(settings, kind, require_baseline=True, by="monitor").message, flush=True)
     except BtcflowError as exc:  # any error raised on purpose: its line and the contract's status

@@ -23,12 +23,6 @@ class TrainingSettings(BaseSettings):
         "folder, or hdfs://host:port/path on HDFS (reached without a JVM). Unset: <data_dir>/batch.",
     )
     spark_master: str = Field("local[*]", description="Spark master for training (local mode by default).")
-    spark_driver_host: str | None = Field(
-        None,
-        description="Address the Spark driver (train, the promotion gate) binds and tells executors to "
-        "reach it at, when they run on other hosts (a worker on another machine). Unset: Spark's own "
-        "choice, 127.0.0.1 beside a master on 127.0.0.1.",
-    )
     spark_driver_memory: str = Field(
         "4g", description="Driver heap for local Spark; the whole job runs in the driver in local mode."
     )
@@ -65,13 +59,6 @@ class TrainingSettings(BaseSettings):
         description="Spark event logs of every training run, read by the history server. "
         "Unset: <data_dir>/spark/events.",
     )
-
-    def driver_environment(self) -> dict[str, str]:
-        """Spark's own variables for this machine's address (SPARK_LOCAL_IP: what the driver binds;
-        SPARK_LOCAL_HOSTNAME: the name it gives executors), set from BTCFLOW_SPARK_DRIVER_HOST before a
-        session starts its JVM. Empty when unset."""
-        host = self.spark_driver_host
-        return {"SPARK_LOCAL_IP": host, "SPARK_LOCAL_HOSTNAME": host} if host else {}
 
     @property
     def event_dir(self) -> str:

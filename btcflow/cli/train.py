@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -82,7 +81,6 @@ def train(
     from training.watch import watch
 
     settings = TrainingSettings()
-    os.environ.update(settings.driver_environment())  # before any Spark session starts its JVM
     overrides = {"num_trees": num_trees, "max_depth": max_depth, "reg_param": reg_param, "max_iter": max_iter}
     models = _models(model)
     if watch_:
@@ -158,7 +156,6 @@ def promote(
     if require_baseline and not best:
         raise BadInput("--require-baseline goes with --best")
     settings = TrainingSettings()
-    os.environ.update(settings.driver_environment())  # the --best gate's Spark session
     if best:
         result = promote_best(settings, model, require_baseline=require_baseline)
     elif rollback:
