@@ -310,6 +310,20 @@ def test_produce_consume_train_promote_serve_on_hosts_that_share_nothing(hosts: 
         assert registry.get_run(version.run_id).data.tags["btcflow.spark_master"] == cluster.spark_master
     phase("promoted")
 
+    # the same training on a dataset in the trainer's own folder (the local default, filled by a consumer
+    # of its own): the driver reads the manifest, but the executors on the worker's host find no file
+    trainer.run(
+        btcflow("consume", "--batch-rows", str(BATCH_ROWS), "--idle-timeout", "3"),
+        {**kafka, "BTCFLOW_CONSUMER_GROUP": "trainer-local"},
+    )
+    local_training = {k: v for k, v in training.items() if k not in ("BTCFLOW_BATCH_URI", "HADOOP_CONF_DIR")}
+    unread = trainer.run(btcflow("train", "--model", "close", "--batches", "1"), local_training, check=False)
+    batch_1 = trainer.data / "batch" / "batch_1.parquet"
+    assert unread.returncode != 0 and f"File file:{batch_1} does not exist" in unread.stderr, unread.stderr[
+        -2000:
+    ]
+    phase("a local dataset is not the executors'")
+
     # serve: the gateway knows only the tracking server's address
     serving = gateway.spawn(
         btcflow("serve", "--host", cluster.gateway_host, "--port", str(cluster.gateway_port)),
