@@ -177,21 +177,18 @@ class Host:
                         found.append(int(entry.name))
         return found
 
-    def power_off(self, timeout_s: float = 10.0) -> list[int]:
-        """SIGKILL every process of the host, as pulling its plug would; the pids that were left."""
-        if not self.namespace:
-            return []
-        left = self.processes()
-        for pid in left:
+    def signal_all(self, signum: int) -> list[int]:
+        """Send `signum` to every process of the host; the pids it went to."""
+        pids = self.processes() if self.namespace else []
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + timeout_s
-        while self.processes() and time.monotonic() < deadline:
-            time.sleep(0.1)
+                os.kill(pid, signum)
+        return pids
+
+    def reap(self) -> None:
         if self._holder is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._holder.wait(timeout=1)
-        return left
 
 
 def output(proc: subprocess.Popen[str]) -> str:
@@ -219,11 +216,23 @@ class Network:
         for host in self.hosts.values():
             host.boot([h.folder for h in self.hosts.values() if h is not host])
 
-    def power_off(self) -> dict[str, list[int]]:
-        """Every host off (their leftover processes killed), then their folders removed."""
-        left = {name: host.power_off() for name, host in self.hosts.items()}
+    def power_off(self, grace_s: float = 5.0) -> dict[str, list[int]]:
+        """Every host off, then their folders removed: SIGTERM to each process of theirs (a PostgreSQL
+        left running then removes its shared memory), SIGKILL to what is left after `grace_s`. Returns
+        the pids that were running, by host."""
+        running = {name: host.signal_all(signal.SIGTERM) for name, host in self.hosts.items()}
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and any(h.processes() for h in self.hosts.values() if h.namespace):
+            time.sleep(0.2)
+        for host in self.hosts.values():
+            host.signal_all(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(h.processes() for h in self.hosts.values() if h.namespace):
+            time.sleep(0.1)
+        for host in self.hosts.values():
+            host.reap()
         shutil.rmtree(self.root, ignore_errors=True)
-        return left
+        return {name: pids for name, pids in running.items() if pids}
 
 
 @contextlib.contextmanager
