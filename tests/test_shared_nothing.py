@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.hosts import Host, Network, btcflow, network, output, unavailable
+from tests.hosts import REPO, Host, Network, btcflow, network, output, unavailable
 from tests.waiting import wait_until
 from training.specs import SPECS
 
@@ -88,16 +88,22 @@ class Cluster:
         return f"http://{self.gateway_host}:{self.gateway_port}"
 
 
+def hdfs_client_config() -> dict[str, str]:
+    """What every HDFS client sets: DataNodes reached at the address they registered (all of them connect
+    to the NameNode from 127.0.0.1)."""
+    from services.hdfs.cluster import HdfsCluster
+
+    return HdfsCluster(REPO, REPO).client_config
+
+
 def hadoop_client_conf(host: Host, namenode: str) -> dict[str, str]:
     """A Hadoop client's configuration on `host` (HADOOP_CONF_DIR, read by hdfs-native and by Spark): the
     NameNode as the default file system, DataNodes reached at the address they registered."""
-    from services.hdfs.cluster import HdfsCluster
-
     folder = host.folder / "hadoop-conf"
     folder.mkdir(exist_ok=True)
     sites = {
         "core-site.xml": {"fs.defaultFS": namenode},
-        "hdfs-site.xml": HdfsCluster(host.folder, host.folder).client_config,
+        "hdfs-site.xml": hdfs_client_config(),
     }
     for name, properties in sites.items():
         body = "".join(
@@ -207,18 +213,17 @@ def stop_services(net: Network) -> None:
     assert not left, f"processes left on their hosts after every stop command: {left}"
 
 
-def dataset_timestamps(cluster: Cluster, observer: Host) -> tuple[list[int], list[float]]:
+def dataset_timestamps(cluster: Cluster) -> tuple[list[int], list[float]]:
     """The batch numbers the manifest lists and every listed row's Timestamp, read over HDFS by this
     process (an observer outside every host, a Hadoop client like them)."""
-    import os
-
+    import hdfs_native
     import pyarrow.parquet as pq
 
     from core.dataset import read_manifest
-    from core.storage import open_storage
+    from core.storage import HdfsStorage
 
-    os.environ.update(hadoop_client_conf(observer, cluster.namenode))
-    storage = open_storage(cluster.dataset)
+    client = hdfs_native.Client(cluster.namenode, config=hdfs_client_config())
+    storage = HdfsStorage(cluster.dataset, client=client)
     entries = read_manifest(storage)
     stamps: list[float] = []
     for entry in entries:
@@ -271,7 +276,7 @@ def test_produce_consume_train_promote_serve_on_hosts_that_share_nothing(hosts: 
     # each row of the file exactly once in the dataset
     with (producer.data / "btc.csv").open() as f:
         sent = sorted(float(row["Timestamp"]) for row in csv.DictReader(f))
-    batches, stamps = dataset_timestamps(cluster, trainer)
+    batches, stamps = dataset_timestamps(cluster)
     assert batches == [1, 2]
     assert len(stamps) == len(set(stamps)) == ROWS
     assert sorted(stamps) == sent
