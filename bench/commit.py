@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from local_hdfs import temporary_hdfs  # bench/local_hdfs.py
 
 from core.storage import HdfsStorage, LocalStorage, Storage
 from pipeline.store import COLUMNS, BatchStore
@@ -91,9 +92,7 @@ def main() -> None:
             return
         uri = args.hdfs
         if uri is None:
-            from services.hdfs.cluster import HdfsCluster
-
-            cluster = HdfsCluster(tmp / "hdfs")
+            cluster = temporary_hdfs(tmp)
             stack.callback(cluster.stop)
             uri = f"{cluster.start(datanodes=1)}/bench"
         report("hdfs", measure(HdfsStorage(f"{uri}/{uuid.uuid4().hex}"), args.batches), args.batches)

@@ -30,9 +30,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 import psutil
+import pyarrow as pa
 import pyarrow.parquet as pq
+from commit import measure, report  # bench/commit.py
 from kafka import KafkaConsumer, TopicPartition
+from local_hdfs import temporary_hdfs  # bench/local_hdfs.py
 
+from core.storage import open_storage
 from pipeline.broker import ensure_topic, partition_leader
 from pipeline.producer import produce
 from pipeline.rows import FIELDS, RowChecker
@@ -92,7 +96,7 @@ class Members:
     """C `btcflow consume` processes of one group on one folder; peak RSS and CPU of each."""
 
     def __init__(
-        self, count: int, env: dict[str, str], topic: str, out_dir: Path, batch_rows: int, idle_s: float
+        self, count: int, env: dict[str, str], topic: str, out_dir: str, batch_rows: int, idle_s: float
     ) -> None:
         args = ["--out", str(out_dir), "--topic", topic, "--group", f"bench-{topic}"]
         args += ["--batch-rows", str(batch_rows), "--idle-timeout", str(idle_s), "--no-progress"]
@@ -133,8 +137,6 @@ class Members:
                 pass
 
     def rows_landed(self) -> int:
-        if not (self.out_dir / "manifest.json").exists():
-            return 0
         return sum(e.rows for e in read_manifest(self.out_dir))
 
     def alive(self) -> bool:
@@ -234,13 +236,17 @@ class Failover:
             watcher.close()
 
 
-def check_exactly_once(out_dir: Path, path: Path) -> bool:
+def check_exactly_once(out_dir: str, path: Path) -> bool:
     """Every row of the file in the batches once, with equal values."""
     import pandas as pd
 
     expected = pd.read_csv(path, float_precision="round_trip").to_numpy()
+    storage = open_storage(out_dir)
     got = np.concatenate(
-        [pq.read_table(out_dir / e.file).to_pandas().to_numpy() for e in read_manifest(out_dir)]
+        [
+            pq.read_table(pa.BufferReader(storage.read(e.file))).to_pandas().to_numpy()
+            for e in read_manifest(storage)
+        ]
     )
     got = got[np.argsort(got[:, 0], kind="stable")]
     return got.shape == expected.shape and bool(np.array_equal(got, expected))
@@ -250,7 +256,7 @@ IDLE_S = 20.0  # members close their last, partial batch this long after their l
 
 
 def ingest(
-    shape: Shape, cluster: EmbeddedCluster, path: Path, out_dir: Path, rows: int, batch_rows: int, topic: str
+    shape: Shape, cluster: EmbeddedCluster, path: Path, out_dir: str, rows: int, batch_rows: int, topic: str
 ) -> tuple[Members, float, str, float, Failover | None]:
     """Producer and members side by side until every row is in a closed batch: (members, seconds from
     the first send until the last row was read, the producer's line, its CPU seconds, the failover)."""
@@ -289,7 +295,7 @@ def run_shape(
     label = str(shape).replace("x", "-")
     result = Result(shape)
     members, seconds, result.producer_line, result.producer_cpu, _ = ingest(
-        shape, cluster, path, tmp / f"batch-{label}", rows, batch_rows, f"live-{label}"
+        shape, cluster, path, str(tmp / f"batch-{label}"), rows, batch_rows, f"live-{label}"
     )
     result.end_to_end = rows / seconds
     result.member_rss, result.member_cpu = members.rss, members.cpu
@@ -300,7 +306,7 @@ def run_shape(
     result.tuned_reference = producer_performance(libs, cluster.bootstrap, reference_topic, rows, size, TUNED)
     if shape.nodes >= 3:
         members, _, _, _, failover = ingest(
-            shape, cluster, path, tmp / f"failover-{label}", rows, batch_rows, f"failover-{label}"
+            shape, cluster, path, str(tmp / f"failover-{label}"), rows, batch_rows, f"failover-{label}"
         )
         assert failover is not None
         failover.thread.join(timeout=60)
@@ -308,6 +314,40 @@ def run_shape(
         result.exactly_once = check_exactly_once(members.out_dir, path)
         cluster.start()  # the killed node comes back
     return result
+
+
+def compare_stores(
+    cluster: EmbeddedCluster, path: Path, tmp: Path, rows: int, batch_rows: int, hdfs: str
+) -> tuple[float, float]:
+    """End-to-end rows/s of one member (shape 1x1x1) into a local folder, then into `hdfs`: the same
+    cluster, file and batch size, one after the other."""
+    shape = Shape(1, 1, 1)
+    local = rows / ingest(shape, cluster, path, str(tmp / "store-local"), rows, batch_rows, "store-local")[1]
+    remote = rows / ingest(shape, cluster, path, f"{hdfs}/store-hdfs", rows, batch_rows, "store-hdfs")[1]
+    return local, remote
+
+
+def store_figures(
+    args: argparse.Namespace, clusters: dict, path: Path, tmp: Path, rows: int, batch_rows: int
+) -> tuple[float, float]:
+    """The local-against-HDFS comparison, then the commit cost at 10 and N batches on both stores.
+    Starts what it needs (a 1-DataNode HDFS, a 1-node Kafka) into `clusters`, which the caller stops."""
+    hdfs = args.hdfs
+    if hdfs is None:
+        clusters["hdfs"] = temporary_hdfs(tmp)
+        hdfs = f"{clusters['hdfs'].start(datanodes=1, timeout_s=180)}/bench"
+    if 1 not in clusters:
+        clusters[1] = EmbeddedCluster(
+            tmp / "kafka-1", PipelineSettings().kafka_jars, 1, free_port_block(2), "512m"
+        )
+        clusters[1].start(timeout_s=180)
+    stores = compare_stores(clusters[1], path, tmp, rows, batch_rows, hdfs)
+    n = args.commit_batches
+    if n:
+        print(f"\ncommit cost, medians of 10 commits (batches of 10 rows), {n} batches:")
+        report("local", measure(open_storage(tmp / "commit-local"), n), n)
+        report("hdfs", measure(open_storage(f"{hdfs}/commit"), n), n)
+    return stores
 
 
 def main() -> None:
@@ -322,6 +362,13 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=1)
     parser.add_argument("--consumers", type=int, default=1)
     parser.add_argument("--batch-rows", type=int, default=None, help="consumer batch size (default R/4)")
+    parser.add_argument(
+        "--hdfs", help="an hdfs://host:port/path for the store comparison (default: a 1-DataNode HDFS here)"
+    )
+    parser.add_argument("--no-hdfs", action="store_true", help="skip the local-against-HDFS comparison")
+    parser.add_argument(
+        "--commit-batches", type=int, default=1000, help="batches of the commit-cost figures (0: none)"
+    )
     args = parser.parse_args()
     shapes = (
         [Shape(args.nodes, args.partitions, args.consumers)]
@@ -336,7 +383,7 @@ def main() -> None:
         synth(rows, path, seed=42)
         size = average_value_size(path)
         print(f"data: {rows:,} rows, average value {size} bytes; batches of {batch_rows:,} rows")
-        clusters: dict[int, EmbeddedCluster] = {}
+        clusters: dict = {}  # Kafka clusters by node count, and "hdfs"
         try:
             for shape in shapes:
                 if shape.nodes not in clusters:
@@ -352,10 +399,17 @@ def main() -> None:
                     clusters[shape.nodes] = cluster
                 results.append(run_shape(shape, clusters[shape.nodes], path, tmp, size, rows, batch_rows))
                 print(describe(results[-1]), flush=True)
+            stores = None if args.no_hdfs else store_figures(args, clusters, path, tmp, rows, batch_rows)
         finally:
             for cluster in clusters.values():
                 cluster.stop()
     print()
+    if stores is not None:
+        local, remote = stores
+        print(
+            f"store 1x1x1 end to end: local {local:,.0f} rows/s, hdfs {remote:,.0f} rows/s, ratio "
+            f"{remote / local:.2f} (goal 0.8: {'met' if remote / local >= 0.8 else 'not met'})"
+        )
     print("shape N x P x C | end to end rows/s | ProducerPerformance rec/s (ratio) | same, lz4 256K (ratio)")
     for r in results:
         print(

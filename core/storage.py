@@ -198,6 +198,11 @@ class HdfsStorage(Storage):
         "dfs.client.use.datanode.hostname": "true",
         "dfs.client.block.write.replace-datanode-on-failure.enable": "true",
         "dfs.client.block.write.replace-datanode-on-failure.policy": "NEVER",
+        # a NameNode that does not answer: a call fails after ~15 s (5 tries, 0.5 s doubling to 4 s
+        # between them) instead of retrying for minutes, long enough to ride out a NameNode restart
+        "dfs.client.failover.max.attempts": "5",
+        "dfs.client.failover.sleep.base.millis": "500",
+        "dfs.client.failover.sleep.max.millis": "4000",
     }
 
     def __init__(self, uri: str, client: hdfs_native.Client | None = None) -> None:

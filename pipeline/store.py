@@ -24,9 +24,11 @@ number of batches; the view's rewrite does (a few bytes per batch), off the clai
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import io
+import itertools
 import logging
 import shutil
 import time
@@ -66,6 +68,7 @@ SCHEMA = pa.schema([(name, pa.float64()) for name in COLUMNS])
 CHUNK_ROWS = 256 * 1024  # rows per parquet row group and per CSV slice
 STAGED_PREFIX = ".incoming-"
 LEFTOVER_AGE_S = 3600.0  # a staged file this old has no live writer (a commit takes seconds)
+STAGE_RETRY_S = 40.0  # how long a failing stage write is tried again (a dead DataNode's ~15 s, twice)
 Format = Literal["parquet", "csv"]
 
 
@@ -175,7 +178,7 @@ class BatchStore:
         if not _is_sorted(table.column("Timestamp")):  # one partition in file order already is
             table = table.take(pc.sort_indices(table, [("Timestamp", "ascending")]))
         data = encode(table, self.fmt)
-        staged = f"{STAGED_PREFIX}{uuid.uuid4().hex}.{self.fmt}"
+        staged = ""
         ts = table.column("Timestamp")
         entry = BatchEntry(
             batch=0,
@@ -191,12 +194,12 @@ class BatchStore:
         )
         claimed: CommitRecord | None = None
         try:
-            self.storage.write(staged, data)  # 1. stage
+            staged = self._stage(data)  # 1. stage
             claimed = self._claim(entry, staged, rejected, offsets, topic_id)  # 2. claim
             self._publish(claimed)  # 3. publish
         except OSError as exc:
-            if claimed is None and not self._claimed_by(staged):
-                self.storage.delete(staged)  # never claimed: ours to remove, and nothing else is left
+            if claimed is None:
+                self._drop_unclaimed(staged)
             if _is_full(exc):
                 raise StorageFull(
                     f"no space left in {self.storage.uri}{self._free()}: batch not listed, the dataset is "
@@ -208,8 +211,8 @@ class BatchStore:
                 "offsets not committed; rerun to go on exactly once"
             ) from exc
         except BaseException:
-            if claimed is None and not self._claimed_by(staged):
-                self.storage.delete(staged)
+            if claimed is None:
+                self._drop_unclaimed(staged)
             raise
         try:
             self._refresh_view()  # 4. view
@@ -218,6 +221,33 @@ class BatchStore:
                 "manifest.json in %s not rewritten after batch %d: %s", self.where, claimed.entry.batch, exc
             )
         return claimed.entry
+
+    def _drop_unclaimed(self, staged: str) -> None:
+        """Remove this member's staged file unless a record names it (then it is the dataset's). Best
+        effort: a store that fails now leaves it to the leftover sweep."""
+        if staged and not self._claimed_by(staged):
+            with contextlib.suppress(OSError):
+                self.storage.delete(staged)
+
+    def _stage(self, data: bytes) -> str:
+        """Write the batch's bytes under a new hidden name; its name. A failed write is tried again under
+        another name for STAGE_RETRY_S: a DataNode that just died is still given out by the NameNode
+        until it misses its heartbeats (~15 s), and nothing of this batch is claimed yet. A full store
+        is not tried again."""
+        deadline = time.monotonic() + STAGE_RETRY_S
+        for attempt in itertools.count(1):
+            staged = f"{STAGED_PREFIX}{uuid.uuid4().hex}.{self.fmt}"
+            try:
+                self.storage.write(staged, data)
+                return staged
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    self.storage.delete(staged)
+                if _is_full(exc) or time.monotonic() + attempt > deadline:
+                    raise
+                log.warning("writing a batch to %s failed (%s); trying again", self.where, _one_line(exc))
+                time.sleep(attempt)
+        raise AssertionError("unreachable")
 
     def _free(self) -> str:
         if not isinstance(self.storage, LocalStorage):

@@ -17,7 +17,7 @@ def spark_cluster_on_free_ports(data_dir: Path, workers: int = 1) -> SparkCluste
     home = data_dir / "spark"
     return SparkCluster(
         home,
-        home / "events",
+        (home / "events").resolve().as_uri(),
         workers=workers,
         cores=2,
         memory="2g",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from core.errors import BadInput
+from core.storage import LocalStorage
 from training import data, metrics, plots
 from training.data import Batch, Scheme
 from training.settings import TrainingSettings
@@ -305,8 +306,10 @@ def train_models(
     for selection in plan or [[]]:  # no selection at all is refused too
         data.check_rows(specs, [by_number[n] for n in selection])
     data.verify_batches(storage, [by_number[n] for n in numbers])
-    connect(settings)
     spark = spark or data.session(settings)
+    if not isinstance(storage, LocalStorage):  # a shared store's own checksums, asked through Spark's
+        data.verify_batches(storage, [by_number[n] for n in numbers], spark)  # client: all before any fit
+    connect(settings)
     results: list[TrainResult] = []
     for selection in plan:
         chosen = [by_number[n] for n in selection]
