@@ -8,3 +8,5 @@ TOPIC = "bitcoin-topic"
 CONSUMER_GROUP = "btcflow-batcher"
 BROKER_NODES = 1
 BROKER_HEAP = "512m"
+BROKER_HOST = "127.0.0.1"
+BROKER_PORT = 9092

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.errors import BadInput
 from core.storage import Storage, open_storage
 from pipeline import defaults
 
@@ -49,9 +50,31 @@ class PipelineSettings(BaseSettings):
         "3 replicas and min.insync.replicas=2, so losing one node loses no acknowledged row.",
     )
     broker_port: int = Field(
-        9092,
+        defaults.BROKER_PORT,
         description="Client port of the embedded cluster's node 1; node i uses port + 2(i-1), "
         "its controller the port after its own.",
+    )
+    broker_host: str | None = Field(
+        None,
+        description="Address the embedded nodes bind and advertise to clients. Unset: "
+        f"{defaults.BROKER_HOST} (this machine only), or with BTCFLOW_BROKER_VOTERS the host its node's "
+        "voter entry names.",
+    )
+    broker_node_id: int | None = Field(
+        None,
+        ge=1,
+        description="With BTCFLOW_BROKER_VOTERS: the one node of a cluster spread over hosts this host runs.",
+    )
+    broker_voters: str | None = Field(
+        None,
+        description="The KRaft quorum of a cluster spread over hosts, every node's controller as "
+        "id@host:port,... (controller.quorum.voters). Set: `btcflow broker start` runs node "
+        "BTCFLOW_BROKER_NODE_ID of it only, clients on BTCFLOW_BROKER_PORT, and the node count is theirs.",
+    )
+    broker_cluster_id: str | None = Field(
+        None,
+        description="The id every node of a cluster spread over hosts is formatted with, the same on every "
+        "host (`btcflow broker cluster-id` prints a new one). Unset: a single-host cluster draws its own.",
     )
     broker_dir: Path | None = Field(
         None,
@@ -75,7 +98,8 @@ class PipelineSettings(BaseSettings):
         """The external cluster, else every node of the embedded one (clients need only one to answer)."""
         if self.kafka_bootstrap:
             return self.kafka_bootstrap
-        return ",".join(f"127.0.0.1:{self.broker_port + 2 * i}" for i in range(self.broker_nodes))
+        cluster = self.embedded_cluster()  # a member node: this host's node; the others are the other hosts'
+        return cluster.bootstrap
 
     @property
     def batch_dir(self) -> Path:
@@ -94,9 +118,36 @@ class PipelineSettings(BaseSettings):
         return self.broker_dir or self.data_dir / "kafka"
 
     def embedded_cluster(self) -> EmbeddedCluster:
-        """The embedded Kafka cluster these settings describe (its home, jars, nodes, port and heap)."""
+        """The embedded Kafka cluster these settings describe (its home, jars, nodes, port, heap, host);
+        with BTCFLOW_BROKER_VOTERS, the one node of it this host runs."""
         from services.kafka.cluster import EmbeddedCluster
+        from services.kafka.member import MemberNode, recorded_member
 
-        return EmbeddedCluster(
-            self.broker_home, self.kafka_jars, self.broker_nodes, self.broker_port, self.broker_heap
+        node_id, voters, cluster_id = self.broker_node_id, self.broker_voters, self.broker_cluster_id
+        port = self.broker_port
+        if voters is None and (recorded := recorded_member(self.broker_home)) is not None:
+            node_id, voters, cluster_id, port = recorded  # the node this home was started as (stop, status)
+        if voters is None:
+            return EmbeddedCluster(
+                self.broker_home,
+                self.kafka_jars,
+                self.broker_nodes,
+                self.broker_port,
+                self.broker_heap,
+                self.broker_host or defaults.BROKER_HOST,
+            )
+        if node_id is None or cluster_id is None:
+            raise BadInput(
+                "a node of a cluster spread over hosts needs its node id and the cluster's id "
+                "(--node-id and --cluster-id, or BTCFLOW_BROKER_NODE_ID and BTCFLOW_BROKER_CLUSTER_ID)"
+            )
+        return MemberNode(
+            self.broker_home,
+            self.kafka_jars,
+            node_id,
+            voters,
+            cluster_id,
+            port=port,
+            heap=self.broker_heap,
+            host=self.broker_host,
         )

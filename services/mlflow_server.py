@@ -1,5 +1,6 @@
-"""The MLflow tracking server btcflow runs: `mlflow server` on 127.0.0.1, PostgreSQL behind it, artifacts
-proxied, so a client (training, promotion, the gateway) needs only its http address and no file of it.
+"""The MLflow tracking server btcflow runs: `mlflow server` on 127.0.0.1 (or the host's address it is
+given), PostgreSQL behind it, artifacts proxied, so a client (training, promotion, the gateway) needs only
+its http address and no file of it: on hosts that share nothing, too.
 
 Files, all under the data dir: `tracking/` (the server's pid file and log, the webhook secret key and
 the PostgreSQL password, both 0600), `postgres/` (the cluster, with its own `postgres.log`) and
@@ -27,7 +28,8 @@ from services.processes import ServiceState, Supervised, alive, port_open
 
 log = logging.getLogger("services")
 
-HOST = "127.0.0.1"
+HOST = "127.0.0.1"  # BTCFLOW_TRACKING_HOST's and BTCFLOW_POSTGRES_HOST's default
+LOOPBACK_NAMES = ("localhost", "127.0.0.1")  # MLflow's own host check lets these through
 
 
 class TrackingServerSettings(BaseSettings):
@@ -38,12 +40,21 @@ class TrackingServerSettings(BaseSettings):
     data_dir: Path = Field(
         Path("data"), description="Home of tracking/, postgres/ and mlflow-artifacts/ (the server's files)."
     )
-    tracking_port: int = Field(5000, ge=1, le=65535, description="Port of the MLflow server on 127.0.0.1.")
+    tracking_host: str = Field(
+        HOST,
+        description="Address the MLflow server binds and clients reach it at (the uri it prints). On "
+        "hosts that share nothing, its host's own address.",
+    )
+    tracking_port: int = Field(5000, ge=1, le=65535, description="Port of the MLflow server.")
+    postgres_host: str = Field(
+        HOST,
+        description="Address btcflow's own PostgreSQL binds, and the MLflow server reaches it at.",
+    )
     postgres_port: int = Field(
         5433,
         ge=1,
         le=65535,
-        description="Port of btcflow's own PostgreSQL on 127.0.0.1 (5432 is the system's).",
+        description="Port of btcflow's own PostgreSQL (5432 is the system's).",
     )
     tracking_workers: int = Field(
         2, ge=1, description="uvicorn worker processes of the server (each one loads MLflow: ~250 MB)."
@@ -56,7 +67,7 @@ class TrackingServerSettings(BaseSettings):
     @property
     def uri(self) -> str:
         """The server's http address: what MLFLOW_TRACKING_URI points clients at."""
-        return f"http://{HOST}:{self.tracking_port}"
+        return f"http://{self.tracking_host}:{self.tracking_port}"
 
 
 @dataclass(frozen=True)
@@ -88,8 +99,9 @@ class TrackingStatus:
 
 
 class TrackingServer:
-    """`mlflow server` with proxied artifacts on HOST:`port`, on btcflow's PostgreSQL unless given a
-    `backend_store_uri`; known by its pid file, so any process can start, stop or inspect it."""
+    """`mlflow server` with proxied artifacts on `host`:`port`, on btcflow's PostgreSQL (on
+    `postgres_host`) unless given a `backend_store_uri`; known by its pid file, so any process can start,
+    stop or inspect it."""
 
     def __init__(
         self,
@@ -98,8 +110,12 @@ class TrackingServer:
         postgres_port: int = 5433,
         workers: int = 2,
         backend_store_uri: str | None = None,
+        *,
+        host: str = HOST,
+        postgres_host: str = HOST,
     ) -> None:
         self.data_dir = data_dir.absolute()
+        self.host = host
         self.port = port
         self.workers = workers
         self.backend_store_uri = backend_store_uri
@@ -108,7 +124,7 @@ class TrackingServer:
         self.process = Supervised(
             name="mlflow",
             address=self.uri,
-            host=HOST,
+            host=host,
             port=port,
             pid_file=self.home / "server.pid",
             log_file=self.home / "server.log",
@@ -118,7 +134,7 @@ class TrackingServer:
         self.postgres = (
             None
             if backend_store_uri
-            else PostgresCluster(self.data_dir / "postgres", postgres_port, self.home)
+            else PostgresCluster(self.data_dir / "postgres", postgres_port, self.home, host=postgres_host)
         )
 
     @classmethod
@@ -131,11 +147,13 @@ class TrackingServer:
             settings.postgres_port,
             settings.tracking_workers,
             backend_store_uri or settings.tracking_backend_store_uri,
+            host=settings.tracking_host,
+            postgres_host=settings.postgres_host,
         )
 
     @property
     def uri(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def key_file(self) -> Path:
@@ -158,9 +176,9 @@ class TrackingServer:
             self._external_marker.unlink(missing_ok=True)
         pid = self.process.pid
         if pid is None:
-            if port_open(HOST, self.port):
+            if port_open(self.host, self.port):
                 raise ServiceDidNotStart(
-                    f"port {self.port} on {HOST} is taken by another process (set BTCFLOW_TRACKING_PORT)"
+                    f"port {self.port} on {self.host} is taken by another process (set BTCFLOW_TRACKING_PORT)"
                 )
             self.artifacts.mkdir(parents=True, exist_ok=True)
             proc = self.process.launch(self._command(), env=self._environment(store_uri))
@@ -184,13 +202,13 @@ class TrackingServer:
     # -- internals ------------------------------------------------------------------------------------
 
     def _command(self) -> list[str]:
-        return [
+        command = [
             sys.executable,
             "-m",
             "mlflow",
             "server",
             "--host",
-            HOST,
+            self.host,
             "--port",
             str(self.port),
             "--workers",
@@ -199,6 +217,12 @@ class TrackingServer:
             "--artifacts-destination",
             str(self.artifacts),
         ]
+        if self.host not in LOOPBACK_NAMES:  # clients name the server by this address: let it through
+            # MLflow's check of the Host header (against DNS rebinding), and the UI's own origin
+            hosts = [*LOOPBACK_NAMES, *(f"{h}:*" for h in LOOPBACK_NAMES), self.host, f"{self.host}:*"]
+            command += ["--allowed-hosts", ",".join(hosts)]
+            command += ["--cors-allowed-origins", f"http://{self.host}:{self.port}"]
+        return command
 
     def _environment(self, store_uri: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -209,7 +233,8 @@ class TrackingServer:
                 # the store URI carries a password: in the environment (mlflow server reads it there), never
                 # on the command line everyone's `ps` shows
                 "MLFLOW_BACKEND_STORE_URI": store_uri,
-                # registry webhooks go to the gateway on 127.0.0.1 over http, and a new one is seen at once
+                # registry webhooks go to the gateway on a loopback or private address over http, and a
+                # new one is seen at once
                 "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
                 "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
                 "MLFLOW_WEBHOOK_CACHE_TTL": "1",

@@ -1,8 +1,9 @@
 """btcflow's own PostgreSQL cluster, the tracking server's backend store: never the system's cluster.
 
 The cluster lives in one folder (`<data dir>/postgres`, its own log `postgres.log` inside) and listens
-on 127.0.0.1 only, on its own port. It holds one role, `btcflow`, whose password is generated at the
-first start and kept 0600 beside the other tracking files, and one database, `mlflow`. Password
+on one address only (127.0.0.1 unless told otherwise), on its own port. It holds one role, `btcflow`,
+whose password is generated at the first start and kept 0600 beside the other tracking files, and one
+database, `mlflow`. Password
 authentication (scram-sha-256) rather than trust: with trust any local user could rewrite the
 registry; the password never appears on a command line (MLflow gets it through its environment).
 
@@ -28,7 +29,7 @@ from services.processes import Supervised, port_open
 
 log = logging.getLogger("services")
 
-HOST = "127.0.0.1"
+HOST = "127.0.0.1"  # BTCFLOW_POSTGRES_HOST's default
 ROLE = "btcflow"
 DATABASE = "mlflow"
 SYSTEM_USER = "postgres"  # the Debian package's user, who runs the cluster when btcflow is root
@@ -50,18 +51,21 @@ def find_bin_dir() -> Path:
 
 
 class PostgresCluster:
-    """One PostgreSQL cluster in `home` on 127.0.0.1:`port`, started and stopped with `pg_ctl -w`."""
+    """One PostgreSQL cluster in `home` on `host`:`port`, started and stopped with `pg_ctl -w`."""
 
-    def __init__(self, home: Path, port: int, secret_dir: Path, bin_dir: Path | None = None) -> None:
+    def __init__(
+        self, home: Path, port: int, secret_dir: Path, bin_dir: Path | None = None, host: str = HOST
+    ) -> None:
         self.home = home.absolute()
+        self.host = host
         self.port = port
         self.secret_dir = secret_dir.absolute()
         self._bin_dir = bin_dir
         # the postmaster's pid file (its pid on the first line); its command line names the folder
         self.process = Supervised(
             name="postgres",
-            address=f"{HOST}:{port}",
-            host=HOST,
+            address=f"{host}:{port}",
+            host=host,
             port=port,
             pid_file=self.home / "postmaster.pid",
             log_file=self.home / "postgres.log",
@@ -81,7 +85,7 @@ class PostgresCluster:
     @property
     def uri(self) -> str:
         """The SQLAlchemy URI MLflow's store uses (it carries the password: keep it off command lines)."""
-        return f"postgresql+psycopg2://{ROLE}:{self.password()}@127.0.0.1:{self.port}/{DATABASE}"
+        return f"postgresql+psycopg2://{ROLE}:{self.password()}@{self.host}:{self.port}/{DATABASE}"
 
     def password(self) -> str:
         """The role's password, generated once (0600) and kept, so a restart finds the same one."""
@@ -93,9 +97,9 @@ class PostgresCluster:
         Idempotent; returns the SQLAlchemy URI of the `mlflow` database.
         """
         if self.process.pid is None:
-            if port_open(HOST, self.port):
+            if port_open(self.host, self.port):
                 raise ServiceDidNotStart(
-                    f"PostgreSQL port {self.port} on 127.0.0.1 is taken by another process "
+                    f"PostgreSQL port {self.port} on {self.host} is taken by another process "
                     "(set BTCFLOW_POSTGRES_PORT to another one)"
                 )
             if not (self.home / "PG_VERSION").exists():
@@ -213,7 +217,7 @@ class PostgresCluster:
 
     def _pg_ctl_start(self, timeout_s: float) -> None:
         socket_dir = str(self.home) if len(f"{self.home}/.s.PGSQL.{self.port}") < _SOCKET_PATH_MAX else ""
-        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{socket_dir}'"
+        options = f"-p {self.port} -c listen_addresses={self.host} -c unix_socket_directories='{socket_dir}'"
         proc = self._run(
             [
                 str(self.bin_dir / "pg_ctl"),
@@ -242,7 +246,7 @@ class PostgresCluster:
 
         try:
             conn = psycopg2.connect(
-                host="127.0.0.1",
+                host=self.host,
                 port=self.port,
                 user=ROLE,
                 password=self.password(),

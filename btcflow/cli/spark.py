@@ -7,8 +7,8 @@ import typer
 from btcflow.cli.groups import group
 
 spark_app = group(
-    help="A Spark standalone cluster on 127.0.0.1 from pyspark's own distribution: a master, workers "
-    "and the history server. Train on it with BTCFLOW_SPARK_MASTER=spark://127.0.0.1:7077.",
+    help="A Spark standalone cluster on 127.0.0.1 (BTCFLOW_SPARK_HOST) from pyspark's own distribution: a "
+    "master, workers and the history server. Train on it with BTCFLOW_SPARK_MASTER=spark://127.0.0.1:7077.",
 )
 
 
@@ -21,14 +21,30 @@ spark_app = group(
     "from their worker's memory. Ports: BTCFLOW_SPARK_PORT (7077), BTCFLOW_SPARK_UI_PORT (8080), "
     "BTCFLOW_SPARK_WORKER_UI_PORT (8081, worker i takes + i - 1), BTCFLOW_SPARK_HISTORY_PORT (18080). "
     "Logs, pids and work folders go to <BTCFLOW_DATA_DIR>/spark/; the history server shows the event "
-    "logs training writes to <BTCFLOW_DATA_DIR>/spark/events (BTCFLOW_SPARK_EVENT_DIR).",
+    "logs training writes to <BTCFLOW_DATA_DIR>/spark/events (BTCFLOW_SPARK_EVENT_DIR).\n\n"
+    "On hosts that share nothing: `--workers 0` on the master's host (master and history server), "
+    "`--join spark://MASTER:PORT` on each worker's host (its workers only), each with its own --host.",
 )
 def start(
     workers: int | None = typer.Option(
         None,
         "--workers",
-        min=1,
-        help="Workers to run. Default: BTCFLOW_SPARK_WORKERS, else 1.",
+        min=0,
+        help="Workers to run (0: only the master and the history server). Default: BTCFLOW_SPARK_WORKERS, "
+        "else 1.",
+        show_default=False,
+    ),
+    host: str | None = typer.Option(
+        None,
+        "--host",
+        help="Address the daemons and their executors bind. Default: BTCFLOW_SPARK_HOST, else 127.0.0.1.",
+        show_default=False,
+    ),
+    join: str | None = typer.Option(
+        None,
+        "--join",
+        metavar="spark://HOST:PORT",
+        help="Run only workers, registering with this master on another host. Default: BTCFLOW_SPARK_JOIN.",
         show_default=False,
     ),
     cores: int | None = typer.Option(
@@ -49,10 +65,11 @@ def start(
 ) -> None:
     from services.spark.cluster import SparkCluster
 
-    cluster = SparkCluster.from_settings(workers=workers, cores=cores, memory=memory)
+    cluster = SparkCluster.from_settings(workers=workers, cores=cores, memory=memory, host=host, join=join)
     master = cluster.start(timeout)
-    typer.echo(f"master UI:      {cluster.ui_url}", err=True)
-    typer.echo(f"history server: {cluster.history_url}", err=True)
+    if cluster.join is None:
+        typer.echo(f"master UI:      {cluster.ui_url}", err=True)
+        typer.echo(f"history server: {cluster.history_url}", err=True)
     typer.echo(f"train on it:    export BTCFLOW_SPARK_MASTER={master}", err=True)
     typer.echo(master)
 
@@ -68,7 +85,7 @@ def stop() -> None:
 
 @spark_app.command("status")
 def status() -> None:
-    """List every daemon (address, pid, running or not); exit 3 unless all run."""
+    """List every daemon of the last start (address, pid, running or not); exit 3 unless all run."""
     from services.spark.cluster import SparkCluster
 
     state = SparkCluster.from_settings().status()

@@ -10,18 +10,32 @@ import typer
 from btcflow.cli.groups import group
 
 tracking_app = group(
-    help="The MLflow tracking server on 127.0.0.1: PostgreSQL backend store, artifacts proxied over HTTP.",
+    help="The MLflow tracking server on 127.0.0.1 (BTCFLOW_TRACKING_HOST): PostgreSQL backend store, "
+    "artifacts proxied over HTTP.",
 )
 
 
 @tracking_app.command(
     "start",
     help="Start PostgreSQL and `mlflow server` (idempotent) and print the address once /health answers.\n\n"
-    "Parts already running are left alone. The server listens on 127.0.0.1:BTCFLOW_TRACKING_PORT (5000), "
-    "its PostgreSQL on 127.0.0.1:BTCFLOW_POSTGRES_PORT (5433); files in <BTCFLOW_DATA_DIR>/tracking, "
-    "postgres and mlflow-artifacts.",
+    "Parts already running are left alone. The server listens on BTCFLOW_TRACKING_HOST:BTCFLOW_TRACKING_PORT "
+    "(127.0.0.1:5000), its PostgreSQL on BTCFLOW_POSTGRES_HOST:BTCFLOW_POSTGRES_PORT (127.0.0.1:5433, where "
+    "the server reaches it); files in <BTCFLOW_DATA_DIR>/tracking, postgres and mlflow-artifacts.",
 )
 def start(
+    host: str | None = typer.Option(
+        None,
+        "--host",
+        help="Address the server binds and prints. Default: BTCFLOW_TRACKING_HOST, else 127.0.0.1.",
+        show_default=False,
+    ),
+    postgres_host: str | None = typer.Option(
+        None,
+        "--postgres-host",
+        help="Address btcflow's PostgreSQL binds (and the server reaches it at). Default: "
+        "BTCFLOW_POSTGRES_HOST, else 127.0.0.1.",
+        show_default=False,
+    ),
     backend_store_uri: str | None = typer.Option(
         None,
         "--backend-store-uri",
@@ -60,7 +74,10 @@ def start(
             backend_store_uri = read_uri_file(backend_store_uri_file)
         except ValueError as exc:
             raise BadInput(f"--backend-store-uri-file: {exc}") from None
-    server = TrackingServer.from_settings(TrackingServerSettings(), backend_store_uri)
+    settings = TrackingServerSettings()
+    given = {"tracking_host": host, "postgres_host": postgres_host}
+    settings = settings.model_copy(update={k: v for k, v in given.items() if v is not None})
+    server = TrackingServer.from_settings(settings, backend_store_uri)
     uri = server.start(timeout)
     pg = server.postgres
     store = "a database of your own" if pg is None else f"PostgreSQL {pg.process.address}"

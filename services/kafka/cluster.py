@@ -1,9 +1,10 @@
-"""The embedded Kafka cluster: N KRaft nodes on 127.0.0.1, each a broker and a controller voter.
+"""The embedded Kafka cluster: N KRaft nodes, each a broker and a controller voter; all on one host
+(127.0.0.1 unless told otherwise), or one node per host (`MemberNode`) when the hosts share nothing.
 
 Every node is one JVM from the same jars (`services.kafka.launcher`). A node owns `<home>/node-<i>/`
 (storage, `server.properties`, `broker.log`, `broker.pid`); `<home>/cluster.json` records the node
 count and cluster id the storage was formatted with, so a restart brings back the same cluster and a
-different count is refused rather than half-joined.
+different count (or another cluster's id) is refused rather than half-joined.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from pathlib import Path
 from core.errors import BadInput, BrokerUnavailable
 from services.kafka.admin import quorum_leader
 from services.kafka.launcher import find_java, setup_jars, stop_pids
-from services.kafka.node import EmbeddedNode
+from services.kafka.node import HOST, EmbeddedNode
 from services.processes import ServiceState, port_open
 
 
-def _cluster_id() -> str:
+def new_cluster_id() -> str:
     """A Kafka cluster id: a random UUID, base64 URL-safe without padding, as Kafka's Uuid prints it.
 
     One that starts with '-' would read as an option to the storage tool, so draw again.
@@ -37,8 +38,9 @@ def _cluster_id() -> str:
 @dataclass(frozen=True)
 class ClusterStatus:
     home: Path
-    nodes: tuple[ServiceState, ...]  # node i at index i - 1
+    nodes: tuple[ServiceState, ...]  # the nodes the home runs: node i at index i - 1, or a member's one
     controller: int | None  # node id of the active controller (the KRaft quorum leader), if known
+    size: int | None = None  # nodes of the whole cluster when the home runs only one of them (a member)
 
     @property
     def running(self) -> bool:
@@ -54,17 +56,26 @@ class ClusterStatus:
         controller = (
             f"active controller: node {self.controller}" if self.controller else "no active controller"
         )
-        lines = [f"{len(self.nodes)}-node Kafka cluster in {self.home}: {up} running, {controller}"]
-        for node_id, n in enumerate(self.nodes, start=1):
-            lines.append(n.line(mark="  (active controller)" if node_id == self.controller else ""))
+        what = f"{len(self.nodes)}-node Kafka cluster"
+        if self.size is not None:
+            what = f"{self.nodes[0].name} of a {self.size}-node Kafka cluster"
+        lines = [f"{what} in {self.home}: {up} running, {controller}"]
+        for n in self.nodes:
+            lines.append(n.line(mark="  (active controller)" if n.name == f"node {self.controller}" else ""))
         return "\n".join(lines)
 
 
 class EmbeddedCluster:
-    """N KRaft nodes on 127.0.0.1 from one set of jars; node i listens on port + 2(i-1), controller +1."""
+    """N KRaft nodes on `host` from one set of jars; node i listens on port + 2(i-1), controller +1."""
 
     def __init__(
-        self, home: Path, jars_dir: Path, nodes: int = 1, port: int = 9092, heap: str = "512m"
+        self,
+        home: Path,
+        jars_dir: Path,
+        nodes: int = 1,
+        port: int = 9092,
+        heap: str = "512m",
+        host: str = HOST,
     ) -> None:
         if nodes < 1:
             raise BadInput(f"a cluster needs 1 node or more, not {nodes}")
@@ -73,7 +84,9 @@ class EmbeddedCluster:
         self.nodes = nodes
         self.port = port
         self.heap = heap
-        self.members = tuple(EmbeddedNode.of(self.home, port, i) for i in range(1, nodes + 1))
+        self.host = host
+        # the nodes this home runs (all of them here; a MemberNode runs one)
+        self.members = tuple(EmbeddedNode.of(self.home, port, i, host) for i in range(1, nodes + 1))
 
     @property
     def bootstrap(self) -> str:
@@ -86,7 +99,8 @@ class EmbeddedCluster:
 
     @property
     def voters(self) -> str:
-        return ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.members)
+        """The KRaft quorum, `id@host:port` of every node's controller, as controller.quorum.voters."""
+        return ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in self.members)
 
     def node(self, node_id: int) -> EmbeddedNode:
         """Node `node_id`, counting from 1 as Kafka's node.id does."""
@@ -128,8 +142,8 @@ class EmbeddedCluster:
         if idle:
             for n in idle:
                 for port in (n.port, n.controller_port):
-                    if port_open("127.0.0.1", port):
-                        raise BrokerUnavailable(f"port {port} on 127.0.0.1 is taken by another process")
+                    if port_open(n.host, port):
+                        raise BrokerUnavailable(f"port {port} on {n.host} is taken by another process")
             java = find_java()
             classpath = f"{setup_jars(self.jars_dir)}/*"
             cluster_id = self._cluster_id()
@@ -154,7 +168,7 @@ class EmbeddedCluster:
         with contextlib.suppress(FileNotFoundError):
             return str(json.loads(self._record.read_text())["cluster_id"])
         self.home.mkdir(parents=True, exist_ok=True)
-        cid = _cluster_id()
+        cid = new_cluster_id()
         self._record.write_text(json.dumps({"nodes": self.nodes, "cluster_id": cid}) + "\n")
         return cid
 
@@ -196,7 +210,7 @@ class EmbeddedCluster:
         members = (
             self.members
             if formatted == self.nodes
-            else tuple(EmbeddedNode.of(self.home, self.port, i) for i in range(1, formatted + 1))
+            else tuple(EmbeddedNode.of(self.home, self.port, i, self.host) for i in range(1, formatted + 1))
         )
         states = tuple(n.state() for n in members)
         running = ",".join(s.address for s in states if s.running)

@@ -69,26 +69,26 @@ def find_java() -> str:
     return java
 
 
-def free_port_block(n: int) -> int:
-    """A port p such that p..p+n-1 are all free on 127.0.0.1 (a cluster of k nodes needs 2k)."""
+def free_port_block(n: int, host: str = "127.0.0.1") -> int:
+    """A port p such that p..p+n-1 are all free on `host` (a cluster of k nodes needs 2k)."""
     for _ in range(100):
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
             base = int(s.getsockname()[1])
-        if base + n - 1 <= 65535 and all(_bindable(p) for p in range(base + 1, base + n)):
+        if base + n - 1 <= 65535 and all(_bindable(p, host) for p in range(base + 1, base + n)):
             return base
-    raise BrokerUnavailable(f"no block of {n} free ports on 127.0.0.1")
+    raise BrokerUnavailable(f"no block of {n} free ports on {host}")
 
 
-def free_port_pair() -> int:
-    """A port p such that p and p+1 (a single node's controller) are both free on 127.0.0.1."""
-    return free_port_block(2)
+def free_port_pair(host: str = "127.0.0.1") -> int:
+    """A port p such that p and p+1 (a single node's controller) are both free on `host`."""
+    return free_port_block(2, host)
 
 
-def _bindable(port: int) -> bool:
+def _bindable(port: int, host: str) -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True

@@ -1,5 +1,6 @@
 """One node of the embedded Kafka cluster: a KRaft broker + controller voter in its own JVM, managed
-through the pid file in `<home>/node-<i>/` beside its storage, `server.properties` and `broker.log`."""
+through the pid file in `<home>/node-<i>/` beside its storage, `server.properties` and `broker.log`.
+It listens on its host's address only (127.0.0.1 unless told otherwise) and advertises that address."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ from services.kafka.admin import admin_client
 from services.kafka.launcher import KAFKA_MARKER, LOG4J_CONFIG
 from services.processes import Supervised, port_open
 
-HOST = "127.0.0.1"
+HOST = "127.0.0.1"  # BTCFLOW_BROKER_HOST's default
 
 SERVER_PROPERTIES = """\
 # Written by btcflow at every start of this node; edit services/kafka/node.py instead.
 process.roles=broker,controller
 node.id={node_id}
 controller.quorum.voters={voters}
-listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
-advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=PLAINTEXT://{host}:{port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
@@ -47,31 +48,36 @@ log.retention.hours=168
 
 @dataclass(frozen=True, kw_only=True)
 class EmbeddedNode(Supervised):
-    """One KRaft node (broker + controller voter): node `node_id` of a cluster whose node 1 listens on
-    `base_port`; it listens on base_port + 2(node_id - 1), its controller on the port after."""
+    """One KRaft node (broker + controller voter) on `host`: clients on `port`, the quorum on
+    `controller_port`."""
 
     node_id: int
     dir: Path
+    controller_port: int
 
     @classmethod
-    def of(cls, home: Path, base_port: int, node_id: int) -> EmbeddedNode:
+    def of(cls, home: Path, base_port: int, node_id: int, host: str = HOST) -> EmbeddedNode:
+        """Node `node_id` of a cluster on one host whose node 1 listens on `base_port`: it listens on
+        base_port + 2(node_id - 1), its controller on the port after."""
         port = base_port + 2 * (node_id - 1)
+        return cls.at(home, node_id, host, port, port + 1)
+
+    @classmethod
+    def at(cls, home: Path, node_id: int, host: str, port: int, controller_port: int) -> EmbeddedNode:
+        """Node `node_id` on `host`:`port`, its controller on `controller_port`, its files in `home`."""
         folder = home / f"node-{node_id}"
         return cls(
             name=f"node {node_id}",
-            address=f"{HOST}:{port}",
-            host=HOST,
+            address=f"{host}:{port}",
+            host=host,
             port=port,
             pid_file=folder / "broker.pid",
             log_file=folder / "broker.log",
             marker=KAFKA_MARKER,
             node_id=node_id,
             dir=folder,
+            controller_port=controller_port,
         )
-
-    @property
-    def controller_port(self) -> int:
-        return self.port + 1
 
     @property
     def config_file(self) -> Path:
@@ -79,7 +85,7 @@ class EmbeddedNode(Supervised):
 
     def takes_requests(self) -> bool:
         """The node takes requests: a KRaft broker opens its port to clients only once unfenced."""
-        if not port_open(HOST, self.port):
+        if not port_open(self.host, self.port):
             return False
         try:
             admin_client(self.address, timeout_s=2.0).close()
@@ -93,6 +99,7 @@ class EmbeddedNode(Supervised):
             SERVER_PROPERTIES.format(
                 node_id=self.node_id,
                 voters=voters,
+                host=self.host,
                 port=self.port,
                 controller_port=self.controller_port,
                 data_dir=self.dir / "data",

@@ -1,10 +1,12 @@
-"""A Spark standalone cluster on 127.0.0.1 from pyspark's own distribution: a master, N workers and
-the history server, each one JVM started by `<pyspark>/bin/spark-class` and known by its pid file.
+"""A Spark standalone cluster from pyspark's own distribution: a master, N workers and the history
+server, each one JVM started by `<pyspark>/bin/spark-class` and known by its pid file. All of them bind
+one host's address (127.0.0.1 unless told otherwise); on hosts that share nothing, the master's host runs
+the master and the history server (no workers), and each other host runs workers that join it.
 
 Nothing is downloaded and nothing is written into the pyspark install: `<home>` (by default
 `<BTCFLOW_DATA_DIR>/spark`) holds `conf/spark-defaults.conf` (written at every start), `logs/<daemon>.log`,
 `pids/<daemon>.pid`, `work/worker-<i>/` (the executors' folders), `local/` (shuffle and spill files)
-and `cluster.json` (how many workers the last start ran, so `status` and `stop` know them).
+and `cluster.json` (the workers, host and master the last start ran, so `status` knows them).
 Training writes its event logs to the folder the history server reads (`event_uri`: local or HDFS).
 """
 
@@ -83,14 +85,21 @@ class Daemon(Supervised):
 
     @classmethod
     def of(
-        cls, home: Path, name: str, main_class: str, args: tuple[str, ...], port: int, address: str
+        cls,
+        home: Path,
+        name: str,
+        main_class: str,
+        args: tuple[str, ...],
+        host: str,
+        port: int,
+        address: str,
     ) -> Daemon:
-        """Daemon `name` (master, worker-<i>, history), answering on `port` once it serves (RPC for the
-        master, the web UI for the others), with its log and pid file under `home`."""
+        """Daemon `name` (master, worker-<i>, history), answering on `host`:`port` once it serves (RPC
+        for the master, the web UI for the others), with its log and pid file under `home`."""
         return cls(
             name=name,
             address=address,
-            host=HOST,
+            host=host,
             port=port,
             pid_file=home / "pids" / f"{name}.pid",
             log_file=home / "logs" / f"{name}.log",
@@ -104,7 +113,8 @@ class Daemon(Supervised):
 
 
 class SparkCluster:
-    """A standalone master, `workers` workers (`cores` and `memory` each) and the history server."""
+    """A standalone master, `workers` workers (`cores` and `memory` each) and the history server on
+    `host`; with `join` (a master elsewhere), only the workers, registering with that master."""
 
     def __init__(
         self,
@@ -119,9 +129,14 @@ class SparkCluster:
         worker_ui_port: int = 8081,
         history_port: int = 18080,
         daemon_memory: str = "512m",
+        host: str = HOST,
+        join: str | None = None,
     ) -> None:
-        if workers < 1:
-            raise BadInput(f"a Spark cluster needs 1 worker or more, not {workers}")
+        least = 1 if join else 0  # workers joining a master elsewhere are all this host runs
+        if workers < least:
+            raise BadInput(f"a Spark cluster needs {least} worker(s) or more here, not {workers}")
+        if join is not None and not join.startswith("spark://"):
+            raise BadInput(f"a master to join is spark://host:port, not {join!r}")
         memory_mb(memory, "worker memory")
         memory_mb(daemon_memory, "daemon memory")
         self.home = home.resolve()
@@ -134,6 +149,8 @@ class SparkCluster:
         self.worker_ui_port = worker_ui_port
         self.history_port = history_port
         self.daemon_memory = daemon_memory
+        self.host = host
+        self.join = join
 
     @classmethod
     def from_settings(
@@ -143,8 +160,11 @@ class SparkCluster:
         workers: int | None = None,
         cores: int | None = None,
         memory: str | None = None,
+        host: str | None = None,
+        join: str | None = None,
     ) -> SparkCluster:
-        """The cluster the settings describe; `workers`, `cores`, `memory` (the CLI options) override."""
+        """The cluster the settings describe; `workers`, `cores`, `memory`, `host`, `join` (the CLI's
+        options) override."""
         s = settings or SparkSettings()
         worker_memory = memory or s.worker_memory
         if memory_mb(worker_memory, "worker memory") < memory_mb(s.executor_memory, "executor memory"):
@@ -155,7 +175,7 @@ class SparkCluster:
         return cls(
             s.home,
             event_log_uri(s.data_dir, s.event_dir),
-            workers=workers or s.workers,
+            workers=s.workers if workers is None else workers,
             cores=cores or s.worker_cores,
             memory=worker_memory,
             port=s.port,
@@ -163,19 +183,22 @@ class SparkCluster:
             worker_ui_port=s.worker_ui_port,
             history_port=s.history_port,
             daemon_memory=s.daemon_memory,
+            host=host or s.host,
+            join=join or s.join,
         )
 
     @property
     def master_url(self) -> str:
-        return f"spark://{HOST}:{self.port}"
+        """This host's master, or the one its workers join."""
+        return self.join or f"spark://{self.host}:{self.port}"
 
     @property
     def ui_url(self) -> str:
-        return f"http://{HOST}:{self.ui_port}"
+        return f"http://{self.host}:{self.ui_port}"
 
     @property
     def history_url(self) -> str:
-        return f"http://{HOST}:{self.history_port}"
+        return f"http://{self.host}:{self.history_port}"
 
     @property
     def conf_file(self) -> Path:
@@ -186,16 +209,16 @@ class SparkCluster:
         return self.home / "cluster.json"
 
     def master(self) -> Daemon:
-        args = ("--host", HOST, "--port", str(self.port), "--webui-port", str(self.ui_port))
+        args = ("--host", self.host, "--port", str(self.port), "--webui-port", str(self.ui_port))
         address = f"{self.master_url} (web UI {self.ui_url})"
-        return Daemon.of(self.home, "master", MASTER, args, self.port, address)
+        return Daemon.of(self.home, "master", MASTER, args, self.host, self.port, address)
 
     def worker(self, i: int) -> Daemon:
         ui_port = self.worker_ui_port + i - 1
         args = (
             self.master_url,
             "--host",
-            HOST,
+            self.host,
             "--cores",
             str(self.cores),
             "--memory",
@@ -205,14 +228,16 @@ class SparkCluster:
             "--work-dir",
             str(self.home / "work" / f"worker-{i}"),
         )
-        return Daemon.of(self.home, f"worker-{i}", WORKER, args, ui_port, f"http://{HOST}:{ui_port}")
+        address = f"http://{self.host}:{ui_port}"
+        return Daemon.of(self.home, f"worker-{i}", WORKER, args, self.host, ui_port, address)
 
     def history(self) -> Daemon:
-        return Daemon.of(self.home, "history", HISTORY, (), self.history_port, self.history_url)
+        return Daemon.of(self.home, "history", HISTORY, (), self.host, self.history_port, self.history_url)
 
     def daemons(self, workers: int | None = None) -> list[Daemon]:
         n = self.workers if workers is None else workers
-        return [self.master(), *(self.worker(i) for i in range(1, n + 1)), self.history()]
+        workers_ = [self.worker(i) for i in range(1, n + 1)]
+        return workers_ if self.join else [self.master(), *workers_, self.history()]
 
     def recorded_workers(self) -> int | None:
         """How many workers the last start ran; None before the first start."""
@@ -221,36 +246,65 @@ class SparkCluster:
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
 
+    def as_recorded(self) -> SparkCluster:
+        """This home's cluster as the last start ran it (its host, and the master its workers joined)."""
+        try:
+            record = json.loads(self._record.read_text())
+        except (FileNotFoundError, ValueError):
+            return self
+        if not isinstance(record, dict):
+            return self
+        return SparkCluster(
+            self.home,
+            self.event_uri,
+            workers=max(self.workers, 1),
+            cores=self.cores,
+            memory=self.memory,
+            port=self.port,
+            ui_port=self.ui_port,
+            worker_ui_port=self.worker_ui_port,
+            history_port=self.history_port,
+            daemon_memory=self.daemon_memory,
+            host=str(record.get("host") or self.host),
+            join=record.get("join") or None,
+        )
+
     def start(self, timeout_s: float = 120.0) -> str:
         """Start every daemon that does not run (idempotent); the master URL once all workers are ALIVE.
 
         Daemons already running are left alone (a running worker keeps its cores and memory); workers
-        beyond `workers` left by an earlier, bigger start are stopped.
+        beyond `workers` left by an earlier, bigger start are stopped. With `join`, only the workers.
         """
         self._prepare()
         extra = [self.worker(i).pid_file for i in range(self.workers + 1, (self.recorded_workers() or 0) + 1)]
         if extra:
             stop_pids(extra, 30.0, WORKER.encode(), "Spark worker")
-        self._record.write_text(json.dumps({"workers": self.workers}) + "\n")
+        record = {"workers": self.workers, "host": self.host, "join": self.join}
+        self._record.write_text(json.dumps(record) + "\n")
         started: dict[Daemon, subprocess.Popen[bytes]] = {}
         deadline = time.monotonic() + timeout_s
         try:
-            master, history = self.master(), self.history()
-            for daemon in (master, history):
-                if daemon.pid is None:
-                    started[daemon] = self._launch(daemon)
-            # a worker that finds no master retries only after 5-15 s: start workers once it listens
-            self._wait(
-                lambda: [] if port_open(HOST, self.port) else [master], started, deadline, "did not listen"
-            )
+            if self.join is None:
+                master, history = self.master(), self.history()
+                for daemon in (master, history):
+                    if daemon.pid is None:
+                        started[daemon] = self._launch(daemon)
+                # a worker that finds no master retries only after 5-15 s: start workers once it listens
+                self._wait(
+                    lambda: [] if port_open(self.host, self.port) else [master],
+                    started,
+                    deadline,
+                    "did not listen",
+                )
             for i in range(1, self.workers + 1):
                 worker = self.worker(i)
                 if worker.pid is None:
                     started[worker] = self._launch(worker)
             self._wait(self._unregistered_workers, started, deadline, "did not register with the master")
-            self._wait(
-                lambda: [] if self._history_answers() else [history], started, deadline, "did not answer"
-            )
+            if self.join is None:
+                self._wait(
+                    lambda: [] if self._history_answers() else [history], started, deadline, "did not answer"
+                )
         except SparkUnavailable:
             stop_pids([d.pid_file for d in started], 30.0, ANY_DAEMON, "Spark daemon")
             raise
@@ -263,7 +317,8 @@ class SparkCluster:
 
     def status(self) -> ClusterStatus:
         """Every daemon of the last start (else of the settings), running or not."""
-        return ClusterStatus(self.home, tuple(d.state() for d in self.daemons(self.recorded_workers())))
+        cluster = self.as_recorded()
+        return ClusterStatus(self.home, tuple(d.state() for d in cluster.daemons(self.recorded_workers())))
 
     def master_json(self) -> dict:
         """The master web UI's /json/: its workers with their state (ALIVE, DEAD), cores and memory."""
@@ -274,10 +329,13 @@ class SparkCluster:
         return dict(response.json())
 
     def _unregistered_workers(self) -> list[Daemon]:
-        """Our workers the master does not list (by web UI address) as ALIVE."""
+        """Our workers the master does not list (by web UI address) as ALIVE; joining a master on another
+        host, those whose own web UI names no master yet."""
         import httpx
 
         workers = [self.worker(i) for i in range(1, self.workers + 1)]
+        if self.join:
+            return [w for w in workers if not _registered(w)]
         try:
             listed = self.master_json().get("workers", [])
         except (httpx.HTTPError, ValueError):
@@ -291,20 +349,22 @@ class SparkCluster:
     def _prepare(self) -> None:
         for folder in ("conf", "logs", "pids", "work", "local"):
             (self.home / folder).mkdir(parents=True, exist_ok=True)
-        make_event_dir(self.event_uri)
+        if self.join is None:  # the history server's host reads the event logs
+            make_event_dir(self.event_uri)
         self.conf_file.write_text(
             SPARK_DEFAULTS.format(event_uri=self.event_uri, history_port=self.history_port)
         )
 
     def _env(self) -> dict[str, str]:
-        """Bind 127.0.0.1 only, keep every file under `home`, small daemon heaps; executors use our Python."""
+        """Bind `host` only, keep every file under `home`, small daemon heaps; executors use our Python."""
         env = {k: v for k, v in os.environ.items() if k != "SPARK_ENV_LOADED"}
         env.update(
             SPARK_HOME=str(spark_home()),
             SPARK_CONF_DIR=str(self.home / "conf"),  # not <pyspark>/conf: no spark-env.sh from the install
-            SPARK_LOCAL_IP=HOST,  # RPC and web UIs bind here
-            SPARK_MASTER_HOST=HOST,
-            SPARK_PUBLIC_DNS=HOST,  # the addresses the UIs link to
+            SPARK_LOCAL_IP=self.host,  # RPC and web UIs bind here, and the executors a worker starts
+            SPARK_LOCAL_HOSTNAME=self.host,  # the name they go by: the address, not a reverse lookup of it
+            SPARK_MASTER_HOST=self.host,
+            SPARK_PUBLIC_DNS=self.host,  # the addresses the UIs link to
             SPARK_LOG_DIR=str(self.home / "logs"),
             SPARK_PID_DIR=str(self.home / "pids"),
             SPARK_WORKER_DIR=str(self.home / "work"),
@@ -316,9 +376,10 @@ class SparkCluster:
 
     def _launch(self, daemon: Daemon) -> subprocess.Popen[bytes]:
         for port in {daemon.port, self.ui_port} if daemon.main_class == MASTER else {daemon.port}:
-            if port_open(HOST, port):
+            if port_open(self.host, port):
                 raise SparkUnavailable(
-                    f"cannot start the Spark {daemon.name}: port {port} on {HOST} is taken by another process"
+                    f"cannot start the Spark {daemon.name}: port {port} on {self.host} is taken by another "
+                    "process"
                 )
         cmd = [str(spark_home() / "bin" / "spark-class"), daemon.main_class, *daemon.args]
         cmd += ["--properties-file", str(self.conf_file)]
@@ -339,3 +400,14 @@ class SparkCluster:
             if time.monotonic() > deadline:
                 raise left[0].failure(f"{what} in time")
             time.sleep(0.3)
+
+
+def _registered(worker: Daemon) -> bool:
+    """A worker's own web UI (/json/) names the master it registered with."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{worker.address}/json/", timeout=2.0)
+        return response.status_code == 200 and bool(response.json().get("masterwebuiurl"))
+    except (httpx.HTTPError, ValueError):
+        return False

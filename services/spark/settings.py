@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import BadInput
 
-HOST = "127.0.0.1"
+HOST = "127.0.0.1"  # BTCFLOW_SPARK_HOST's default
 
 
 def event_log_uri(data_dir: Path, configured: str | None) -> str:
@@ -39,8 +39,18 @@ class SparkSettings(BaseSettings):
         validation_alias=AliasChoices("BTCFLOW_DATA_DIR", "data_dir"),
         description="The cluster keeps its logs, pids, work dirs and event logs in <data_dir>/spark.",
     )
+    host: str = Field(
+        HOST,
+        description="Address this host's daemons (master, workers, history server) and their executors "
+        "bind, and the web UIs link to. On hosts that share nothing, each host's own address.",
+    )
+    join: str | None = Field(
+        None,
+        description="spark://host:port of a master on another host: `btcflow spark start` then runs only "
+        "this host's workers, which register with it (no master, no history server here).",
+    )
     port: int = Field(
-        7077, ge=1, le=65535, description="Port of the standalone master (spark://127.0.0.1:port)."
+        7077, ge=1, le=65535, description="Port of the standalone master (spark://<host>:port)."
     )
     ui_port: int = Field(
         8080, ge=1, le=65535, description="Port of the master's web UI (/json/ lists workers)."
@@ -49,7 +59,9 @@ class SparkSettings(BaseSettings):
         8081, ge=1, le=65535, description="Web UI port of worker 1; worker i takes this port + i - 1."
     )
     history_port: int = Field(18080, ge=1, le=65535, description="Port of the Spark history server.")
-    workers: int = Field(1, ge=1, description="Workers `btcflow spark start` runs.")
+    workers: int = Field(
+        1, ge=0, description="Workers `btcflow spark start` runs (0: the master and history server only)."
+    )
     worker_cores: int = Field(2, ge=1, description="Cores each worker offers to executors.")
     worker_memory: str = Field("2g", description="Memory each worker offers to executors (e.g. 2g).")
     daemon_memory: str = Field(
@@ -70,7 +82,7 @@ class SparkSettings(BaseSettings):
 
     @property
     def master_url(self) -> str:
-        return f"spark://{HOST}:{self.port}"
+        return self.join or f"spark://{self.host}:{self.port}"
 
 
 def memory_mb(text: str, what: str = "memory") -> float:

@@ -46,8 +46,8 @@ def test_start_refuses_a_port_taken_by_something_else(kafka_broker: str, tmp_pat
 
 
 def test_cluster_ids_are_kafka_uuids_the_storage_tool_accepts() -> None:
-    from services.kafka.cluster import _cluster_id
+    from services.kafka.cluster import new_cluster_id
 
-    ids = {_cluster_id() for _ in range(2000)}
+    ids = {new_cluster_id() for _ in range(2000)}
     assert len(ids) == 2000
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
