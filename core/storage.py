@@ -53,8 +53,13 @@ class Storage:
     uri: str  # where it is, as a user writes it (a local path or hdfs://host:port/path)
 
     def location(self, name: str) -> str:
-        """`name` as Spark and error messages name it (an absolute path, or an hdfs:// URI)."""
+        """`name` as error messages name it (an absolute path, or an hdfs:// URI)."""
         raise NotImplementedError
+
+    def url(self, name: str) -> str:
+        """`name` as Spark and MLflow's lineage take it: a URI with its scheme, which no Hadoop default
+        file system (fs.defaultFS) can reinterpret."""
+        return self.location(name)
 
     def read(self, name: str) -> bytes:
         """The file's bytes; FileNotFoundError when absent."""
@@ -125,6 +130,9 @@ class LocalStorage(Storage):
 
     def location(self, name: str) -> str:
         return str(self.path(name).resolve())
+
+    def url(self, name: str) -> str:
+        return self.path(name).resolve().as_uri()
 
     def read(self, name: str) -> bytes:
         return self.path(name).read_bytes()

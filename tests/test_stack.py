@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,17 @@ from btcflow.cli.stack import point_at_stack
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """No btcflow setting from outside; what point_at_stack() exports is undone afterwards (later tests
+    would otherwise read the stack's HDFS dataset)."""
     monkeypatch.chdir(tmp_path)
     for name in list(os.environ):
         if name.startswith(("BTCFLOW_", "MLFLOW_TRACKING_URI", "MLFLOW_DFS_TMP")):
             monkeypatch.delenv(name)
-    return tmp_path
+    saved = dict(os.environ)
+    yield tmp_path
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_the_stack_points_every_command_at_its_own_data_dir_and_ports(clean_env: Path) -> None:

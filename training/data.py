@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from core import dataset
 from core.dataset import COLUMNS, BatchEntry
@@ -43,19 +44,18 @@ def read_manifest(where: Storage | Path, *, required: bool = True) -> list[Batch
     storage = as_storage(where)
     try:
         entries = dataset.read_manifest(storage)
+        exists = bool(entries) or storage.exists(dataset.MANIFEST)
     except dataset.ManifestError as exc:
         raise BadInput(str(exc)) from None
     except OSError as exc:
         raise Unavailable(f"cannot read the dataset at {storage.uri}: {exc}") from None
-    if not entries and required and not storage.exists(dataset.MANIFEST):
-        where = storage.location(dataset.MANIFEST)
-        raise BadInput(f"no manifest at {where}: run `btcflow consume` first (or set BTCFLOW_BATCH_URI)")
+    if not entries and required and not exists:
+        location = storage.location(dataset.MANIFEST)
+        raise BadInput(f"no manifest at {location}: run `btcflow consume` first (or set BTCFLOW_BATCH_URI)")
     return entries
 
 
-def verify_batches(
-    where: Storage | Path, batches: list[Batch], spark: SparkSession | None = None
-) -> None:
+def verify_batches(where: Storage | Path, batches: list[Batch], spark: SparkSession | None = None) -> None:
     """BadInput naming the first batch whose file is missing or not the bytes its manifest entry records.
 
     The check itself is core.dataset.verify (the format's owner, beside the writer's hash). On the local
@@ -71,9 +71,9 @@ def verify_batches(
             if local or spark is not None:
                 dataset.verify(storage, batch, file_crc)
             elif not storage.exists(batch.file):
-                where = storage.location(batch.file)
+                location = storage.location(batch.file)
                 raise dataset.BatchFileError(
-                    f"batch {batch.batch} ({where}) is listed in its manifest but missing"
+                    f"batch {batch.batch} ({location}) is listed in its manifest but missing"
                 )
         except dataset.BatchFileError as exc:
             raise BadInput(str(exc)) from None
@@ -219,6 +219,9 @@ def spark_session(
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.hadoop.dfs.client.use.datanode.hostname", "true")
     )
+    dfs_tmp = urlsplit(os.environ.get("MLFLOW_DFS_TMP", ""))
+    if dfs_tmp.scheme == "hdfs":  # mlflow.spark stages a model there through Hadoop's default file system
+        builder = builder.config("spark.hadoop.fs.defaultFS", f"hdfs://{dfs_tmp.netloc}")
     if event_dir is not None:
         make_event_dir(event_dir)
         builder = builder.config("spark.eventLog.enabled", "true").config("spark.eventLog.dir", event_dir)
@@ -265,7 +268,7 @@ def read_batches(spark: SparkSession, where: Storage | Path, batches: list[Batch
     """The selected batches as one DataFrame with the Kaggle columns as doubles (explicit schema)."""
     storage = as_storage(where)
     verify_batches(storage, batches, spark)  # locally done before Spark started: a stat per file now
-    paths = [storage.location(b.file) for b in batches]
+    paths = [storage.url(b.file) for b in batches]
     parquet = [p for p in paths if p.endswith(".parquet")]
     csv = [p for p in paths if not p.endswith(".parquet")]
     frames = []

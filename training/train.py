@@ -223,7 +223,7 @@ def train_one(
             mlflow.log_metrics(values)
             digest = ",".join(b.sha256[:8] for b in batches)[:36]
             dataset = from_spark(
-                train_df, path=settings.batch_storage().location(""), name=f"batches-{label}", digest=digest
+                train_df, path=settings.batch_storage().url(""), name=f"batches-{label}", digest=digest
             )
             mlflow.log_input(dataset, context="training")
             for path, figure in plots.figures(spec, test, importances(spec, model)).items():

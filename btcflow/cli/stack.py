@@ -52,10 +52,9 @@ def point_at_stack(nodes: int | None = None) -> dict[str, str]:
     formatted = PipelineSettings().embedded_cluster().formatted_nodes()
     os.environ["BTCFLOW_BROKER_NODES"] = str(nodes or formatted or STACK_NODES)
 
+    from services.hdfs.settings import HdfsSettings
     from services.mlflow_server import TrackingServerSettings
     from services.spark.settings import SparkSettings
-
-    from services.hdfs.settings import HdfsSettings
 
     hdfs = HdfsSettings().address
     os.environ["BTCFLOW_BATCH_URI"] = f"{hdfs}{HDFS_BATCH}"
@@ -63,8 +62,8 @@ def point_at_stack(nodes: int | None = None) -> dict[str, str]:
     os.environ["MLFLOW_DFS_TMP"] = f"{hdfs}{HDFS_MLFLOW_TMP}"
     os.environ["BTCFLOW_SPARK_MASTER"] = SparkSettings().master_url
     os.environ["MLFLOW_TRACKING_URI"] = TrackingServerSettings().uri
-    names = ("BTCFLOW_DATA_DIR", "BTCFLOW_BROKER_NODES", "BTCFLOW_BROKER_PORT", "BTCFLOW_BATCH_URI")
-    names += ("BTCFLOW_SPARK_EVENT_DIR", "MLFLOW_DFS_TMP", "BTCFLOW_SPARK_MASTER", "MLFLOW_TRACKING_URI")
+    names = ["BTCFLOW_DATA_DIR", "BTCFLOW_BROKER_NODES", "BTCFLOW_BROKER_PORT", "BTCFLOW_BATCH_URI"]
+    names += ["BTCFLOW_SPARK_EVENT_DIR", "MLFLOW_DFS_TMP", "BTCFLOW_SPARK_MASTER", "MLFLOW_TRACKING_URI"]
     return {name: os.environ[name] for name in names}
 
 
@@ -152,7 +151,12 @@ def down() -> None:
     """Stop the MLflow server and PostgreSQL, the Spark cluster, the Kafka cluster, then HDFS."""
     point_at_stack()
     hdfs, kafka, spark, tracking = _parts()
-    parts = (("tracking server", tracking), ("Spark cluster", spark), ("Kafka cluster", kafka), ("HDFS", hdfs))
+    parts = (
+        ("tracking server", tracking),
+        ("Spark cluster", spark),
+        ("Kafka cluster", kafka),
+        ("HDFS", hdfs),
+    )
     for name, part in parts:
         typer.echo(f"{name} {'stopped' if part.stop() else 'was not running'}")
 
