@@ -78,6 +78,13 @@ def command_paths() -> list[tuple[str, ...]]:
     return walk(typer.main.get_command(app), ())
 
 
+def _first_line(exc: Exception) -> str:
+    """What went wrong, in one line: a JVM error (py4j's) by its Java exception, whose first line names
+    the cause (a file an executor cannot read, say), not by the hundreds of lines of its trace."""
+    text = str(getattr(exc, "java_exception", None) or exc)
+    return next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+
+
 def main() -> None:
     debug = "--debug" in sys.argv[1:] or bool(os.environ.get("BTCFLOW_DEBUG"))
     try:
@@ -99,7 +106,7 @@ def main() -> None:
         if debug:
             raise
         print(
-            f"btcflow: unexpected {type(exc).__name__}: {mask_uri(str(exc))} (rerun with --debug)",
+            f"btcflow: unexpected {type(exc).__name__}: {mask_uri(_first_line(exc))} (rerun with --debug)",
             file=sys.stderr,
         )
         status = 1
