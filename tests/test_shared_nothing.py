@@ -308,7 +308,7 @@ def test_produce_consume_train_promote_serve_on_hosts_that_share_nothing(hosts: 
         m: trainer.spawn(btcflow("promote", "--model", m, "--version", "1"), training) for m in SPECS
     }
     wait_all(promoting, 120)
-    registry = MlflowClient(cluster.tracking_uri)
+    registry = MlflowClient(cluster.tracking_uri, registry_uri=cluster.tracking_uri)
     for spec in SPECS.values():
         (version,) = registry.search_model_versions(f"name = '{spec.registered_name}'")
         assert (version.version, version.current_stage) == ("1", "Production")
