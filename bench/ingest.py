@@ -9,6 +9,11 @@ CPU seconds of each consumer member and of the producer (what limits the run). O
 or more nodes it also SIGKILLs the leader of partition 0 mid-run and prints the stall (the longest
 time that partition's end offset did not move after the kill) and checks that every row landed once.
 
+Then the dataset's store: one member (1x1x1) into a local folder and into HDFS (a 1-DataNode HDFS started
+here, or --hdfs URI), end-to-end rows/s of both and their ratio; and the commit's cost (claim, publish,
+view) at batches 1-10 against the last 10 of --commit-batches on the local disk (--hdfs-commit-batches on
+HDFS, where each commit closes three small files, ~0.5 s each). --no-hdfs skips both.
+
 Clusters run in a temporary folder on free ports and are stopped at the end.
     .venv/bin/python bench/ingest.py [--rows 1000000] [--shapes 1x1x1,1x2x2,3x2x2] [--batch-rows R/4]
     .venv/bin/python bench/ingest.py --nodes 3 --partitions 4 --consumers 3
