@@ -53,13 +53,13 @@ from core.dataset import (
     ManifestError,
     batch_file,
     committed,
-    listed,
     manifest_text,
     record_name,
     resume_offsets,
 )
+from core.dataset import read_manifest as read_manifest  # the listed batches, for the demo, benches, tests
 from core.errors import BadInput, BtcflowError
-from core.storage import LocalStorage, Storage, open_storage
+from core.storage import LocalStorage, Storage, as_storage
 from pipeline.errors import StorageFull, StoreUnavailable
 
 log = logging.getLogger("pipeline")
@@ -116,7 +116,7 @@ class BatchStore:
     """Commits batches to a folder shared by any number of writers (processes of one consumer group)."""
 
     def __init__(self, where: Storage | Path | str, fmt: Format = "parquet") -> None:
-        self.storage = where if isinstance(where, Storage) else open_storage(where)
+        self.storage = as_storage(where)
         self.fmt = fmt
         self._known: list[CommitRecord] = []
         try:
@@ -353,8 +353,3 @@ class BatchStore:
             if base.startswith(".") and info.mtime_s < cutoff:
                 log.info("removing %s, left by a writer that died", info.name)
                 self.storage.delete(info.name)
-
-
-def read_manifest(where: Storage | Path | str) -> list[BatchEntry]:
-    """The listed batches (for the demo, the bench and tests)."""
-    return listed(where if isinstance(where, Storage) else open_storage(where))
