@@ -18,6 +18,13 @@ class BadInput(BtcflowError):
     exit_code = 2
 
 
+class AccessRefused(BtcflowError):
+    """A server answered but refused the caller: no credential, a wrong one, or a role that may not do
+    what was asked. The message names the user and the server, never the password."""
+
+    exit_code = 2
+
+
 class Unavailable(BtcflowError):
     """A service btcflow needs does not answer, or one it runs did not start."""
 
