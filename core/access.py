@@ -64,16 +64,18 @@ def refusal(exc: BaseException, server: str, doing: str = "") -> AccessRefused |
     if status == 401:
         return AccessRefused(f"MLflow server {where} refused {who}: wrong or missing password (HTTP 401)")
     what = doing or _endpoint(str(getattr(exc, "message", exc)))
-    return AccessRefused(f"MLflow server {where} refused {who}: its role may not {what} (HTTP 403)")
+    return AccessRefused(
+        f"MLflow server {where} refused {who} {what}: the user's role does not allow it (HTTP 403)"
+    )
 
 
 def _endpoint(message: str) -> str:
-    """`runs/create` out of MLflow's "API request to endpoint /api/2.0/mlflow/runs/create failed ..."."""
+    """`the call runs/create` out of MLflow's "API request to endpoint /api/2.0/mlflow/runs/create failed"."""
     marker = "endpoint "
     if marker in message:
         path = message.split(marker, 1)[1].split(" ", 1)[0]
-        return f"call {path.rpartition('/mlflow/')[2] or path}"
-    return "do this"
+        return f"the call {path.rpartition('/mlflow/')[2] or path}"
+    return "a call"
 
 
 def _normal(uri: str) -> str:

@@ -7,11 +7,12 @@ may do comes from the roles btcflow creates, idempotently, at every start:
   (btc-close, btc-high-low, btc-trend) and their versions, move stages and aliases;
 - `reader`: read experiments, runs and the registry, download artifacts (the gateway, the monitor).
 
-A user with no role may do nothing: `default_permission = NO_PERMISSIONS`, and the server runs with
-workspaces on (`--enable-workspaces`, everything in the one `default` workspace). Without workspaces,
-MLflow's basic-auth lets *every* authenticated user create experiments and registered models (its create
-check passes whenever workspaces are off); with them, creating needs the workspace grant only `trainer`
-holds.
+A user with no role can read nothing and change nothing that exists: `default_permission = NO_PERMISSIONS`.
+One gap is MLflow's: with workspaces off (btcflow's server), its basic-auth lets *every* authenticated user
+create a new experiment or registered model (its create check passes whenever workspaces are off; a role
+cannot deny it without denying the reads too), of which that user becomes the manager. It cannot write to
+btcflow's own. Workspaces on (`--enable-workspaces`) would close it, but there a read of a model that does
+not exist yet is answered 403 instead of 404, which the gateway and promotion read as "none yet".
 
 Files, under `<data dir>/tracking/`, all 0600: `auth.ini` (MLFLOW_AUTH_CONFIG_PATH: the permission
 database's URI with its password, and the admin's), `flask-secret.key` (CSRF key of the auth app),
@@ -41,13 +42,12 @@ from core.errors import AccessRefused, BadInput, Unavailable
 from core.secrets import kept_secret
 
 ADMIN = "admin"
-WORKSPACE = "default"  # the one workspace: every experiment and model lives there
+WORKSPACE = "default"  # where roles live when workspaces are off: every experiment and model
 CREDENTIALS = "credentials"  # folder of the kept credentials, under <data dir>/tracking
 
 # role -> (resource type, pattern, permission): MLflow's own grant vocabulary (AuthServiceClient)
 ROLES: dict[str, tuple[tuple[str, str, str], ...]] = {
     "trainer": (
-        ("workspace", "*", "USE"),  # may create experiments and registered models
         ("experiment", "*", "EDIT"),  # runs, metrics, artifacts
         ("registered_model", "*", "EDIT"),  # versions, stages, aliases
     ),
@@ -184,7 +184,8 @@ class AuthAdmin:
         users = []
         for u in sorted(found, key=lambda u: u["username"]):
             roles = self._call("GET", "/api/3.0/mlflow/users/roles/list", params={"username": u["username"]})
-            names = tuple(sorted(r["name"] for r in roles.get("roles", [])))
+            # not MLflow's own per-user role (`__user_<id>__`: the grants on what the user created)
+            names = tuple(sorted(r["name"] for r in roles.get("roles", []) if not r["name"].startswith("__")))
             users.append(User(u["username"], names, bool(u.get("is_admin"))))
         return users
 

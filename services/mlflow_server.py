@@ -235,11 +235,9 @@ class TrackingServer:
             "--serve-artifacts",
             "--artifacts-destination",
             str(self.artifacts),
-            # MLflow's users and permissions (services.mlflow_auth); workspaces on so that creating an
-            # experiment or a registered model needs a role that may (without them any user may)
+            # MLflow's users and permissions (services.mlflow_auth)
             "--app-name",
             "basic-auth",
-            "--enable-workspaces",
         ]
         if self.host not in LOOPBACK_NAMES:  # clients name the server by this address: let it through
             # MLflow's check of the Host header (against DNS rebinding), and the UI's own origin

@@ -71,7 +71,7 @@ def connect(settings: TrainingSettings) -> str:
                 mlflow.MlflowClient().set_experiment_tag(experiment_id, key, kind)
         mlflow.set_experiment(experiment_id=experiment_id)
     except MlflowException as exc:
-        if (refused := refusal(exc, uri, f"use experiment {settings.experiment!r}")) is not None:
+        if (refused := refusal(exc, uri, f"using experiment {settings.experiment!r}")) is not None:
             raise refused from None
         raise RegistryUnavailable(mask_uri(f"MLflow tracking store {uri} unusable: {exc}")) from None
     return experiment_id
