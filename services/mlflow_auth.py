@@ -56,6 +56,7 @@ ROLES: dict[str, tuple[tuple[str, str, str], ...]] = {
         ("registered_model", "*", "READ"),
     ),
 }
+AUTH_CACHE_TTL_S = 30  # how long a worker trusts a password it checked
 SERVICE_USERS = {"trainer": "btcflow-trainer", "reader": "btcflow-reader"}  # made at every start
 
 
@@ -84,6 +85,9 @@ def write_config(home: Path, database_uri: str) -> Path:
         f"admin_password = {admin.password}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
         "grant_default_workspace_access = false\n"
+        # a password check is PBKDF2 (~0.3 s on 2 cores): without the cache every request pays it. A
+        # removed user or changed password still passes on the *other* workers for up to this long.
+        f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}\n"
     )
     path = home / "auth.ini"
     fd, tmp = tempfile.mkstemp(prefix=".auth.ini.", dir=home)  # 0600
