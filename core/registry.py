@@ -6,6 +6,8 @@ alias is the fallback. Three outcomes, never confused:
 
 - a version: the registry named one;
 - None ("absent"): the registry answered that the model, the version or the alias does not exist;
+- `AccessRefused` (core.errors, exit 2): the tracking server refused the caller (401, 403), named with
+  its user and the server (core.access);
 - `RegistryUnavailable` (core.errors): anything else (connection refused, a timeout, a 5xx, a proxy's
   404, a SQL error).
   Read as absence, a store hiccup would let `--best` promote blind or make the gateway stop serving.
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from core.access import refusal
 from core.errors import RegistryUnavailable
 
 if TYPE_CHECKING:
@@ -71,15 +74,24 @@ def quiet_deprecations() -> Iterator[None]:
         yield
 
 
-def answer(call: Callable[[], T]) -> T | None:
-    """`call()`; None when the registry says what it asked for does not exist; else RegistryUnavailable."""
+def answer(call: Callable[[], T], server: str | None = None) -> T | None:
+    """`call()`; None when the registry says what it asked for does not exist; AccessRefused when the
+    server (`server`, else MLflow's current tracking URI) refused the caller; else RegistryUnavailable."""
     try:
         with quiet_deprecations():
             return call()
     except Exception as exc:  # MlflowException, and SQLAlchemy or connection errors that arrive untyped
         if is_absent(exc):
             return None
+        if (refused := refusal(exc, server or current_server())) is not None:
+            raise refused from None
         raise RegistryUnavailable(str(getattr(exc, "message", None) or exc) or type(exc).__name__) from exc
+
+
+def current_server() -> str:
+    import mlflow
+
+    return str(mlflow.get_tracking_uri())
 
 
 def production(client: MlflowClient | Any, name: str) -> Production | None:
@@ -87,13 +99,14 @@ def production(client: MlflowClient | Any, name: str) -> Production | None:
 
     None only when the registry answered that there is none; RegistryUnavailable when it could not say.
     """
-    staged = answer(lambda: client.get_latest_versions(name, stages=[PRODUCTION_STAGE]))
+    server = getattr(client, "tracking_uri", None)
+    staged = answer(lambda: client.get_latest_versions(name, stages=[PRODUCTION_STAGE]), server)
     if staged:
         mv = max(staged, key=lambda v: int(v.version))
         return Production(name, str(mv.version), mv.run_id or "", PRODUCTION_STAGE, mv)
     if staged is None:  # no such registered model: no alias either
         return None
-    mv = answer(lambda: client.get_model_version_by_alias(name, PRODUCTION_ALIAS))
+    mv = answer(lambda: client.get_model_version_by_alias(name, PRODUCTION_ALIAS), server)
     if mv is None:
         return None
     return Production(name, str(mv.version), mv.run_id or "", f"alias:{PRODUCTION_ALIAS}", mv)

@@ -2,9 +2,12 @@
 given), PostgreSQL behind it, artifacts proxied, so a client (training, promotion, the gateway) needs only
 its http address and no file of it: on hosts that share nothing, too.
 
-Files, all under the data dir: `tracking/` (the server's pid file and log, the webhook secret key and
-the PostgreSQL password, both 0600), `postgres/` (the cluster, with its own `postgres.log`) and
-`mlflow-artifacts/` (every run's artifacts, written by the server only).
+Authentication is always on: `--app-name basic-auth`, its users and roles in services.mlflow_auth.
+
+Files, all under the data dir: `tracking/` (the server's pid file and log; 0600: the webhook secret key,
+the PostgreSQL password, `auth.ini`, the auth app's key and `credentials/` admin, trainer, reader),
+`postgres/` (the cluster, with its own `postgres.log`) and `mlflow-artifacts/` (every run's artifacts,
+written by the server only).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ServiceDidNotStart
 from core.secrets import kept_secret
-from services.postgres import PostgresCluster
+from services import mlflow_auth
+from services.postgres import AUTH_DATABASE, PostgresCluster
 from services.processes import ServiceState, Supervised, alive, port_open
 
 log = logging.getLogger("services")
@@ -75,6 +79,7 @@ class TrackingStatus:
     server: ServiceState  # running: the server lives and /health answers
     postgres: ServiceState | None  # None: the server uses a database btcflow does not run
     artifacts: Path
+    admin_file: Path  # the admin's kept credential
 
     @property
     def uri(self) -> str:
@@ -95,6 +100,7 @@ class TrackingStatus:
         else:
             lines.append(self.postgres.line(23))
         lines.append(self.server.line(23))
+        lines.append(f"  authentication: basic-auth (admin credential in {self.admin_file})")
         return "\n".join(lines)
 
 
@@ -163,12 +169,23 @@ class TrackingServer:
     def _external_marker(self) -> Path:
         return self.home / "external-store"
 
+    @property
+    def admin_file(self) -> Path:
+        return mlflow_auth.credentials_dir(self.home) / mlflow_auth.ADMIN
+
+    def auth_admin(self) -> mlflow_auth.AuthAdmin:
+        """The server's users and roles, through its REST API as the admin kept in this data dir."""
+        return mlflow_auth.AuthAdmin(self.uri, mlflow_auth.admin_credential(self.home))
+
     def start(self, timeout_s: float = 120.0) -> str:
-        """Start PostgreSQL and the server, each unless it runs (idempotent); the http uri once /health
-        answers. ServiceDidNotStart (exit 3) names the log and its last error line otherwise."""
+        """Start PostgreSQL and the server, each unless it runs (idempotent), then make btcflow's roles and
+        service users (idempotent too); the http uri once /health answers. ServiceDidNotStart (exit 3) names
+        the log and its last error line otherwise."""
         deadline = time.monotonic() + timeout_s
         store_uri = self.postgres.start(timeout_s) if self.postgres else self.backend_store_uri
         assert store_uri is not None
+        # a database of the user's own keeps the auth tables too (btcflow cannot create another there)
+        auth_uri = self.postgres.uri_for(AUTH_DATABASE) if self.postgres else store_uri
         self.home.mkdir(parents=True, exist_ok=True)
         if self.postgres is None:  # so a later `status` does not count btcflow's PostgreSQL
             self._external_marker.write_text("the server uses a database of the user's own\n")
@@ -181,9 +198,11 @@ class TrackingServer:
                     f"port {self.port} on {self.host} is taken by another process (set BTCFLOW_TRACKING_PORT)"
                 )
             self.artifacts.mkdir(parents=True, exist_ok=True)
-            proc = self.process.launch(self._command(), env=self._environment(store_uri))
+            config = mlflow_auth.write_config(self.home, auth_uri)
+            proc = self.process.launch(self._command(), env=self._environment(store_uri, config))
             pid = proc.pid
         self._wait_healthy(pid, deadline)
+        self.auth_admin().provision(self.home)
         return self.uri
 
     def stop(self, timeout_s: float = 30.0) -> bool:
@@ -197,7 +216,7 @@ class TrackingServer:
         server = self.process.state()
         external = self.postgres is None or (server.pid is not None and self._external_marker.exists())
         postgres = None if external or self.postgres is None else self.postgres.process.state()
-        return TrackingStatus(server, postgres, self.artifacts)
+        return TrackingStatus(server, postgres, self.artifacts, self.admin_file)
 
     # -- internals ------------------------------------------------------------------------------------
 
@@ -216,6 +235,9 @@ class TrackingServer:
             "--serve-artifacts",
             "--artifacts-destination",
             str(self.artifacts),
+            # MLflow's users and permissions (services.mlflow_auth)
+            "--app-name",
+            "basic-auth",
         ]
         if self.host not in LOOPBACK_NAMES:  # clients name the server by this address: let it through
             # MLflow's check of the Host header (against DNS rebinding), and the UI's own origin
@@ -224,9 +246,16 @@ class TrackingServer:
             command += ["--cors-allowed-origins", f"http://{self.host}:{self.port}"]
         return command
 
-    def _environment(self, store_uri: str) -> dict[str, str]:
+    def _environment(self, store_uri: str, auth_config: Path) -> dict[str, str]:
         env = dict(os.environ)
-        for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # a server is a store, not a client
+        client = (
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_REGISTRY_URI",
+            "MLFLOW_TRACKING_USERNAME",
+            "MLFLOW_TRACKING_PASSWORD",
+        )
+        # a server is a store, not a client; and its admin is the one auth.ini names
+        for name in (*client, "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD"):
             env.pop(name, None)
         env.update(
             {
@@ -242,6 +271,10 @@ class TrackingServer:
                 "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": self._webhook_key(),
                 # the job runner (GenAI judges, scorers) is a separate huey consumer btcflow has no use for
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                # basic-auth: its config (0600: the permission database's password, the admin's) and the
+                # CSRF key every worker and restart shares
+                "MLFLOW_AUTH_CONFIG_PATH": str(auth_config),
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": mlflow_auth.flask_secret(self.home),
             }
         )
         return env

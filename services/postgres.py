@@ -2,8 +2,8 @@
 
 The cluster lives in one folder (`<data dir>/postgres`, its own log `postgres.log` inside) and listens
 on one address only (127.0.0.1 unless told otherwise), on its own port. It holds one role, `btcflow`,
-whose password is generated at the first start and kept 0600 beside the other tracking files, and one
-database, `mlflow`. Password
+whose password is generated at the first start and kept 0600 beside the other tracking files, and two
+databases: `mlflow` (runs and the registry) and `mlflow_auth` (the server's users and permissions). Password
 authentication (scram-sha-256) rather than trust: with trust any local user could rewrite the
 registry; the password never appears on a command line (MLflow gets it through its environment).
 
@@ -31,7 +31,8 @@ log = logging.getLogger("services")
 
 HOST = "127.0.0.1"  # BTCFLOW_POSTGRES_HOST's default
 ROLE = "btcflow"
-DATABASE = "mlflow"
+DATABASE = "mlflow"  # the tracking store
+AUTH_DATABASE = "mlflow_auth"  # MLflow's users and permissions (services.mlflow_auth)
 SYSTEM_USER = "postgres"  # the Debian package's user, who runs the cluster when btcflow is root
 _SOCKET_PATH_MAX = 100  # a unix socket path longer than ~107 bytes cannot be bound: then TCP only
 
@@ -85,14 +86,18 @@ class PostgresCluster:
     @property
     def uri(self) -> str:
         """The SQLAlchemy URI MLflow's store uses (it carries the password: keep it off command lines)."""
-        return f"postgresql+psycopg2://{ROLE}:{self.password()}@{self.host}:{self.port}/{DATABASE}"
+        return self.uri_for(DATABASE)
+
+    def uri_for(self, database: str) -> str:
+        """The SQLAlchemy URI of one of the cluster's databases (with the password: off command lines)."""
+        return f"postgresql+psycopg2://{ROLE}:{self.password()}@{self.host}:{self.port}/{database}"
 
     def password(self) -> str:
         """The role's password, generated once (0600) and kept, so a restart finds the same one."""
         return kept_secret(self.password_file, lambda: secrets.token_urlsafe(24))
 
     def start(self, timeout_s: float = 60.0) -> str:
-        """Create the cluster at the first start, start it unless it runs, make sure the database exists.
+        """Create the cluster at the first start, start it unless it runs, make sure the databases exist.
 
         Idempotent; returns the SQLAlchemy URI of the `mlflow` database.
         """
@@ -261,9 +266,10 @@ class PostgresCluster:
         try:
             conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
             with conn.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,))
-                if cur.fetchone() is None:
-                    cur.execute(f"CREATE DATABASE {DATABASE} OWNER {ROLE}")
+                for database in (DATABASE, AUTH_DATABASE):
+                    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+                    if cur.fetchone() is None:
+                        cur.execute(f"CREATE DATABASE {database} OWNER {ROLE}")
         finally:
             conn.close()
 

@@ -17,7 +17,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from core.errors import RegistryUnavailable
+from core.errors import AccessRefused, RegistryUnavailable
 from core.registry import Production
 from serving import specs
 from serving.errors import ServingError, UnsupportedModel
@@ -129,7 +129,7 @@ class Loader:
                 try:
                     self._refresh_one(kind, spec, force)
                     self._registry_error = None
-                except RegistryUnavailable as exc:
+                except (RegistryUnavailable, AccessRefused) as exc:  # keep serving what is loaded
                     self._registry_error = str(exc)
                     log.warning("%s", exc)
                     break

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from core.access import PASSWORD_VAR, USERNAME_VAR
+from core.credentials import read_credential
 from tests.hosts import REPO, Host, Network, btcflow, network, output, unavailable
 from tests.waiting import wait_until
 from training.specs import SPECS
@@ -249,7 +251,17 @@ def hosts() -> Iterator[Network]:
         yield net
 
 
-def test_produce_consume_train_promote_serve_on_hosts_that_share_nothing(hosts: Network) -> None:
+def login(mlflow_host: Host, role: str) -> dict[str, str]:
+    """The tracking server's credential for `role`, as its host's start kept it, handed to another host the
+    way an operator would: in MLflow's own variables (no host reads another's files)."""
+    kept = read_credential(mlflow_host.data / "tracking" / "credentials" / role)
+    assert kept is not None, f"the tracking server kept no {role} credential"
+    return {USERNAME_VAR: kept.username, PASSWORD_VAR: kept.password}
+
+
+def test_produce_consume_train_promote_serve_on_hosts_that_share_nothing(
+    hosts: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow import MlflowClient
 
     started = time.monotonic()
@@ -300,6 +312,7 @@ def test_produce_consume_train_promote_serve_on_hosts_that_share_nothing(hosts: 
         "BTCFLOW_SPARK_DRIVER_MEMORY": "1g",
         **EXECUTOR,
         "MLFLOW_TRACKING_URI": cluster.tracking_uri,
+        **login(h["mlflow"], "trainer"),
         "MLFLOW_DFS_TMP": f"{cluster.namenode}/btcflow/tmp/mlflow",  # where Spark ML saves a model first
     }
     trainer.run(btcflow("train", "--model", "all", "--batches", "2", *TRAIN_SMALL), training, timeout=300)
@@ -308,6 +321,8 @@ def test_produce_consume_train_promote_serve_on_hosts_that_share_nothing(hosts: 
         m: trainer.spawn(btcflow("promote", "--model", m, "--version", "1"), training) for m in SPECS
     }
     wait_all(promoting, 120)
+    for name, value in login(h["mlflow"], "reader").items():  # the test reads the registry as the reader
+        monkeypatch.setenv(name, value)
     registry = MlflowClient(cluster.tracking_uri, registry_uri=cluster.tracking_uri)
     for spec in SPECS.values():
         (version,) = registry.search_model_versions(f"name = '{spec.registered_name}'")
@@ -332,7 +347,11 @@ def test_produce_consume_train_promote_serve_on_hosts_that_share_nothing(hosts: 
     # serve: the gateway knows only the tracking server's address
     serving = gateway.spawn(
         btcflow("serve", "--host", cluster.gateway_host, "--port", str(cluster.gateway_port)),
-        {"MLFLOW_TRACKING_URI": cluster.tracking_uri, "BTCFLOW_POLL_INTERVAL_S": "2"},
+        {
+            "MLFLOW_TRACKING_URI": cluster.tracking_uri,
+            **login(h["mlflow"], "reader"),
+            "BTCFLOW_POLL_INTERVAL_S": "2",
+        },
     )
     try:
         wait_until(

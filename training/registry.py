@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from core import registry
+from core.access import refusal
 from core.errors import BadInput, RegistryUnavailable
 from core.registry import PRODUCTION_ALIAS, PRODUCTION_STAGE, quiet_deprecations
 from training import history
@@ -143,6 +144,8 @@ def _write(call: Callable[[], object], what: str) -> None:
         detail = str(getattr(exc, "message", None) or exc).replace("\n", " ")
         if registry.is_absent(exc):
             raise BadInput(f"{what}: {detail}") from exc
+        if (refused := refusal(exc, registry.current_server(), what)) is not None:
+            raise refused from None
         raise RegistryUnavailable(f"MLflow registry unusable while {what}: {detail}") from exc
 
 

@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from core.access import refusal
 from core.errors import RegistryUnavailable
 from core.secrets import has_password, mask_uri
 from training.settings import TrainingSettings
@@ -70,6 +71,8 @@ def connect(settings: TrainingSettings) -> str:
                 mlflow.MlflowClient().set_experiment_tag(experiment_id, key, kind)
         mlflow.set_experiment(experiment_id=experiment_id)
     except MlflowException as exc:
+        if (refused := refusal(exc, uri, f"using experiment {settings.experiment!r}")) is not None:
+            raise refused from None
         raise RegistryUnavailable(mask_uri(f"MLflow tracking store {uri} unusable: {exc}")) from None
     return experiment_id
 

@@ -119,6 +119,7 @@ def _utc(ts: float) -> str:
 
 
 def _train() -> None:
+    from btcflow.cli.tracking import as_role
     from btcflow.cli.train import print_summary, spark_log_line
     from training.gate import promote_best
     from training.registry import stages
@@ -128,6 +129,7 @@ def _train() -> None:
     from training.train import summary_rows, train_models
 
     settings = TrainingSettings()
+    as_role(settings.tracking_uri, "trainer")  # on a tracking server btcflow runs: trains, promotes, monitors
     _step(f"4. train {', '.join(SPECS)} cumulatively on batches 1..{TRAINED_BATCHES}")
     results = train_models(settings, list(SPECS), f"1-{TRAINED_BATCHES}", "cumulative")
     _step("5. promote with the champion/challenger gate (window: the batches after the last trained)")

@@ -18,12 +18,15 @@ def history(
 ) -> None:
     """Every promotion of a model, newest first: when, by whom (hand: promote --version, gate: --best,
     rollback: --rollback, monitor), from which version to which, and the metrics the gate compared."""
+    from btcflow.cli.tracking import as_role
     from training.registry import promotions
     from training.settings import TrainingSettings
     from training.specs import get_spec
 
     spec = get_spec(model)
-    records = promotions(TrainingSettings(), model)[:limit]
+    settings = TrainingSettings()
+    as_role(settings.tracking_uri, "trainer")
+    records = promotions(settings, model)[:limit]
     if as_json:
         typer.echo(json.dumps([r.as_dict() for r in records], indent=2))
         return

@@ -25,6 +25,7 @@ from btcflow.cli import (
     train,
 )
 from btcflow.cli.groups import QuickHelpGroup
+from core.access import refusal
 from core.errors import BtcflowError
 from core.secrets import mask_uri
 
@@ -105,9 +106,13 @@ def main() -> None:
     except Exception as exc:  # a bug, not a user error: still one line unless asked
         if debug:
             raise
-        print(
-            f"btcflow: unexpected {type(exc).__name__}: {mask_uri(_first_line(exc))} (rerun with --debug)",
-            file=sys.stderr,
-        )
-        status = 1
+        # a refusal of the tracking server (401, 403) that no call site turned into AccessRefused
+        refused = refusal(exc, os.environ.get("MLFLOW_TRACKING_URI", "the MLflow tracking server"))
+        if refused is not None:
+            print(f"btcflow: error: {refused}", file=sys.stderr)
+            status = refused.exit_code
+        else:
+            what = f"{type(exc).__name__}: {mask_uri(_first_line(exc))}"
+            print(f"btcflow: unexpected {what} (rerun with --debug)", file=sys.stderr)
+            status = 1
     sys.exit(status if isinstance(status, int) else 0)

@@ -134,6 +134,10 @@ def monitor(
     if topic:
         pipeline = pipeline.model_copy(update={"topic": topic})
     training = TrainingSettings()
+    # trainer even without --promote: the monitor writes its monitor-* runs and tags the versions it scores
+    from btcflow.cli.tracking import as_role
+
+    as_role(training.tracking_uri, "trainer")
     if not promote:  # the scoring path is the gateway's numpy engine: no JVM, not even via mlflow's imports
         from serving.evaluate import forbid_jvm_imports
 

@@ -25,11 +25,13 @@ def register(app: typer.Typer) -> None:
             False, "--access-log/--no-access-log", help="Log every request (costs throughput)."
         ),
     ) -> None:
+        from btcflow.cli.tracking import as_role
         from serving.evaluate import forbid_jvm_imports
         from serving.server import serve as run
         from serving.settings import ServingSettings
 
         settings = ServingSettings()
+        as_role(settings.tracking_uri, "reader")  # its workers inherit the environment
         if settings.serving_engine == "numpy":
             forbid_jvm_imports()  # a dedicated gateway process: keep the JVM bridge out entirely
         run(

@@ -1,13 +1,18 @@
-"""`btcflow tracking start|stop|status`: the MLflow tracking server on btcflow's own PostgreSQL."""
+"""`btcflow tracking start|stop|status|user`: the MLflow tracking server on btcflow's own PostgreSQL, with
+MLflow's own authentication; and `as_role`, which every command that calls it uses first."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from btcflow.cli.groups import group
+
+if TYPE_CHECKING:
+    from services.mlflow_server import TrackingServer
 
 tracking_app = group(
     help="The MLflow tracking server on 127.0.0.1 (BTCFLOW_TRACKING_HOST): PostgreSQL backend store, "
@@ -79,10 +84,12 @@ def start(
     settings = settings.model_copy(update={k: v for k, v in given.items() if v is not None})
     server = TrackingServer.from_settings(settings, backend_store_uri)
     uri = server.start(timeout)
+    as_role(uri, "reader")  # the link below asks the server for the experiment's id
     pg = server.postgres
     store = "a database of your own" if pg is None else f"PostgreSQL {pg.process.address}"
     typer.echo(f"MLflow tracking server at {uri} ({store}, artifacts in {server.artifacts})")
     typer.echo(f"export MLFLOW_TRACKING_URI={uri}")
+    typer.echo(f"authentication: basic-auth; credentials (user:password, 0600) in {server.admin_file.parent}")
     typer.echo(f"compare runs: {runs_link(uri)}")
 
 
@@ -107,5 +114,63 @@ def status() -> None:
         raise typer.Exit(3)
 
 
+user_app = group(
+    help="The tracking server's users (with the admin credential kept in <BTCFLOW_DATA_DIR>/tracking/"
+    "credentials/admin): trainer (runs, versions, stages, aliases) or reader (runs, registry, artifacts).",
+)
+
+
+class Role(StrEnum):
+    trainer = "trainer"
+    reader = "reader"
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="The new user's name.")],
+    role: Annotated[Role, typer.Option("--role", help="trainer or reader.")],
+) -> None:
+    """Create a user with a generated password and a role; the password is printed once, here only."""
+    credential = _server().auth_admin().add_user(name, role.value)
+    typer.echo(f"user {credential.username} ({role.value}) created; its password, shown only this once:")
+    typer.echo(credential.password)
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """Every user of the server and its roles."""
+    for user in _server().auth_admin().users():
+        roles = ", ".join(user.roles) or ("admin" if user.admin else "no role: may do nothing")
+        typer.echo(f"{user.name:<24} {roles}")
+
+
+@user_app.command("remove")
+def user_remove(name: Annotated[str, typer.Argument(help="The user to delete.")]) -> None:
+    """Delete a user (its grants go with it)."""
+    _server().auth_admin().remove_user(name)
+    typer.echo(f"user {name} removed")
+
+
+def _server() -> TrackingServer:
+    from core.errors import Unavailable
+    from services.mlflow_server import TrackingServer, TrackingServerSettings
+
+    server = TrackingServer.from_settings(TrackingServerSettings())
+    if not server.status().running:
+        raise Unavailable(f"no MLflow tracking server runs at {server.uri} (btcflow tracking start)")
+    return server
+
+
+def as_role(tracking_uri: str, role: str) -> str | None:
+    """Call the tracking server as MLFLOW_TRACKING_USERNAME/PASSWORD when set, else (when `tracking_uri` is
+    the server of BTCFLOW_DATA_DIR) as the service user its start kept for `role`; the user, or None."""
+    from core.access import use_kept_credential
+    from services.mlflow_server import TrackingServerSettings
+
+    settings = TrackingServerSettings()
+    return use_kept_credential(tracking_uri, settings.uri, settings.data_dir, role)
+
+
 def register(app: typer.Typer) -> None:
+    tracking_app.add_typer(user_app, name="user")
     app.add_typer(tracking_app, name="tracking")

@@ -73,6 +73,7 @@ def train(
     poll: float = typer.Option(2.0, help="With --watch: seconds between looks at the manifest."),
 ) -> None:
     """Train model versions on batch files: one tracked MLflow run and one registered version each."""
+    from btcflow.cli.tracking import as_role
     from core.errors import BadInput
     from training.registry import Promotion, stages
     from training.settings import TrainingSettings
@@ -81,6 +82,7 @@ def train(
     from training.watch import watch
 
     settings = TrainingSettings()
+    as_role(settings.tracking_uri, "trainer")
     overrides = {"num_trees": num_trees, "max_depth": max_depth, "reg_param": reg_param, "max_iter": max_iter}
     models = _models(model)
     if watch_:
@@ -144,6 +146,7 @@ def promote(
     """Make a version Production (stage and alias `production`): by number, by the --best gate, or back
     to the previous one. Every move is recorded (`btcflow history`); a version that holds only the stage
     or only the alias gets both. Exit 2 also when another promotion moved Production meanwhile."""
+    from btcflow.cli.tracking import as_role
     from core.errors import BadInput
     from training.gate import promote_best
     from training.registry import promote_version
@@ -156,6 +159,7 @@ def promote(
     if require_baseline and not best:
         raise BadInput("--require-baseline goes with --best")
     settings = TrainingSettings()
+    as_role(settings.tracking_uri, "trainer")
     if best:
         result = promote_best(settings, model, require_baseline=require_baseline)
     elif rollback:

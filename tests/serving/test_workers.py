@@ -22,6 +22,7 @@ from serving import webhooks
 from serving.launch import running_gateway
 from serving.settings import ServingSettings
 from tests.serving.conftest import Store, Template
+from tests.tracking_server import as_user, credential
 from tests.waiting import wait_until
 
 PARAMS = {"timestamp": 1325412060.0}
@@ -221,8 +222,10 @@ def our_webhooks(uri: str) -> list[str]:
 
 
 def test_a_webhook_makes_every_worker_swap_at_once(
-    tracking_server: TrackingServer, server_models: dict[str, str]
+    tracking_server: TrackingServer, server_models: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # MLflow lets only an admin create webhooks: a gateway run as the reader follows by polling
+    as_user(monkeypatch, credential(tracking_server, "admin"))
     uri = tracking_server.uri
     secret = uuid.uuid4().hex
     settings = ServingSettings(tracking_uri=uri, poll_interval_s=60, webhook_secret=secret)

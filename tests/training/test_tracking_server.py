@@ -15,9 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.access import PASSWORD_VAR, USERNAME_VAR
+from core.credentials import Credential
 from services.mlflow_server import TrackingServer
 from services.processes import free_port
-from tests.tracking_server import service_dir
+from tests.tracking_server import credential, service_dir
 from tests.training.conftest import minute_table, write_batches
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,11 +33,15 @@ QUERIES: dict[str, dict[str, float]] = {
 }
 
 
-def client_env(uri: str, **extra: str) -> dict[str, str]:
-    """This environment without any btcflow or MLflow setting, pointed at the server by http only."""
+def client_env(uri: str, user: Credential | None = None, **extra: str) -> dict[str, str]:
+    """This environment without any btcflow or MLflow setting, pointed at the server by http only, as
+    `user` (default: the session's, its trainer)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BTCFLOW_", "MLFLOW_"))}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # `mlflow run` calls `python`: this venv's
-    return {**env, "MLFLOW_TRACKING_URI": uri, **extra}
+    login = {k: os.environ[k] for k in (USERNAME_VAR, PASSWORD_VAR) if k in os.environ}
+    if user is not None:
+        login = {USERNAME_VAR: user.username, PASSWORD_VAR: user.password}
+    return {**env, **login, "MLFLOW_TRACKING_URI": uri, **extra}
 
 
 def cli_env(server: TrackingServer) -> dict[str, str]:
@@ -77,6 +83,7 @@ def test_cli_start_status_stop_on_the_session_server(tracking_server: TrackingSe
     assert status.returncode == 0, status.stdout + status.stderr
     assert "postgres" in status.stdout and tracking_server.uri in status.stdout
     assert status.stdout.count(" running") == 2
+    assert f"authentication: basic-auth (admin credential in {tracking_server.admin_file})" in status.stdout
 
     try:
         stopped = btcflow("tracking", "stop", env=env, cwd=tmp_path)
@@ -203,7 +210,8 @@ def gateway(tracking_server: TrackingServer, trained: Trained) -> Iterator[str]:
     cwd = service_dir("btcflow-gateway-")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = client_env(tracking_server.uri, BTCFLOW_POLL_INTERVAL_S="1")
+    # as the reader, btcflow's role for the gateway
+    env = client_env(tracking_server.uri, credential(tracking_server, "reader"), BTCFLOW_POLL_INTERVAL_S="1")
     log = cwd / "gateway.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
