@@ -125,7 +125,13 @@ def _wait_ready(
             with httpx.Client(base_url=base, timeout=2, headers=headers) as client:
                 answer = client.get("/ready")
                 if answer.status_code == 200:
-                    ready.add(client.get("/models").json()["pid"])
+                    models = client.get("/models")
+                    if models.status_code == 401:  # a keyed gateway, and no key (or a wrong one) given
+                        raise GatewayDidNotStart(
+                            f"gateway at {base} is ready but GET /models needs an API key: "
+                            f"{models.json().get('message', 'unauthorized')}"
+                        )
+                    ready.add(models.json()["pid"])
                     if len(ready) >= workers:
                         return
                     last = f"{len(ready)} of {workers} workers ready"

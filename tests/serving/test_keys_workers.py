@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from services.processes import free_port
 from serving import keys
@@ -128,3 +129,26 @@ def test_a_revoked_key_is_refused_by_every_worker_within_one_poll_interval(
         assert text not in printed and text not in metrics
     assert "GET /predict/close" in printed and " 401" in printed  # the access log was on, and is captured
     assert "2 active (alice, watcher)" in printed and "1 active (watcher)" in printed  # names may show
+
+
+def test_running_gateway_waits_and_calls_with_a_key_and_says_when_it_has_none(
+    store: Store, tmp_path: Path
+) -> None:
+    """serving.launch (the demo's and scripts' way to run a gateway) passes the key file to the gateway and
+    shows the key; without the key its wait stops at once with a line saying so, not at its timeout."""
+    from serving.launch import GatewayDidNotStart, call_routes, running_gateway
+    from serving.settings import ServingSettings
+
+    path = tmp_path / "keys.json"
+    key = keys.create(path, "demo")
+    settings = ServingSettings(tracking_uri=store.uri, webhooks="off", api_keys_file=path)
+    row = {"Timestamp": 1325412060.0, "Open": 4.58, "Close": 4.6, "Volume": 1.5}
+    with running_gateway(settings, port=0, api_key=key) as base:
+        answers = call_routes(base, row, api_key=key)
+        assert [status for _, status, _ in answers] == [200, 200, 200]
+        assert all(key not in curl and "$BTCFLOW_API_KEY" in curl for curl, _, _ in answers)
+        assert {status for _, status, _ in call_routes(base, row)} == {401}
+    started = time.monotonic()
+    with pytest.raises(GatewayDidNotStart, match="needs an API key"), running_gateway(settings, port=0):
+        pass
+    assert time.monotonic() - started < 60
