@@ -28,8 +28,9 @@ on a machine shared with other work they move far less than the rates do).
 With `--keys` it measures what API keys cost (single-row GET high_low, one worker each): two gateways started
 together, `open` (no BTCFLOW_API_KEYS_FILE) and `keyed` (a keys file of one key, every request carrying
 `Authorization: Bearer <key>`; the open one gets the same header, so both parse the same bytes), measured in
-turn `--rounds` times; prints each one's median rate and p99 and the ratio keyed/open (goal: >= 0.95x, keyed
-p99 < 10 ms).
+turn `--rounds` times; prints each one's median rate and p99, the gateway's CPU per request, and the ratios
+keyed/open (goal: >= 0.95x, keyed p99 < 10 ms). Without wrk the httpx loop saturates long before the gateway
+does: then the CPU ratio is the figure that measures the key check.
 """
 
 from __future__ import annotations
@@ -373,8 +374,35 @@ def overhead(env: dict[str, str], args: argparse.Namespace, work: Path) -> None:
     print(f"goal (each median of rounds >= 0.90): {verdict} (lowest {lowest:.3f}x)")
 
 
+def guard_cost_us(keys_file: Path, auth: str, n: int = 50_000) -> float:
+    """Microseconds serving.guard adds to one request with a good key: the guard around an app that does
+    nothing, less that app alone (the typical headers of a client, the key last)."""
+    import asyncio
+
+    from serving.guard import KeyGuard
+    from serving.keys import Keyring
+
+    async def nothing(scope: dict, receive: object, send: object) -> None:
+        return None
+
+    guard = KeyGuard(nothing, Keyring(keys_file, 10.0), ["/health"])  # type: ignore[arg-type]
+    headers = [(b"host", b"127.0.0.1"), (b"accept", b"*/*"), (b"authorization", auth.encode())]
+
+    async def timed(app: object) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            await app({"type": "http", "path": "/predict/high_low", "headers": headers}, None, None)  # type: ignore[operator]
+        return time.perf_counter() - start
+
+    async def both() -> float:
+        return await timed(guard) - await timed(nothing)
+
+    return 1e6 * asyncio.run(both()) / n
+
+
 def keyed(env: dict[str, str], args: argparse.Namespace, work: Path) -> None:
-    """The GET rate of a gateway without keys and of one with a key, same load, rounds in turn."""
+    """The GET rate of a gateway without keys and of one with a key, same load, rounds in turn, and each
+    gateway's own CPU per request (the figure to trust when the load generator, not the gateway, is full)."""
     from serving import keys
 
     keys_file = work / "api-keys.json"
@@ -384,15 +412,13 @@ def keyed(env: dict[str, str], args: argparse.Namespace, work: Path) -> None:
     procs: dict[str, subprocess.Popen] = {}
     bases: dict[str, str] = {}
     runs: dict[str, list[Load]] = {name: [] for name in configs}
+    cpu: dict[str, list[float]] = {name: [] for name in configs}  # microseconds of the gateway per request
     try:
         for name, extra in configs.items():
             port = free_port()
             bases[name] = f"http://127.0.0.1:{port}"
             cmd = [sys.executable, "-m", "btcflow.cli", "serve", "--port", str(port)]
-            gateway_env = {k: v for k, v in env.items() if k != "BTCFLOW_API_KEYS_FILE"}
-            procs[name] = start(
-                cmd, {**gateway_env, "BTCFLOW_WEBHOOKS": "off", **extra}, work / f"{name}.log"
-            )
+            procs[name] = start(cmd, {**env, "BTCFLOW_WEBHOOKS": "off", **extra}, work / f"{name}.log")
         for name, proc in procs.items():
             wait_for(f"{bases[name]}/ready", proc, 120)
             for _ in range(200):
@@ -404,10 +430,11 @@ def keyed(env: dict[str, str], args: argparse.Namespace, work: Path) -> None:
         names = list(configs)
         for r in range(args.rounds):
             for name in names[r % 2 :] + names[: r % 2]:  # each first in turn
-                runs[name].append(
-                    load(f"{bases[name]}{path}", None, args.duration, args.connections, work, auth)
-                )
-                print(f"round {r + 1} {name:6} {runs[name][-1].rps:9.1f} req/s", flush=True)
+                before = cpu_seconds(procs[name].pid)  # one worker: the command's own process serves
+                run = load(f"{bases[name]}{path}", None, args.duration, args.connections, work, auth)
+                cpu[name].append(1e6 * (cpu_seconds(procs[name].pid) - before) / max(run.requests, 1))
+                runs[name].append(run)
+                print(f"round {r + 1} {name:6} {run.rps:9.1f} req/s {cpu[name][-1]:7.1f} us CPU", flush=True)
     finally:
         for proc in procs.values():
             stop(proc)
@@ -415,18 +442,22 @@ def keyed(env: dict[str, str], args: argparse.Namespace, work: Path) -> None:
     def median(name: str) -> Load:
         return sorted(runs[name], key=lambda x: x.rps)[len(runs[name]) // 2]
 
+    def cpu_median(name: str) -> float:
+        return sorted(cpu[name])[len(cpu[name]) // 2]
+
     tool = "wrk -t1" if shutil.which("wrk") else "httpx async loop"
     print(
         f"\nAPI keys on GET /predict/high_low: {tool}, {args.connections} connections, {args.rounds} "
         f"rounds of {args.duration:.0f}s per gateway, one worker each, {os.cpu_count()} cores"
     )
     print(
-        f"{'gateway':8} {'median req/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}  every round's req/s"
+        f"{'gateway':8} {'median req/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU us/req':>10}"
+        "  every round's req/s"
     )
     for name in configs:
         m, errors = median(name), sum(x.errors for x in runs[name])
         print(
-            f"{name:8} {m.rps:12.1f} {m.p50_ms:8.2f} {m.p99_ms:8.2f} {errors:7d}  "
+            f"{name:8} {m.rps:12.1f} {m.p50_ms:8.2f} {m.p99_ms:8.2f} {errors:7d} {cpu_median(name):10.1f}  "
             + " ".join(f"{x.rps:.0f}" for x in runs[name])
         )
     rounds = sorted(k.rps / max(o.rps, 1e-9) for k, o in zip(runs["keyed"], runs["open"], strict=True))
@@ -436,6 +467,10 @@ def keyed(env: dict[str, str], args: argparse.Namespace, work: Path) -> None:
         f"  keyed / open req/s: {median('keyed').rps / max(median('open').rps, 1e-9):.3f}x of medians, "
         f"{ratio:.3f}x median of rounds ({' '.join(f'{x:.2f}' for x in rounds)})"
     )
+    check_us = guard_cost_us(keys_file, auth)
+    print(f"  the key check itself, in process: {check_us:.1f} us per request (header scan, HMAC, lookup)")
+    cpu_ratio = cpu_median("open") / max(cpu_median("keyed"), 1e-9)
+    print(f"  open / keyed gateway CPU per request: {cpu_ratio:.3f}x (the rate ratio, gateway-bound)")
     met = ratio >= 0.95 and p99 < 10 and not any(x.errors for x in runs["keyed"])
     print(
         f"goal (keyed >= 0.95x open, keyed p99 < 10 ms): {'met' if met else 'not met'} "
