@@ -24,6 +24,13 @@ and prints each one's median rate and p99, the ratios metrics/bare, log/metrics,
 medians, and the median of each round's ratio: the goal, each >= 0.90), what each log sent and dropped, and
 the CPU per request of each gateway process, of the log's publisher process and of the broker (from /proc:
 on a machine shared with other work they move far less than the rates do).
+
+With `--keys` it measures what API keys cost (single-row GET high_low, one worker each): two gateways started
+together, `open` (no BTCFLOW_API_KEYS_FILE) and `keyed` (a keys file of one key, every request carrying
+`Authorization: Bearer <key>`; the open one gets the same header, so both parse the same bytes), measured in
+turn `--rounds` times; prints each one's median rate and p99, the gateway's CPU per request, and the ratios
+keyed/open (goal: >= 0.95x, keyed p99 < 10 ms). Without wrk the httpx loop saturates long before the gateway
+does: then the CPU ratio is the figure that measures the key check.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ sys.path.insert(0, str(REPO))
 from services.processes import free_port  # noqa: E402 - the repo is on sys.path just above
 
 LUA = """
+local auth = os.getenv("BENCH_AUTH")
+if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
 local body_file = os.getenv("BENCH_BODY")
 if body_file and body_file ~= "" then
   local f = io.open(body_file, "rb"); wrk.body = f:read("*a"); f:close()
@@ -61,7 +70,7 @@ end
 """
 
 HTTPX_LOOP = r"""
-import asyncio, json, sys, time
+import asyncio, json, os, sys, time
 import httpx
 url, body_file, duration, connections = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
 body = open(body_file, "rb").read() if body_file else None
@@ -79,7 +88,9 @@ async def worker(client, until):
         lat.append(time.perf_counter() - t)
 async def main():
     limits = httpx.Limits(max_connections=connections)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    auth = os.environ.get("BENCH_AUTH")
+    headers = {"Authorization": auth} if auth else None
+    async with httpx.AsyncClient(limits=limits, timeout=60, headers=headers) as client:
         start = time.perf_counter()
         await asyncio.gather(*(worker(client, start + duration) for _ in range(connections)))
         return time.perf_counter() - start
@@ -147,8 +158,11 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(5)
 
 
-def load(url: str, body: Path | None, duration: float, connections: int, work: Path) -> Load:
-    """One fixed-duration, fixed-concurrency run against one URL (GET, or POST of `body`)."""
+def load(
+    url: str, body: Path | None, duration: float, connections: int, work: Path, auth: str | None = None
+) -> Load:
+    """One fixed-duration, fixed-concurrency run against one URL (GET, or POST of `body`), every request
+    with `Authorization: <auth>` when given (BENCH_AUTH: neither tool puts it on its command line)."""
     if shutil.which("wrk"):
         script = work / "bench.lua"
         script.write_text(LUA)
@@ -167,6 +181,9 @@ def load(url: str, body: Path | None, duration: float, connections: int, work: P
     else:
         cmd = [sys.executable, "-c", HTTPX_LOOP, url, str(body or ""), str(duration), str(connections)]
         env = dict(os.environ)
+    env.pop("BENCH_AUTH", None)
+    if auth:
+        env["BENCH_AUTH"] = auth
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 120)
     line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH ")), None)
     if line is None:
@@ -357,6 +374,110 @@ def overhead(env: dict[str, str], args: argparse.Namespace, work: Path) -> None:
     print(f"goal (each median of rounds >= 0.90): {verdict} (lowest {lowest:.3f}x)")
 
 
+def guard_cost_us(keys_file: Path, auth: str, n: int = 50_000) -> float:
+    """Microseconds serving.guard adds to one request with a good key: the guard around an app that does
+    nothing, less that app alone (the typical headers of a client, the key last)."""
+    import asyncio
+
+    from serving.guard import KeyGuard
+    from serving.keys import Keyring
+
+    async def nothing(scope: dict, receive: object, send: object) -> None:
+        return None
+
+    guard = KeyGuard(nothing, Keyring(keys_file, 10.0), ["/health"])  # type: ignore[arg-type]
+    headers = [(b"host", b"127.0.0.1"), (b"accept", b"*/*"), (b"authorization", auth.encode())]
+
+    async def timed(app: object) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            await app({"type": "http", "path": "/predict/high_low", "headers": headers}, None, None)  # type: ignore[operator]
+        return time.perf_counter() - start
+
+    async def both() -> float:
+        return await timed(guard) - await timed(nothing)
+
+    return 1e6 * asyncio.run(both()) / n
+
+
+def keyed(env: dict[str, str], args: argparse.Namespace, work: Path) -> None:
+    """The GET rate of a gateway without keys and of one with a key, same load, rounds in turn, and each
+    gateway's own CPU per request (the figure to trust when the load generator, not the gateway, is full)."""
+    from serving import keys
+
+    keys_file = work / "api-keys.json"
+    auth = f"Bearer {keys.create(keys_file, 'bench')}"
+    configs = {"open": {}, "keyed": {"BTCFLOW_API_KEYS_FILE": str(keys_file)}}
+    path = SINGLES["GET /predict/high_low"]
+    procs: dict[str, subprocess.Popen] = {}
+    bases: dict[str, str] = {}
+    runs: dict[str, list[Load]] = {name: [] for name in configs}
+    cpu: dict[str, list[float]] = {name: [] for name in configs}  # microseconds of the gateway per request
+    try:
+        for name, extra in configs.items():
+            port = free_port()
+            bases[name] = f"http://127.0.0.1:{port}"
+            cmd = [sys.executable, "-m", "btcflow.cli", "serve", "--port", str(port)]
+            procs[name] = start(cmd, {**env, "BTCFLOW_WEBHOOKS": "off", **extra}, work / f"{name}.log")
+        for name, proc in procs.items():
+            wait_for(f"{bases[name]}/ready", proc, 120)
+            for _ in range(200):
+                answer = httpx.get(f"{bases[name]}{path}", headers={"Authorization": auth}, timeout=5)
+                if answer.status_code != 200:
+                    raise SystemExit(f"{name} gateway answered {answer.status_code}: {answer.text}")
+        if httpx.get(f"{bases['keyed']}{path}", timeout=5).status_code != 401:
+            raise SystemExit("the keyed gateway answered a request without a key")
+        names = list(configs)
+        for r in range(args.rounds):
+            for name in names[r % 2 :] + names[: r % 2]:  # each first in turn
+                before = cpu_seconds(procs[name].pid)  # one worker: the command's own process serves
+                run = load(f"{bases[name]}{path}", None, args.duration, args.connections, work, auth)
+                cpu[name].append(1e6 * (cpu_seconds(procs[name].pid) - before) / max(run.requests, 1))
+                runs[name].append(run)
+                print(f"round {r + 1} {name:6} {run.rps:9.1f} req/s {cpu[name][-1]:7.1f} us CPU", flush=True)
+    finally:
+        for proc in procs.values():
+            stop(proc)
+
+    def median(name: str) -> Load:
+        return sorted(runs[name], key=lambda x: x.rps)[len(runs[name]) // 2]
+
+    def cpu_median(name: str) -> float:
+        return sorted(cpu[name])[len(cpu[name]) // 2]
+
+    tool = "wrk -t1" if shutil.which("wrk") else "httpx async loop"
+    print(
+        f"\nAPI keys on GET /predict/high_low: {tool}, {args.connections} connections, {args.rounds} "
+        f"rounds of {args.duration:.0f}s per gateway, one worker each, {os.cpu_count()} cores"
+    )
+    print(
+        f"{'gateway':8} {'median req/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'CPU us/req':>10}"
+        "  every round's req/s"
+    )
+    for name in configs:
+        m, errors = median(name), sum(x.errors for x in runs[name])
+        print(
+            f"{name:8} {m.rps:12.1f} {m.p50_ms:8.2f} {m.p99_ms:8.2f} {errors:7d} {cpu_median(name):10.1f}  "
+            + " ".join(f"{x.rps:.0f}" for x in runs[name])
+        )
+    rounds = sorted(k.rps / max(o.rps, 1e-9) for k, o in zip(runs["keyed"], runs["open"], strict=True))
+    ratio = rounds[len(rounds) // 2]
+    p99 = median("keyed").p99_ms
+    print(
+        f"  keyed / open req/s: {median('keyed').rps / max(median('open').rps, 1e-9):.3f}x of medians, "
+        f"{ratio:.3f}x median of rounds ({' '.join(f'{x:.2f}' for x in rounds)})"
+    )
+    check_us = guard_cost_us(keys_file, auth)
+    print(f"  the key check itself, in process: {check_us:.1f} us per request (header scan, HMAC, lookup)")
+    cpu_ratio = cpu_median("open") / max(cpu_median("keyed"), 1e-9)
+    print(f"  open / keyed gateway CPU per request: {cpu_ratio:.3f}x (the rate ratio, gateway-bound)")
+    met = ratio >= 0.95 and p99 < 10 and not any(x.errors for x in runs["keyed"])
+    print(
+        f"goal (keyed >= 0.95x open, keyed p99 < 10 ms): {'met' if met else 'not met'} "
+        f"({ratio:.3f}x, p99 {p99:.2f} ms)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -378,7 +499,12 @@ def main() -> None:
         action="store_true",
         help="measure what /metrics and the prediction log cost on the GET rate instead",
     )
-    parser.add_argument("--rounds", type=int, default=3, help="with --overhead: runs per gateway")
+    parser.add_argument(
+        "--keys",
+        action="store_true",
+        help="measure what API keys cost on the GET rate (a gateway with one key against one without)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --overhead or --keys: runs per gateway")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="btcflow-bench-serve-"))
@@ -389,7 +515,7 @@ def main() -> None:
         print(f"store: {uri} (ready in {time.monotonic() - t0:.0f}s)", flush=True)
         bindir = str(Path(sys.executable).parent)  # `mlflow models serve` execs `uvicorn` from PATH
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "BTCFLOW_API_KEYS_FILE"},  # open unless --keys
             "MLFLOW_TRACKING_URI": uri,
             "PYTHONWARNINGS": "ignore",
             "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -399,6 +525,9 @@ def main() -> None:
             return
         if args.overhead:
             overhead(env, args, work)
+            return
+        if args.keys:
+            keyed(env, args, work)
             return
         ours_port, ref_port = free_port(), free_port()
         ours = f"http://127.0.0.1:{ours_port}"

@@ -4,7 +4,8 @@
 set) starts with the app and stops with it. Requests are counted for GET /metrics by serving.metrics.
 `app_from_env()` is the factory each worker process of `btcflow serve --workers N` calls. What the
 requests and answers hold is serving.schemas; serving.edge bounds request bodies and gives every error,
-expected or not, the one JSON shape of serving.errors.
+expected or not, the one JSON shape of serving.errors. With BTCFLOW_API_KEYS_FILE, serving.guard asks every
+request but /health, /ready and the docs for an API key (serving.keys) before anything else reads it.
 """
 
 import os
@@ -22,6 +23,8 @@ from serving import edge, webhooks
 from serving.errors import Forbidden, Unauthorized
 from serving.evaluate import forbid_jvm_imports
 from serving.following import signal_change
+from serving.guard import ALWAYS_OPEN, KeyGuard
+from serving.keys import Keyring
 from serving.metrics import CONTENT_TYPE, Instrumented, Metrics
 from serving.models import SPECS, Gateway, Loaded
 from serving.predictions import PredictionLog
@@ -42,6 +45,8 @@ FIRST_CHECK_S = 120.0  # a worker beside others waits this long at most for its 
 
 def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> FastAPI:
     """The gateway app. Give a `gateway` to share one (tests); else one is built from the settings."""
+    # the keys file first: a gateway whose keys file is missing says so before it loads anything
+    keyring = Keyring(settings.api_keys_file, settings.poll_interval_s) if settings.api_keys_file else None
     gw = gateway or Gateway(settings)
     metrics = Metrics() if settings.metrics else None
     prediction_log = None
@@ -85,6 +90,13 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
     app.state.metrics = metrics
     app.state.prediction_log = prediction_log
     edge.install(app, settings.body_limit)
+    if keyring is not None:  # outside the edge: a request without a key is refused before its body is read
+        open_paths = [*ALWAYS_OPEN, webhooks.ROUTE] + (
+            ["/metrics", "/models"] if settings.open_metrics else []
+        )
+        app.add_middleware(KeyGuard, keyring=keyring, open_paths=open_paths, admin_token=settings.admin_token)
+    keyed = errors(401) if keyring is not None else {}  # the routes' docs list the 401 they may answer
+    keyed_info = {} if settings.open_metrics else keyed
     if metrics is not None:  # outside the edge: its 413s and 500s are counted too
         app.add_middleware(Instrumented, metrics=metrics)
 
@@ -120,7 +132,10 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
 
     for kind, query_model in QUERIES.items():
         route = app.get(
-            f"/predict/{kind}", response_model=ONE[kind], responses=errors(422, 503), tags=["predict"]
+            f"/predict/{kind}",
+            response_model=ONE[kind],
+            responses={**keyed, **errors(422, 503)},
+            tags=["predict"],
         )
         route(single_route(kind, query_model))
 
@@ -138,12 +153,12 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
         app.post(
             f"/predict/{kind}",
             response_model=answer_model,
-            responses=errors(413, 422, 503),
+            responses={**keyed, **errors(413, 422, 503)},
             tags=["predict"],
             name=f"{kind}_batch",
         )(batch_route(kind, request_model))
 
-    @app.get("/models", response_model=ModelsAnswer, tags=["gateway"])
+    @app.get("/models", response_model=ModelsAnswer, tags=["gateway"], responses=keyed_info)
     async def models() -> Response:
         """The loaded version of each model, its stage and load time, and the last failed load if any."""
         return JSONAnswer(gw.status())
@@ -166,7 +181,10 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
             "/metrics",
             tags=["gateway"],
             response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
+            responses={
+                200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"},
+                **keyed_info,
+            },
         )
         def prometheus_metrics() -> Response:
             """Prometheus text: requests, errors and latency per route template, rows predicted per
@@ -174,8 +192,8 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
             summed)."""
             return Response(exposition(), media_type=CONTENT_TYPE)
 
-    if settings.admin_token:
-        token = settings.admin_token
+    if keyring is not None or settings.admin_token:
+        token = settings.admin_token or ""
 
         def admin(authorization: Annotated[str | None, Header(description="Bearer <token>")] = None) -> None:
             if not authorization:
@@ -188,11 +206,12 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
             "/admin/reload",
             response_model=ModelsAnswer,
             tags=["gateway"],
-            dependencies=[Depends(admin)],
-            responses=errors(401, 403, 413),
+            dependencies=[] if keyring is not None else [Depends(admin)],  # with keys: the guard's
+            responses=errors(401, 413) if keyring is not None else errors(401, 403, 413),
         )
         def reload() -> Response:
-            """Check the registry now (retrying versions that failed before) and answer the new status."""
+            """Check the registry now (retrying versions that failed before) and answer the new status.
+            Needs an API key (or BTCFLOW_ADMIN_TOKEN) with keys configured, else BTCFLOW_ADMIN_TOKEN."""
             return JSONAnswer(gw.refresh(force=True))
 
     if settings.webhook_secret:

@@ -78,14 +78,14 @@ class UnsupportedModel(ServingError):
 
 
 class Unauthorized(ServingError):
-    """An admin route called without a token."""
+    """No API key, or one unknown or revoked (serving.guard); an admin route called without its token."""
 
     status_code = 401
     code = "unauthorized"
 
 
 class Forbidden(ServingError):
-    """An admin route called with the wrong token."""
+    """An admin route called with the wrong token (a gateway without API keys only: with keys, 401)."""
 
     status_code = 403
     code = "forbidden"

@@ -41,12 +41,15 @@ def environment(settings: ServingSettings) -> dict[str, str]:
     env["BTCFLOW_METRICS"] = str(settings.metrics).lower()
     env["BTCFLOW_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
     env["BTCFLOW_PREDICTION_QUEUE"] = str(settings.prediction_queue)
-    env.pop("BTCFLOW_PREDICTION_TOPIC", None)  # these settings' own, not one the caller's shell had
+    env["BTCFLOW_OPEN_METRICS"] = str(settings.open_metrics).lower()
+    for name in ("BTCFLOW_PREDICTION_TOPIC", "BTCFLOW_API_KEYS_FILE"):
+        env.pop(name, None)  # these settings' own, not one the caller's shell had
     for name, value in (
         ("BTCFLOW_ADMIN_TOKEN", settings.admin_token),
         ("BTCFLOW_WEBHOOK_SECRET", settings.webhook_secret),
         ("BTCFLOW_WEBHOOK_URL", settings.webhook_url),
         ("BTCFLOW_PREDICTION_TOPIC", settings.prediction_topic),
+        ("BTCFLOW_API_KEYS_FILE", str(settings.api_keys_file) if settings.api_keys_file else None),
     ):
         if value:
             env[name] = value
@@ -55,11 +58,16 @@ def environment(settings: ServingSettings) -> dict[str, str]:
 
 @contextmanager
 def running_gateway(
-    settings: ServingSettings, port: int | None = None, ready_timeout_s: float = 120.0, workers: int = 1
+    settings: ServingSettings,
+    port: int | None = None,
+    ready_timeout_s: float = 120.0,
+    workers: int = 1,
+    api_key: str | None = None,
 ) -> Iterator[str]:
     """Start `btcflow serve --workers N` on settings.host and `port` (settings.port if None, a free one if
     0); yield its base URL once /ready answers 200 (from every worker: each loads the models itself); stop
-    it (SIGTERM, then SIGKILL of its whole process group after 15 s) when the block ends."""
+    it (SIGTERM, then SIGKILL of its whole process group after 15 s) when the block ends. With
+    settings.api_keys_file, `api_key` is what the wait shows GET /models (unless settings.open_metrics)."""
     port = free_port(settings.host) if port == 0 else port or settings.port
     base = f"http://{settings.host}:{port}"
     cmd = [sys.executable, "-m", "btcflow.cli", "serve", "--host", settings.host, "--port", str(port)]
@@ -72,7 +80,7 @@ def running_gateway(
             cmd, env=environment(settings), stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
         )
         try:
-            _wait_ready(base, proc, ready_timeout_s, log, workers)
+            _wait_ready(base, proc, ready_timeout_s, log, workers, bearer(api_key))
             yield base
         finally:
             if proc.poll() is None:
@@ -92,8 +100,18 @@ def _last_line(log: IO[bytes], tail_bytes: int = 8192) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The headers that carry `api_key`, none without one."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def _wait_ready(
-    base: str, proc: subprocess.Popen, timeout_s: float, log: IO[bytes], workers: int = 1
+    base: str,
+    proc: subprocess.Popen,
+    timeout_s: float,
+    log: IO[bytes],
+    workers: int = 1,
+    headers: Mapping[str, str] | None = None,
 ) -> None:
     """Until /ready is 200 from `workers` distinct processes (by /models' pid), or the timeout."""
     deadline = time.monotonic() + timeout_s
@@ -104,10 +122,16 @@ def _wait_ready(
             raise GatewayDidNotStart(f"gateway exited with {proc.returncode}: {_last_line(log)}")
         try:
             # a new connection each time: it may reach another worker
-            with httpx.Client(base_url=base, timeout=2) as client:
+            with httpx.Client(base_url=base, timeout=2, headers=headers) as client:
                 answer = client.get("/ready")
                 if answer.status_code == 200:
-                    ready.add(client.get("/models").json()["pid"])
+                    models = client.get("/models")
+                    if models.status_code == 401:  # a keyed gateway, and no key (or a wrong one) given
+                        raise GatewayDidNotStart(
+                            f"gateway at {base} is ready but GET /models needs an API key: "
+                            f"{models.json().get('message', 'unauthorized')}"
+                        )
+                    ready.add(models.json()["pid"])
                     if len(ready) >= workers:
                         return
                     last = f"{len(ready)} of {workers} workers ready"
@@ -128,13 +152,17 @@ def example_queries(row: Mapping[str, float]) -> dict[str, dict[str, float]]:
     }
 
 
-def call_routes(base: str, row: Mapping[str, float]) -> list[tuple[str, int, dict]]:
-    """Call the three GET routes with inputs from `row`: (curl command, status, answer) each."""
+def call_routes(
+    base: str, row: Mapping[str, float], api_key: str | None = None
+) -> list[tuple[str, int, dict]]:
+    """Call the three GET routes with inputs from `row`: (curl command, status, answer) each. The curl
+    commands name the key as $BTCFLOW_API_KEY, never the key itself."""
     out = []
-    with httpx.Client(base_url=base, timeout=30) as client:
+    auth = ' -H "Authorization: Bearer $BTCFLOW_API_KEY"' if api_key else ""
+    with httpx.Client(base_url=base, timeout=30, headers=bearer(api_key)) as client:
         for kind, query in example_queries(row).items():
             answer = client.get(f"/predict/{kind}", params=query)
             out.append(
-                (f"curl '{base}/predict/{kind}?{urlencode(query)}'", answer.status_code, answer.json())
+                (f"curl{auth} '{base}/predict/{kind}?{urlencode(query)}'", answer.status_code, answer.json())
             )
     return out

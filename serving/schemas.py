@@ -131,8 +131,8 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 ERROR_DOCS = {
-    401: "No admin token",
-    403: "Wrong admin token",
+    401: "No API key, or one unknown or revoked (no admin token, on an open gateway's /admin/reload)",
+    403: "Wrong admin token (an open gateway's /admin/reload)",
     413: "Body over BTCFLOW_MAX_BODY_BYTES, refused before it is parsed",
     422: "Bad input; `field` names it",
     500: "Unexpected error (a bug); `error_id` is in the gateway's log",

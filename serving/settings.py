@@ -31,7 +31,26 @@ class ServingSettings(BaseSettings):
         10.0, gt=0, description="Seconds between registry checks for a new Production version."
     )
     admin_token: str | None = Field(
-        None, description="Bearer token for POST /admin/reload. Unset: the route does not exist."
+        None,
+        description="Bearer token for POST /admin/reload. With api_keys_file the route takes any API key, "
+        "and this token too when set (its older form). Unset, and no keys: the route does not exist.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="The keys file `btcflow keys create` writes (names, salted HMAC-SHA256 hashes; never a "
+        "key). Set: every route but /health, /ready, the docs and the MLflow webhook needs "
+        "`Authorization: Bearer <key>` (401 otherwise), and a key revoked in the file is refused within "
+        "poll_interval_s by every worker. Unset: the gateway is open.",
+    )
+    open_metrics: bool = Field(
+        False,
+        description="With api_keys_file: true leaves GET /metrics and GET /models open (a Prometheus "
+        "scraper without a key); false needs a key for them too. No effect on an open gateway.",
+    )
+    data_dir: Path = Field(
+        Path("data"),
+        description="BTCFLOW_DATA_DIR: `btcflow keys` keeps its file in <data_dir>/gateway/api-keys.json "
+        "when api_keys_file is unset.",
     )
     max_rows: int = Field(10_000, ge=1, description="Most rows one POST may carry (more: 422).")
     max_body_bytes: int | None = Field(
@@ -108,3 +127,8 @@ class ServingSettings(BaseSettings):
     def body_limit(self) -> int:
         """The largest request body read: max_body_bytes, else room for max_rows of the widest row."""
         return self.max_body_bytes if self.max_body_bytes is not None else self.max_rows * BYTES_PER_ROW
+
+    @property
+    def keys_file(self) -> Path:
+        """Where `btcflow keys` reads and writes: api_keys_file, else <data_dir>/gateway/api-keys.json."""
+        return self.api_keys_file or self.data_dir / "gateway" / "api-keys.json"

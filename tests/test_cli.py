@@ -142,3 +142,54 @@ def test_an_error_naming_the_store_shows_no_password(tmp_path) -> None:
         "btcflow: error: MLflow tracking store http://btcflow:***@127.0.0.1:1 unreachable: "
         "[Errno 111] Connection refused"
     ), done.stderr
+
+
+# -- btcflow keys ----------------------------------------------------------------------------------------
+
+
+def test_keys_create_prints_the_key_once_and_keeps_only_its_hash(tmp_path) -> None:
+    keys_file = tmp_path / "keys.json"
+    done = btcflow("keys", "create", "ci", BTCFLOW_API_KEYS_FILE=str(keys_file))
+    assert done.returncode == 0, done.stderr
+    key = done.stdout.strip()
+    assert key.startswith("btcflow_") and "\n" not in key  # stdout is the key alone
+    assert key not in done.stderr and str(keys_file) in done.stderr
+    assert "export" not in done.stderr  # the variable is set: no hint
+    assert oct(keys_file.stat().st_mode & 0o777) == "0o600"
+    assert key[len("btcflow_") + 13 :] not in keys_file.read_text()
+
+    again = btcflow("keys", "create", "ci", BTCFLOW_API_KEYS_FILE=str(keys_file))
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "ci" in again.stderr
+    listed = btcflow("keys", "list", BTCFLOW_API_KEYS_FILE=str(keys_file))
+    assert listed.returncode == 0 and "ci" in listed.stdout and "active" in listed.stdout
+    record = json.loads(keys_file.read_text())["keys"][0]
+    for secret in (key, record["hash"], record["salt"]):
+        assert secret not in listed.stdout + listed.stderr
+
+
+def test_keys_default_to_the_data_dir_and_say_how_to_point_the_gateway_at_them(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "BTCFLOW_API_KEYS_FILE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "btcflow.cli", "keys", "create", "ci"],
+        env={**env, "BTCFLOW_DATA_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    path = tmp_path / "gateway" / "api-keys.json"
+    assert path.exists() and f"export BTCFLOW_API_KEYS_FILE={path}" in done.stderr
+
+
+def test_keys_revoke_marks_the_key_and_an_unknown_name_is_one_line_and_exit_2(tmp_path) -> None:
+    keys_file = str(tmp_path / "keys.json")
+    assert btcflow("keys", "create", "ci", BTCFLOW_API_KEYS_FILE=keys_file).returncode == 0
+    done = btcflow("keys", "revoke", "ci", BTCFLOW_API_KEYS_FILE=keys_file)
+    assert done.returncode == 0 and "revoked" in done.stdout
+    listed = btcflow("keys", "list", BTCFLOW_API_KEYS_FILE=keys_file).stdout
+    assert "revoked" in listed and "active" not in listed
+    unknown = btcflow("keys", "revoke", "nope", BTCFLOW_API_KEYS_FILE=keys_file)
+    assert unknown.returncode == 2
+    lines = unknown.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("btcflow: error: no key named nope"), lines

@@ -16,6 +16,7 @@ from btcflow.cli import (
     consume,
     demo,
     hdfs,
+    keys,
     monitor,
     produce,
     serve,
@@ -64,7 +65,7 @@ def _root(
         raise typer.BadParameter(str(exc)) from None
 
 
-for module in (broker, produce, consume, spark, hdfs, tracking, stack, train, serve, monitor, demo):
+for module in (broker, produce, consume, spark, hdfs, tracking, stack, train, serve, keys, monitor, demo):
     module.register(app)
 
 
