@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.credentials import Credential
 from core.errors import BadInput
 from core.storage import Storage, open_storage
 from pipeline import defaults
@@ -88,6 +89,22 @@ class PipelineSettings(BaseSettings):
     broker_heap: str = Field(
         defaults.BROKER_HEAP, description="JVM heap (-Xmx) of each node of the embedded cluster."
     )
+    broker_auth: bool = Field(
+        False,
+        description="The embedded cluster requires authentication (SASL/SCRAM-SHA-512) and ACLs, from its "
+        "first start (`btcflow broker start --auth` overrides it): users admin, producer, consumer, "
+        "monitor and gateway, their passwords kept in <broker home>/credentials/<user> (0600).",
+    )
+    kafka_username: str | None = Field(
+        None,
+        description="The Kafka user btcflow's clients log in as (SASL/SCRAM-SHA-512), with "
+        "BTCFLOW_KAFKA_PASSWORD. Unset: on an embedded cluster that requires authentication, each command "
+        "uses its role's kept credential (produce: producer, consume: consumer, monitor: monitor); "
+        "otherwise no login.",
+    )
+    kafka_password: SecretStr | None = Field(
+        None, description="The password of BTCFLOW_KAFKA_USERNAME (never shown)."
+    )
 
     @property
     def embedded(self) -> bool:
@@ -100,6 +117,18 @@ class PipelineSettings(BaseSettings):
             return self.kafka_bootstrap
         cluster = self.embedded_cluster()  # a member node: this host's node; the others are the other hosts'
         return cluster.bootstrap
+
+    def kafka_credential(self, role: str) -> Credential | None:
+        """Who a client of `role` (services.kafka.auth.ROLES, or admin) logs in as: BTCFLOW_KAFKA_USERNAME
+        and its password when set, else the role's kept credential on an embedded cluster that requires
+        authentication, else nobody (an open cluster)."""
+        if self.kafka_username:
+            if self.kafka_password is None:
+                raise BadInput("BTCFLOW_KAFKA_USERNAME is set without BTCFLOW_KAFKA_PASSWORD")
+            return Credential(self.kafka_username, self.kafka_password.get_secret_value())
+        if not self.embedded:
+            return None
+        return self.embedded_cluster().credential(role)
 
     @property
     def batch_dir(self) -> Path:
@@ -135,6 +164,7 @@ class PipelineSettings(BaseSettings):
                 self.broker_port,
                 self.broker_heap,
                 self.broker_host or defaults.BROKER_HOST,
+                auth=self.broker_auth,
             )
         if node_id is None or cluster_id is None:
             raise BadInput(
@@ -150,4 +180,5 @@ class PipelineSettings(BaseSettings):
             port=port,
             heap=self.broker_heap,
             host=self.broker_host,
+            auth=self.broker_auth,
         )

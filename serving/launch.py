@@ -47,6 +47,8 @@ def environment(settings: ServingSettings) -> dict[str, str]:
         ("BTCFLOW_WEBHOOK_SECRET", settings.webhook_secret),
         ("BTCFLOW_WEBHOOK_URL", settings.webhook_url),
         ("BTCFLOW_PREDICTION_TOPIC", settings.prediction_topic),
+        ("BTCFLOW_KAFKA_USERNAME", settings.kafka_username),
+        ("BTCFLOW_KAFKA_PASSWORD", settings.kafka_password and settings.kafka_password.get_secret_value()),
     ):
         if value:
             env[name] = value
