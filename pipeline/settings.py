@@ -89,11 +89,12 @@ class PipelineSettings(BaseSettings):
     broker_heap: str = Field(
         defaults.BROKER_HEAP, description="JVM heap (-Xmx) of each node of the embedded cluster."
     )
-    broker_auth: bool = Field(
-        False,
-        description="The embedded cluster requires authentication (SASL/SCRAM-SHA-512) and ACLs, from its "
-        "first start (`btcflow broker start --auth` overrides it): users admin, producer, consumer, "
-        "monitor and gateway, their passwords kept in <broker home>/credentials/<user> (0600).",
+    broker_auth: bool | None = Field(
+        None,
+        description="true: the embedded cluster requires authentication (SASL/SCRAM-SHA-512) and ACLs, from "
+        "its first start (`btcflow broker start --auth` sets it): users admin, producer, consumer, monitor "
+        "and gateway, their passwords kept in <broker home>/credentials/<user> (0600). Unset: as the "
+        "cluster was first started, else off. It cannot change once the storage is formatted.",
     )
     kafka_username: str | None = Field(
         None,
@@ -157,21 +158,22 @@ class PipelineSettings(BaseSettings):
         if voters is None and (recorded := recorded_member(self.broker_home)) is not None:
             node_id, voters, cluster_id, port = recorded  # the node this home was started as (stop, status)
         if voters is None:
-            return EmbeddedCluster(
+            cluster = EmbeddedCluster(
                 self.broker_home,
                 self.kafka_jars,
                 self.broker_nodes,
                 self.broker_port,
                 self.broker_heap,
                 self.broker_host or defaults.BROKER_HOST,
-                auth=self.broker_auth,
+                auth=bool(self.broker_auth),
             )
+            return self._with_auth(cluster)
         if node_id is None or cluster_id is None:
             raise BadInput(
                 "a node of a cluster spread over hosts needs its node id and the cluster's id "
                 "(--node-id and --cluster-id, or BTCFLOW_BROKER_NODE_ID and BTCFLOW_BROKER_CLUSTER_ID)"
             )
-        return MemberNode(
+        member = MemberNode(
             self.broker_home,
             self.kafka_jars,
             node_id,
@@ -180,5 +182,12 @@ class PipelineSettings(BaseSettings):
             port=port,
             heap=self.broker_heap,
             host=self.broker_host,
-            auth=self.broker_auth,
+            auth=bool(self.broker_auth),
         )
+        return self._with_auth(member)
+
+    def _with_auth(self, cluster: EmbeddedCluster) -> EmbeddedCluster:
+        """Unless BTCFLOW_BROKER_AUTH says, a cluster keeps the authentication it was formatted with."""
+        if self.broker_auth is None:
+            cluster.auth = bool(cluster.formatted_auth())
+        return cluster
