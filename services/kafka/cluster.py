@@ -247,9 +247,13 @@ class EmbeddedCluster:
             client.close()
 
     def _cluster_id(self) -> str:
-        """The id every node is formatted with, chosen once per home (before any node is formatted)."""
+        """The id every node is formatted with, chosen once per home (before any node is formatted).
+        Until a node is formatted, the record follows the authentication asked for."""
         with contextlib.suppress(FileNotFoundError):
-            return str(json.loads(self._record.read_text())["cluster_id"])
+            record = json.loads(self._record.read_text())
+            if record.get("auth", False) != self.auth and not any(n.formatted for n in self.members):
+                self._record.write_text(json.dumps(record | {"auth": self.auth}) + "\n")
+            return str(record["cluster_id"])
         self.home.mkdir(parents=True, exist_ok=True)
         cid = new_cluster_id()
         record = {"nodes": self.nodes, "cluster_id": cid, "auth": self.auth}

@@ -4,6 +4,10 @@ Each host starts its own node with the same quorum (`controller.quorum.voters`, 
 node's controller) and the same cluster id; the node listens on, and advertises, its own host's address.
 A node becomes ready only once a majority of the voters runs, so the hosts start their nodes together.
 `<home>/cluster.json` records the cluster id, the voters and the node id the storage was formatted with.
+
+With authentication (`auth`), every node logs in to the others as the same `admin`: copy the first host's
+`<home>/credentials/` folder (0700, its files 0600) to every other host's home before that host's first
+start; a host that finds none makes its own passwords, and its node is then refused by the others.
 """
 
 from __future__ import annotations
