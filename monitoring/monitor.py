@@ -38,6 +38,7 @@ from monitoring.windows import RollingLog, live
 from pipeline.broker import ensure_topic
 from pipeline.settings import PipelineSettings
 from services.kafka.admin import admin_client
+from services.kafka.auth import MONITOR
 from training.settings import TrainingSettings
 from training.specs import SPECS
 
@@ -159,7 +160,9 @@ class Monitor:
         stop: threading.Event,
     ) -> str | None:
         """Poll, score, publish until a bound holds or `stop` is set; the bound that ended it, if one did."""
-        ensure_topic(self.pipeline.bootstrap, self.pipeline.topic, self.pipeline.partitions)  # exit 3 fast
+        credential = self.pipeline.kafka_credential(MONITOR)
+        pipeline = self.pipeline
+        ensure_topic(pipeline.bootstrap, pipeline.topic, pipeline.partitions, credential)  # exit 3 fast
         where = "its beginning" if from_beginning else "the group's offsets (a new group: the end)"
         self.report(f"reading {self.pipeline.topic} as group {self.settings.group} from {where}")
         ended: str | None = None
@@ -193,7 +196,8 @@ class Monitor:
                     break
                 if silent >= PROBE_S and now - last_probe >= PROBE_S:
                     last_probe = now
-                    admin_client(self.pipeline.bootstrap).close()  # gone: BrokerUnavailable, exit 3
+                    # gone: BrokerUnavailable, exit 3
+                    admin_client(self.pipeline.bootstrap, credential=credential).close()
             self._publish(stream, final=True)
         return ended
 

@@ -17,13 +17,15 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import AuthorizationError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from core.dataset import COLUMNS
 from core.errors import BrokerUnavailable
 from pipeline.messages import parse_values
 from pipeline.settings import PipelineSettings
+from services.kafka.auth import MONITOR
+from services.kafka.clients import connect_error, refused, sasl_options
 
 log = logging.getLogger("monitoring")
 
@@ -82,6 +84,7 @@ class Stream:
         self.settings = settings
         self.group = group
         self.from_beginning = from_beginning
+        self.credential = settings.kafka_credential(MONITOR)
         self.consumer: KafkaConsumer | None = None
         self.position: dict[TopicPartition, int] = {}
         self.released: dict[TopicPartition, int] = {}  # revoked, kept until the assignment that follows
@@ -102,12 +105,11 @@ class Stream:
                 metrics_enabled=False,
                 bootstrap_timeout_ms=5_000,
                 request_timeout_ms=30_000,
+                **sasl_options(self.credential),
             )
             self.consumer.subscribe([self.settings.topic], listener=_Seats(self))
         except KafkaError as exc:
-            raise BrokerUnavailable(
-                f"Kafka not reachable at {self.settings.bootstrap} ({type(exc).__name__})"
-            ) from exc
+            raise connect_error(self.settings.bootstrap, exc, self.credential) from exc
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -124,6 +126,9 @@ class Stream:
         assert self.consumer is not None
         try:
             polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
+        except AuthorizationError as exc:
+            what = f"reading {self.settings.topic} in group {self.group}"
+            raise refused(self.settings.bootstrap, exc, self.credential, what) from exc
         except KafkaError as exc:
             detail = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise BrokerUnavailable(

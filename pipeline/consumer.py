@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
+from kafka.errors import AuthorizationError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from core.errors import BrokerUnavailable
@@ -33,6 +33,8 @@ from pipeline.messages import Rejected, parse_values, text
 from pipeline.settings import PipelineSettings
 from pipeline.store import BatchStore, Format, StaleBatch
 from services.kafka.admin import admin_client
+from services.kafka.auth import CONSUMER
+from services.kafka.clients import refused
 
 log = logging.getLogger("pipeline")
 
@@ -72,6 +74,7 @@ class BatchingConsumer:
         from_beginning: bool = False,
     ) -> None:
         self.settings = settings
+        self.credential = settings.kafka_credential(CONSUMER)
         self.store = store
         self.clock = clock
         self.group_id = group_id
@@ -99,7 +102,7 @@ class BatchingConsumer:
         assigned = consumer.assignment()
         if not assigned:
             return
-        self.topic_id = topic_id(self.settings.bootstrap, self.settings.topic)
+        self.topic_id = topic_id(self.settings.bootstrap, self.settings.topic, self.credential)
         starts = start_offsets(
             consumer,
             assigned,
@@ -205,9 +208,13 @@ class BatchingConsumer:
                         break
                     if silent >= PROBE_S and now - last_probe >= PROBE_S:
                         last_probe = now
-                        admin_client(self.settings.bootstrap).close()  # gone: BrokerUnavailable, exit 3
+                        # gone: BrokerUnavailable, exit 3
+                        admin_client(self.settings.bootstrap, credential=self.credential).close()
                     bar.update(self.rows_read, batches=self.batches, rejected=self.rejected)
                 bar.update(self.rows_read, batches=self.batches, rejected=self.rejected)
+        except AuthorizationError as exc:  # the group or the topic is not this user's: exit 2
+            what = f"reading {self.settings.topic} in group {self.group_id}"
+            raise refused(self.settings.bootstrap, exc, self.credential, what) from exc
         except KafkaError as exc:  # poll, offsets: an infrastructure failure is exit 3, not a bug
             detail = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise BrokerUnavailable(
@@ -245,7 +252,8 @@ def consume(
     """
     policy = BatchPolicy(batch_rows, window_s)
     store = BatchStore(out_dir, fmt)
-    ensure_topic(settings.bootstrap, settings.topic, settings.partitions)  # BrokerUnavailable in seconds
+    # BrokerUnavailable in seconds (BrokerAuthFailed when the cluster does not accept the credential)
+    ensure_topic(settings.bootstrap, settings.topic, settings.partitions, settings.kafka_credential(CONSUMER))
     member = BatchingConsumer(
         settings, store, policy, group_id or settings.consumer_group, from_beginning=from_beginning
     )

@@ -15,8 +15,10 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError, UnknownError
 
-from core.errors import BrokerUnavailable
+from core.credentials import Credential
+from core.errors import AccessRefused
 from pipeline.records import compression
+from services.kafka.clients import connect_error, sasl_options, who
 
 DELIVERY_TIMEOUT_S = 120.0  # Kafka's default delivery.timeout.ms
 REQUEST_TIMEOUT_S = 30.0  # Kafka's default request.timeout.ms
@@ -31,7 +33,9 @@ def backstop(deadline_s: float) -> float:
     return deadline_s + min(REQUEST_TIMEOUT_S, deadline_s / 2) + 5.0
 
 
-def kafka_producer(bootstrap: str, deadline_s: float = DELIVERY_TIMEOUT_S) -> KafkaProducer:
+def kafka_producer(
+    bootstrap: str, deadline_s: float = DELIVERY_TIMEOUT_S, credential: Credential | None = None
+) -> KafkaProducer:
     """The producer every replay uses: durable (acks=all, idempotent) and batched for speed.
 
     Retries are unbounded and the delivery timeout bounds them, as in Kafka's Java client; the
@@ -57,9 +61,10 @@ def kafka_producer(bootstrap: str, deadline_s: float = DELIVERY_TIMEOUT_S) -> Ka
             max_request_size=4 * 1024 * 1024,
             compression_type=compression(),
             bootstrap_timeout_ms=5_000,
+            **sasl_options(credential),
         )
     except KafkaError as exc:
-        raise BrokerUnavailable(f"Kafka not reachable at {bootstrap} ({type(exc).__name__})") from exc
+        raise connect_error(bootstrap, exc, credential) from exc
 
 
 class SendWindow:
@@ -118,6 +123,20 @@ def close(producer: KafkaProducer, abandon: bool, timeout_s: float = 10.0) -> No
         sender.join(timeout_s)
     with contextlib.suppress(KafkaError):
         producer.close(timeout=0)
+
+
+def refusal(
+    bootstrap: str, topic: str, error: BaseException, credential: Credential | None
+) -> AccessRefused | None:
+    """The failure of a user whose role may not write `topic`, else None. An idempotent producer with
+    no WRITE anywhere is refused its producer id first (ClusterAuthorizationFailed, which kafka-python
+    reports as a plain KafkaError naming it); with WRITE elsewhere, the topic (TopicAuthorizationFailed)."""
+    text = f"{type(error).__name__} {error}"
+    for kind in ("TopicAuthorizationFailed", "ClusterAuthorizationFailed"):
+        if kind in text:
+            what = f"{who(credential)} writing to {topic}"
+            return AccessRefused(f"Kafka at {bootstrap} refused {what} ({kind})")
+    return None
 
 
 def failure_line(bootstrap: str, error: BaseException, deadline_s: float) -> str:

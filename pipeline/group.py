@@ -16,13 +16,16 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import KafkaError
+from kafka.errors import AuthorizationError, KafkaError
 
+from core.credentials import Credential
 from core.dataset import BatchEntry, resume_offsets
 from core.errors import BrokerUnavailable
 from pipeline.errors import OffsetMismatch
 from pipeline.settings import PipelineSettings
 from services.kafka.admin import admin_client
+from services.kafka.auth import CONSUMER
+from services.kafka.clients import connect_error, refused, sasl_options
 
 log = logging.getLogger("pipeline")
 
@@ -53,6 +56,7 @@ class Rebalances(ConsumerRebalanceListener):
 def open_consumer(settings: PipelineSettings, group_id: str, listener: Rebalances) -> KafkaConsumer:
     """A member of `group_id` subscribed to the topic, with offsets committed by hand and no silent
     offset reset: every position is set by `start_offsets` after checking it against the topic."""
+    credential = settings.kafka_credential(CONSUMER)
     try:
         consumer = KafkaConsumer(
             bootstrap_servers=settings.bootstrap,
@@ -71,21 +75,22 @@ def open_consumer(settings: PipelineSettings, group_id: str, listener: Rebalance
             metrics_enabled=False,
             bootstrap_timeout_ms=5000,
             request_timeout_ms=30_000,
+            **sasl_options(credential),
         )
         listener.consumer = consumer
         consumer.subscribe([settings.topic], listener=listener)
     except KafkaError as exc:
-        raise BrokerUnavailable(
-            f"Kafka not reachable at {settings.bootstrap} ({type(exc).__name__})"
-        ) from exc
+        raise connect_error(settings.bootstrap, exc, credential) from exc
     return consumer
 
 
-def topic_id(bootstrap: str, topic: str) -> str | None:
+def topic_id(bootstrap: str, topic: str, credential: Credential | None = None) -> str | None:
     """The topic's id (a new one each time a topic of that name is created); None if not reported."""
-    admin = admin_client(bootstrap)
+    admin = admin_client(bootstrap, credential=credential)
     try:
         described = admin.describe_topics([topic])
+    except AuthorizationError as exc:
+        raise refused(bootstrap, exc, credential, f"describing {topic}") from exc
     except KafkaError as exc:
         raise BrokerUnavailable(f"Kafka at {bootstrap} did not describe {topic}: {exc}") from exc
     finally:

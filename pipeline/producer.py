@@ -28,6 +28,7 @@ from pipeline.replay import Pacing, ProduceSummary, Progress, Replay, parse_jitt
 from pipeline.resume import Resume, resume_points
 from pipeline.settings import PipelineSettings
 from pipeline.slices import Slice, slices
+from services.kafka.auth import PRODUCER
 
 __all__ = ["Pacing", "ProduceSummary", "parse_jitter", "produce"]  # what the CLI, demo and bench use
 
@@ -59,16 +60,18 @@ def produce(
     if pacing.limit is not None and workers > 1:
         log.info("--limit takes the first rows of the file: one worker")
         workers = 1
-    partitions = ensure_topic(settings.bootstrap, settings.topic, max(settings.partitions, workers))
-    ensure_topic(settings.bootstrap, f"{settings.topic}.dlq", 1)
+    credential = settings.kafka_credential(PRODUCER)
+    bootstrap = settings.bootstrap
+    partitions = ensure_topic(bootstrap, settings.topic, max(settings.partitions, workers), credential)
+    ensure_topic(bootstrap, f"{settings.topic}.dlq", 1, credential)
     if partitions < workers and not resume:  # --resume refuses it below, in one line
         log.warning("topic %s has %d partition(s) for %d workers", settings.topic, partitions, workers)
     header, parts = slices(path, workers, partitions)
     if resume:
-        resumes = resume_points(settings.bootstrap, settings.topic, parts, backstop(deadline_s))
+        resumes = resume_points(bootstrap, settings.topic, parts, backstop(deadline_s), credential)
     else:
         resumes = [Resume() for _ in parts]
-    job = Replay(settings.bootstrap, settings.topic, path, header, pacing, bulk, deadline_s)
+    job = Replay(bootstrap, settings.topic, path, header, pacing, bulk, deadline_s, credential)
     by_rows = pacing.limit is not None  # the bar counts rows under --limit, else bytes
     total = pacing.limit if pacing.limit is not None else path.stat().st_size
     bar = RowProgress(progress, "producing", total=total, transient=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 from kafka.errors import KafkaError
 
+from core.credentials import Credential
 from core.errors import BadInput, BrokerUnavailable
 from pipeline.delivery import (
     DELIVERY_TIMEOUT_S,
@@ -28,6 +29,7 @@ from pipeline.delivery import (
     failure_line,
     flush,
     kafka_producer,
+    refusal,
 )
 from pipeline.records import BulkAppender
 from pipeline.resume import Resume
@@ -97,6 +99,7 @@ class Replay:
     pacing: Pacing = Pacing()
     bulk: bool = True  # False: every row through `KafkaProducer.send` (the benchmark's comparison)
     deadline_s: float = DELIVERY_TIMEOUT_S  # Kafka's delivery timeout: past it the run stops
+    credential: Credential | None = None  # who the producer logs in as (None: an open cluster)
 
 
 def send_slice(
@@ -123,7 +126,7 @@ def send_slice(
     paced_from: float | None = None
     wait_s = backstop(job.deadline_s)
     window = SendWindow(wait_s)
-    producer = kafka_producer(job.bootstrap, job.deadline_s)
+    producer = kafka_producer(job.bootstrap, job.deadline_s, job.credential)
     appender = (
         BulkAppender(producer, topic, part.partition, wait_s)
         if job.bulk and BulkAppender.supported(producer)
@@ -213,6 +216,9 @@ def send_slice(
     finally:
         close(producer, abandon)
     if failures:
+        refused = refusal(job.bootstrap, topic, failures[0], job.credential)
+        if refused is not None:
+            raise refused
         raise BrokerUnavailable(failure_line(job.bootstrap, failures[0], job.deadline_s))
     on_progress(sent, rejected, skipped + skipped_dead, read_bytes)
     return ProduceSummary(sent, rejected, time.monotonic() - started, skipped, skipped_dead)

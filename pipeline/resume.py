@@ -12,10 +12,12 @@ import time
 from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import AuthorizationError, KafkaError, KafkaTimeoutError
 
+from core.credentials import Credential
 from core.errors import BadInput, BrokerUnavailable
 from pipeline.slices import Slice
+from services.kafka.clients import connect_error, refused, sasl_options
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,9 @@ class Resume:
     dead_lines: frozenset[int] = field(default_factory=frozenset)
 
 
-def resume_points(bootstrap: str, topic: str, parts: list[Slice], timeout_s: float) -> list[Resume]:
+def resume_points(
+    bootstrap: str, topic: str, parts: list[Slice], timeout_s: float, credential: Credential | None = None
+) -> list[Resume]:
     """One Resume per slice, read from the topic and `<topic>.dlq` before anything is sent.
 
     Refused (BadInput) when slices share a partition (more workers than partitions: the partition's
@@ -39,11 +43,13 @@ def resume_points(bootstrap: str, topic: str, parts: list[Slice], timeout_s: flo
             f"--resume needs one partition per worker, and {topic} has {len(set(partitions))} "
             f"for {len(parts)} workers: rerun with --workers {len(set(partitions))}"
         )
-    consumer = _consumer(bootstrap)
+    consumer = _consumer(bootstrap, credential)
     try:
         deadline = time.monotonic() + timeout_s
         last = _last_keys(consumer, topic, deadline)
         dead = _dlq_lines(consumer, f"{topic}.dlq", deadline)
+    except AuthorizationError as exc:
+        raise refused(bootstrap, exc, credential, f"reading {topic} or {topic}.dlq for --resume") from exc
     except KafkaError as exc:
         raise BrokerUnavailable(f"Kafka at {bootstrap} did not say where {topic} ends ({exc})") from exc
     finally:
@@ -64,7 +70,7 @@ def resume_points(bootstrap: str, topic: str, parts: list[Slice], timeout_s: flo
     return resumes
 
 
-def _consumer(bootstrap: str) -> KafkaConsumer:
+def _consumer(bootstrap: str, credential: Credential | None) -> KafkaConsumer:
     try:
         return KafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -73,9 +79,10 @@ def _consumer(bootstrap: str) -> KafkaConsumer:
             enable_auto_commit=False,
             max_poll_records=50_000,
             bootstrap_timeout_ms=5_000,
+            **sasl_options(credential),
         )
     except KafkaError as exc:
-        raise BrokerUnavailable(f"Kafka not reachable at {bootstrap} ({type(exc).__name__})") from exc
+        raise connect_error(bootstrap, exc, credential) from exc
 
 
 def _ends(consumer: KafkaConsumer, topic: str) -> dict[TopicPartition, tuple[int, int]]:

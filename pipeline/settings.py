@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.credentials import Credential
 from core.errors import BadInput
 from core.storage import Storage, open_storage
 from pipeline import defaults
@@ -88,6 +89,23 @@ class PipelineSettings(BaseSettings):
     broker_heap: str = Field(
         defaults.BROKER_HEAP, description="JVM heap (-Xmx) of each node of the embedded cluster."
     )
+    broker_auth: bool | None = Field(
+        None,
+        description="true: the embedded cluster requires authentication (SASL/SCRAM-SHA-512) and ACLs, from "
+        "its first start (`btcflow broker start --auth` sets it): users admin, producer, consumer, monitor "
+        "and gateway, their passwords kept in <broker home>/credentials/<user> (0600). Unset: as the "
+        "cluster was first started, else off. It cannot change once the storage is formatted.",
+    )
+    kafka_username: str | None = Field(
+        None,
+        description="The Kafka user btcflow's clients log in as (SASL/SCRAM-SHA-512), with "
+        "BTCFLOW_KAFKA_PASSWORD. Unset: on an embedded cluster that requires authentication, each command "
+        "uses its role's kept credential (produce: producer, consume: consumer, monitor: monitor); "
+        "otherwise no login.",
+    )
+    kafka_password: SecretStr | None = Field(
+        None, description="The password of BTCFLOW_KAFKA_USERNAME (never shown)."
+    )
 
     @property
     def embedded(self) -> bool:
@@ -100,6 +118,18 @@ class PipelineSettings(BaseSettings):
             return self.kafka_bootstrap
         cluster = self.embedded_cluster()  # a member node: this host's node; the others are the other hosts'
         return cluster.bootstrap
+
+    def kafka_credential(self, role: str) -> Credential | None:
+        """Who a client of `role` (services.kafka.auth.ROLES, or admin) logs in as: BTCFLOW_KAFKA_USERNAME
+        and its password when set, else the role's kept credential on an embedded cluster that requires
+        authentication, else nobody (an open cluster)."""
+        if self.kafka_username:
+            if self.kafka_password is None:
+                raise BadInput("BTCFLOW_KAFKA_USERNAME is set without BTCFLOW_KAFKA_PASSWORD")
+            return Credential(self.kafka_username, self.kafka_password.get_secret_value())
+        if not self.embedded:
+            return None
+        return self.embedded_cluster().credential(role)
 
     @property
     def batch_dir(self) -> Path:
@@ -128,20 +158,22 @@ class PipelineSettings(BaseSettings):
         if voters is None and (recorded := recorded_member(self.broker_home)) is not None:
             node_id, voters, cluster_id, port = recorded  # the node this home was started as (stop, status)
         if voters is None:
-            return EmbeddedCluster(
+            cluster = EmbeddedCluster(
                 self.broker_home,
                 self.kafka_jars,
                 self.broker_nodes,
                 self.broker_port,
                 self.broker_heap,
                 self.broker_host or defaults.BROKER_HOST,
+                auth=bool(self.broker_auth),
             )
+            return self._with_auth(cluster)
         if node_id is None or cluster_id is None:
             raise BadInput(
                 "a node of a cluster spread over hosts needs its node id and the cluster's id "
                 "(--node-id and --cluster-id, or BTCFLOW_BROKER_NODE_ID and BTCFLOW_BROKER_CLUSTER_ID)"
             )
-        return MemberNode(
+        member = MemberNode(
             self.broker_home,
             self.kafka_jars,
             node_id,
@@ -150,4 +182,12 @@ class PipelineSettings(BaseSettings):
             port=port,
             heap=self.broker_heap,
             host=self.broker_host,
+            auth=bool(self.broker_auth),
         )
+        return self._with_auth(member)
+
+    def _with_auth(self, cluster: EmbeddedCluster) -> EmbeddedCluster:
+        """Unless BTCFLOW_BROKER_AUTH says, a cluster keeps the authentication it was formatted with."""
+        if self.broker_auth is None:
+            cluster.auth = bool(cluster.formatted_auth())
+        return cluster

@@ -52,7 +52,11 @@ def create_app(settings: ServingSettings, gateway: Gateway | None = None) -> Fas
     prediction_log = None
     if settings.prediction_topic:
         prediction_log = PredictionLog(
-            settings.prediction_topic, settings.kafka_bootstrap, settings.prediction_queue, metrics
+            settings.prediction_topic,
+            settings.kafka_bootstrap,
+            settings.prediction_queue,
+            metrics,
+            settings.kafka_credential,
         )
 
     def answered(loaded: Loaded, inputs: dict[str, Any], outputs: dict[str, list[Any]], rows: int) -> None:

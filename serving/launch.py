@@ -50,6 +50,8 @@ def environment(settings: ServingSettings) -> dict[str, str]:
         ("BTCFLOW_WEBHOOK_URL", settings.webhook_url),
         ("BTCFLOW_PREDICTION_TOPIC", settings.prediction_topic),
         ("BTCFLOW_API_KEYS_FILE", str(settings.api_keys_file) if settings.api_keys_file else None),
+        ("BTCFLOW_KAFKA_USERNAME", settings.kafka_username),
+        ("BTCFLOW_KAFKA_PASSWORD", settings.kafka_password and settings.kafka_password.get_secret_value()),
     ):
         if value:
             env[name] = value

@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from core.credentials import Credential
 from serving.metrics import Metrics
 
 log = logging.getLogger("serving")
@@ -41,6 +42,7 @@ log = logging.getLogger("serving")
 TICK_S = 0.05  # how often the pump looks at the queue: a message's latency, not a request's
 FLUSH_S = 5.0  # at stop, the most the publisher waits for the broker to acknowledge what it holds
 RESTART_S = 5.0  # before starting a publisher again after one died
+USERNAME_VAR, PASSWORD_VAR = "BTCFLOW_KAFKA_USERNAME", "BTCFLOW_KAFKA_PASSWORD"  # the publisher's login
 PIPE_BYTES = 1 << 20  # the pipe to the publisher: about 8,000 messages in flight, where Linux allows it
 ROOT = Path(__file__).resolve().parents[1]  # the folder holding the `serving` package, for the publisher
 
@@ -75,8 +77,16 @@ def messages(item: Answered) -> list[bytes]:
 class PredictionLog:
     """Answered predictions to `topic`, pumped to a publisher process between `start()` and `stop()`."""
 
-    def __init__(self, topic: str, bootstrap: str, capacity: int, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        topic: str,
+        bootstrap: str,
+        capacity: int,
+        metrics: Metrics | None = None,
+        credential: Credential | None = None,
+    ) -> None:
         self.topic = topic
+        self.credential = credential
         self.bootstrap = bootstrap
         self.capacity = capacity
         self.metrics = metrics or Metrics()
@@ -148,7 +158,9 @@ class PredictionLog:
             publisher = self._publisher = None
             self._restart_at = time.monotonic() + RESTART_S
         if publisher is None and time.monotonic() >= self._restart_at and not self._stopping:
-            publisher = self._publisher = PublisherProcess(self.topic, self.bootstrap, self.capacity)
+            publisher = self._publisher = PublisherProcess(
+                self.topic, self.bootstrap, self.capacity, self.credential
+            )
         if taken:
             lines = [m for item in taken for m in messages(item)]
             if publisher is None or not publisher.hand_over(lines):  # gone, or `capacity` lines behind
@@ -168,9 +180,15 @@ class PredictionLog:
 class PublisherProcess:
     """One `python -m serving.publisher` process, what is still to be written to it, and its counts."""
 
-    def __init__(self, topic: str, bootstrap: str, capacity: int) -> None:
+    def __init__(
+        self, topic: str, bootstrap: str, capacity: int, credential: Credential | None = None
+    ) -> None:
         paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+        env.pop(USERNAME_VAR, None)
+        env.pop(PASSWORD_VAR, None)
+        if credential is not None:  # through the environment: a password never goes on a command line
+            env |= {USERNAME_VAR: credential.username, PASSWORD_VAR: credential.password}
         cmd = [sys.executable, "-m", "serving.publisher", topic, bootstrap, str(capacity), str(FLUSH_S)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0)
         assert self.proc.stdin is not None and self.proc.stdout is not None

@@ -7,6 +7,9 @@ Here it runs beside the gateway on its own interpreter; the gateway only writes 
 
     python -m serving.publisher TOPIC BOOTSTRAP CAPACITY FLUSH_S
 
+It logs in as BTCFLOW_KAFKA_USERNAME / BTCFLOW_KAFKA_PASSWORD from its environment when both are set (the
+gateway's `gateway` user on a cluster that requires authentication), never from its command line.
+
 Reads newline-separated messages until stdin closes, then sends what it holds, waits up to FLUSH_S for the
 broker to acknowledge it, and exits. Reports cumulative `<sent> <dropped>` lines on stdout whenever they
 change. A broker that does not answer is tried again every RETRY_S; what arrives meanwhile, and what exceeds
@@ -31,6 +34,9 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.codec import has_lz4
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from core.credentials import Credential, from_environment
+from services.kafka.clients import connect_error, sasl_options
+
 log = logging.getLogger("serving")
 
 TICK_S = 0.05  # between looks at stdin when nothing arrives: acknowledgements are counted this often
@@ -40,20 +46,29 @@ DELIVERY_TIMEOUT_S = 30.0  # a message the broker has not acknowledged by then i
 READ_BYTES = 1 << 20
 
 
-def connect(topic: str, bootstrap: str) -> tuple[KafkaProducer | None, list[int]]:
+def connect(
+    topic: str, bootstrap: str, credential: Credential | None = None
+) -> tuple[KafkaProducer | None, list[int], str]:
     """A producer and the topic's partitions, the topic created if missing (the embedded broker creates
-    none by itself); (None, []) when the broker does not answer."""
+    none by itself); (None, [], why) when the broker does not answer, does not accept the credential, or
+    refuses the user the topic."""
+    login = sasl_options(credential)
     try:
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap,
             client_id="btcflow-gateway-log",
             bootstrap_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
             request_timeout_ms=int(CONNECT_TIMEOUT_S * 1000),
+            **login,
         )
+    except KafkaError as exc:
+        return None, [], str(connect_error(bootstrap, exc, credential))
+    try:
         try:
-            brokers = len(admin.describe_cluster()["brokers"]) or 1
-            with contextlib.suppress(TopicAlreadyExistsError):
-                admin.create_topics({topic: {"num_partitions": 1, "replication_factor": min(3, brokers)}})
+            if topic not in admin.list_topics():
+                brokers = len(admin.describe_cluster()["brokers"]) or 1
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics({topic: {"num_partitions": 1, "replication_factor": min(3, brokers)}})
         finally:
             admin.close()
         producer = KafkaProducer(
@@ -70,22 +85,26 @@ def connect(topic: str, bootstrap: str) -> tuple[KafkaProducer | None, list[int]
             delivery_timeout_ms=int(DELIVERY_TIMEOUT_S * 1000),
             reconnect_backoff_max_ms=1_000,
             metrics_enabled=False,
+            **login,
         )
-    except KafkaError:
-        return None, []
+    except KafkaError as exc:
+        return None, [], f"Kafka at {bootstrap}: {exc}"
     try:
-        return producer, sorted(producer.partitions_for(topic))
-    except KafkaError:
+        return producer, sorted(producer.partitions_for(topic)), ""
+    except KafkaError as exc:
         with contextlib.suppress(KafkaError):
             producer.close(timeout=0)
-        return None, []
+        return None, [], f"Kafka at {bootstrap}: {exc}"
 
 
 class Publisher:
     """Sends lines to the topic, counting what the broker acknowledged and what it never will."""
 
-    def __init__(self, topic: str, bootstrap: str, capacity: int) -> None:
+    def __init__(
+        self, topic: str, bootstrap: str, capacity: int, credential: Credential | None = None
+    ) -> None:
         self.topic, self.bootstrap, self.capacity = topic, bootstrap, capacity
+        self.credential = credential
         self.sent = self.dropped = 0
         self.producer: KafkaProducer | None = None
         self.partitions: list[int] = []
@@ -95,15 +114,11 @@ class Publisher:
 
     def publish(self, lines: list[bytes]) -> None:
         if self.producer is None and time.monotonic() >= self.retry_at:
-            self.producer, self.partitions = connect(self.topic, self.bootstrap)
+            self.producer, self.partitions, why = connect(self.topic, self.bootstrap, self.credential)
             if self.producer is None:
                 self.retry_at = time.monotonic() + RETRY_S
                 if not self.down:
-                    log.warning(
-                        "Kafka at %s not reachable; dropping predictions, trying again every %.0fs",
-                        self.bootstrap,
-                        RETRY_S,
-                    )
+                    log.warning("%s; dropping predictions, trying again every %.0fs", why, RETRY_S)
                 self.down = True
             elif self.down:
                 log.warning("Kafka at %s reachable again", self.bootstrap)
@@ -161,7 +176,8 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="btcflow prediction log: %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)  # one line of ours per outage, not a dozen
-    publisher = Publisher(topic, bootstrap, capacity)
+    credential = from_environment("BTCFLOW_KAFKA_USERNAME", "BTCFLOW_KAFKA_PASSWORD")
+    publisher = Publisher(topic, bootstrap, capacity, credential)
     stdin, out = sys.stdin.fileno(), sys.stdout
     reported = (0, 0)
     tail = b""

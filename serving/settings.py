@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.credentials import Credential
 from core.tracking import default_tracking_uri
 
 BYTES_PER_ROW = 256  # what max_body_bytes allows per row when unset
@@ -115,6 +116,13 @@ class ServingSettings(BaseSettings):
         description="Kafka brokers the prediction log writes to (BTCFLOW_KAFKA_BOOTSTRAP, the variable the "
         "pipeline reads). Unset: the embedded broker's default address.",
     )
+    kafka_username: str | None = Field(
+        None,
+        description="The Kafka user the prediction log logs in as (SASL/SCRAM-SHA-512), with "
+        "BTCFLOW_KAFKA_PASSWORD: the variables the pipeline reads. Unset: `btcflow serve` uses the kept "
+        "`gateway` credential of an embedded cluster that requires authentication; else no login.",
+    )
+    kafka_password: SecretStr | None = Field(None, description="Its password (never shown).")
     prediction_queue: int = Field(
         10_000,
         ge=1,
@@ -122,6 +130,13 @@ class ServingSettings(BaseSettings):
         "more may wait for the publisher's pipe, and as many again for the broker's acknowledgement. "
         "Beyond, rows are dropped and counted.",
     )
+
+    @property
+    def kafka_credential(self) -> Credential | None:
+        """Who the prediction log logs in as; None without BTCFLOW_KAFKA_USERNAME (an open cluster)."""
+        if not self.kafka_username or self.kafka_password is None:
+            return None
+        return Credential(self.kafka_username, self.kafka_password.get_secret_value())
 
     @property
     def body_limit(self) -> int:

@@ -1,8 +1,8 @@
-"""`btcflow broker setup|start|stop|status`: the embedded KRaft cluster (one node by default)."""
+"""`btcflow broker setup|start|stop|status|grant`: the embedded KRaft cluster (one node by default)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -11,6 +11,7 @@ from pipeline import defaults
 
 if TYPE_CHECKING:
     from pipeline.settings import PipelineSettings
+    from services.kafka.cluster import EmbeddedCluster
 
 broker_app = group(
     help="The embedded Apache Kafka cluster (KRaft, each node a broker and a controller) on 127.0.0.1 "
@@ -21,6 +22,27 @@ broker_app = group(
 def _external(settings: PipelineSettings) -> str:
     return (
         f"BTCFLOW_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}: btcflow uses that cluster and manages no broker"
+    )
+
+
+def _grant(settings: PipelineSettings, cluster: EmbeddedCluster, extra_topics: list[str]) -> str:
+    """Give the roles their ACLs on the names these settings (and the monitor's and gateway's) use."""
+    from monitoring.settings import MonitorSettings
+    from services.kafka.auth import PREDICTION_TOPIC, Names
+    from serving.settings import ServingSettings
+
+    names = Names(
+        topic=settings.topic,
+        consumer_group=settings.consumer_group,
+        monitor_group=MonitorSettings().group,
+        prediction_topic=ServingSettings().prediction_topic or PREDICTION_TOPIC,
+        monitor_topics=tuple(extra_topics),
+    )
+    count = cluster.grant(names)
+    return (
+        f"{count} ACLs for producer, consumer, monitor and gateway on {names.topic}, {names.dlq}, "
+        f"{names.prediction_topic}, groups {names.consumer_group} and {names.monitor_group}; credentials in "
+        f"{cluster.home / 'credentials'}/"
     )
 
 
@@ -92,6 +114,16 @@ def start(
         "Default: BTCFLOW_BROKER_CLUSTER_ID.",
         show_default=False,
     ),
+    auth: bool | None = typer.Option(
+        None,
+        "--auth/--no-auth",
+        help="Require SASL/SCRAM-SHA-512 logins and ACLs, from the cluster's first start (fixed then): users "
+        "admin, producer, consumer, monitor and gateway, each password kept in <home>/credentials/<user> "
+        "(0600); the roles get their ACLs on BTCFLOW_TOPIC, its .dlq, BTCFLOW_CONSUMER_GROUP, "
+        "BTCFLOW_MONITOR_GROUP and BTCFLOW_PREDICTION_TOPIC (btcflow-predictions when unset). "
+        "Default: BTCFLOW_BROKER_AUTH, else off.",
+        show_default=False,
+    ),
     timeout: float = typer.Option(90.0, help="Seconds to wait for every node to answer."),
 ) -> None:
     from pipeline.settings import PipelineSettings
@@ -108,9 +140,47 @@ def start(
         "broker_node_id": node_id,
         "broker_voters": voters,
         "broker_cluster_id": cluster_id,
+        "broker_auth": auth,
     }
     settings = settings.model_copy(update={k: v for k, v in given.items() if v is not None})
-    typer.echo(settings.embedded_cluster().start(timeout))
+    cluster = settings.embedded_cluster()
+    bootstrap = cluster.start(timeout)
+    if cluster.auth:
+        typer.echo(_grant(settings, cluster, []), err=True)
+    typer.echo(bootstrap)
+
+
+@broker_app.command("grant")
+def grant(
+    topic: str | None = typer.Option(
+        None, "--topic", help=f"The ingest topic (and its .dlq). Default: BTCFLOW_TOPIC, {defaults.TOPIC}."
+    ),
+    monitor_topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--monitor-topic", help="Another topic the monitor role may read (the demo's -live one)."
+        ),
+    ] = None,
+) -> None:
+    """Give the roles of a cluster that requires authentication their ACLs (idempotent), as admin.
+
+    producer: write, describe, create and read (--resume) the topic and its .dlq. consumer: read,
+    describe and create the topic, read its group (BTCFLOW_CONSUMER_GROUP). monitor: read the topic (and
+    each --monitor-topic) and its group (BTCFLOW_MONITOR_GROUP). gateway: write, describe and create
+    BTCFLOW_PREDICTION_TOPIC (btcflow-predictions when unset). Nothing else: no ACL, no access.
+    """
+    from core.errors import BadInput
+    from pipeline.settings import PipelineSettings
+
+    settings = PipelineSettings()
+    if topic:
+        settings = settings.model_copy(update={"topic": topic})
+    if not settings.embedded:
+        raise BadInput(_external(settings) + " (grant its ACLs with its own admin tools)")
+    cluster = settings.embedded_cluster()
+    if not cluster.requires_auth:
+        raise BadInput(f"the cluster in {cluster.home} requires no authentication: no ACL to grant")
+    typer.echo(_grant(settings, cluster, monitor_topic or []))
 
 
 @broker_app.command("cluster-id")
@@ -136,14 +206,18 @@ def stop() -> None:
 
 @broker_app.command("status")
 def status() -> None:
-    """List every node (id, address, pid, running or not) and the active controller; exit 3 unless all run."""
+    """List every node (id, address, pid, running or not), the active controller and whether clients must
+    log in (SASL/SCRAM and ACLs); exit 3 unless all run."""
     from pipeline.settings import PipelineSettings
     from services.kafka.admin import admin_client
 
     settings = PipelineSettings()
     if not settings.embedded:
-        admin_client(settings.bootstrap).close()  # BrokerUnavailable (exit 3) when it does not answer
-        typer.echo(f"external cluster at {settings.bootstrap}: answering")
+        credential = settings.kafka_credential("admin")  # BTCFLOW_KAFKA_USERNAME's, if set
+        # BrokerUnavailable (exit 3) when it does not answer, BrokerAuthFailed when it refuses the login
+        admin_client(settings.bootstrap, credential=credential).close()
+        login = f", accepting user {credential.username}" if credential else ""
+        typer.echo(f"external cluster at {settings.bootstrap}: answering{login}")
         return
     state = settings.embedded_cluster().status()
     typer.echo(state.describe())

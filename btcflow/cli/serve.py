@@ -2,7 +2,29 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+
+if TYPE_CHECKING:
+    from serving.settings import ServingSettings
+
+
+def gateway_login(settings: ServingSettings) -> ServingSettings:
+    """The settings with the `gateway` user's kept credential when the prediction log goes to an embedded
+    cluster that requires authentication and BTCFLOW_KAFKA_USERNAME is unset."""
+    if not settings.prediction_topic or settings.kafka_username:
+        return settings
+    from pydantic import SecretStr
+
+    from pipeline.settings import PipelineSettings
+    from services.kafka.auth import GATEWAY
+
+    credential = PipelineSettings().kafka_credential(GATEWAY)
+    if credential is None:
+        return settings
+    login = {"kafka_username": credential.username, "kafka_password": SecretStr(credential.password)}
+    return settings.model_copy(update=login)
 
 
 def register(app: typer.Typer) -> None:
@@ -30,7 +52,7 @@ def register(app: typer.Typer) -> None:
         from serving.server import serve as run
         from serving.settings import ServingSettings
 
-        settings = ServingSettings()
+        settings = gateway_login(ServingSettings())
         as_role(settings.tracking_uri, "reader")  # its workers inherit the environment
         if settings.serving_engine == "numpy":
             forbid_jvm_imports()  # a dedicated gateway process: keep the JVM bridge out entirely

@@ -7,20 +7,26 @@ from __future__ import annotations
 from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from core.credentials import Credential
 from core.errors import BrokerUnavailable
+from services.kafka.clients import connect_error, sasl_options
 
 
-def admin_client(bootstrap: str, timeout_s: float = 5.0) -> KafkaAdminClient:
-    """An admin client, or BrokerUnavailable within about `timeout_s` seconds."""
+def admin_client(
+    bootstrap: str, timeout_s: float = 5.0, credential: Credential | None = None
+) -> KafkaAdminClient:
+    """An admin client logged in as `credential` (none: an open cluster), or BrokerUnavailable within
+    about `timeout_s` seconds (BrokerAuthFailed when the cluster did not accept the credential)."""
     try:
         return KafkaAdminClient(
             bootstrap_servers=bootstrap,
             request_timeout_ms=int(timeout_s * 1000),
             bootstrap_timeout_ms=int(timeout_s * 1000),
             client_id="btcflow-admin",
+            **sasl_options(credential),
         )
     except KafkaError as exc:
-        raise BrokerUnavailable(f"Kafka not reachable at {bootstrap} ({type(exc).__name__})") from exc
+        raise connect_error(bootstrap, exc, credential) from exc
 
 
 def live_brokers(admin: KafkaAdminClient) -> list[int]:
@@ -29,10 +35,10 @@ def live_brokers(admin: KafkaAdminClient) -> list[int]:
     return sorted(b["broker_id"] for b in brokers if not b.get("is_fenced", False))
 
 
-def quorum_leader(bootstrap: str) -> int | None:
+def quorum_leader(bootstrap: str, credential: Credential | None = None) -> int | None:
     """Node id of the active controller (leader of the KRaft metadata quorum); None if none answers."""
     try:
-        admin = admin_client(bootstrap, timeout_s=3.0)
+        admin = admin_client(bootstrap, timeout_s=3.0, credential=credential)
     except BrokerUnavailable:
         return None
     try:

@@ -4,6 +4,10 @@ Each host starts its own node with the same quorum (`controller.quorum.voters`, 
 node's controller) and the same cluster id; the node listens on, and advertises, its own host's address.
 A node becomes ready only once a majority of the voters runs, so the hosts start their nodes together.
 `<home>/cluster.json` records the cluster id, the voters and the node id the storage was formatted with.
+
+With authentication (`auth`), every node logs in to the others as the same `admin`: copy the first host's
+`<home>/credentials/` folder (0700, its files 0600) to every other host's home before that host's first
+start; a host that finds none makes its own passwords, and its node is then refused by the others.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class MemberNode(EmbeddedCluster):
         port: int = 9092,
         heap: str = "512m",
         host: str | None = None,
+        auth: bool = False,
     ) -> None:
         quorum = parse_voters(voters)
         if node_id not in quorum:
@@ -73,7 +78,7 @@ class MemberNode(EmbeddedCluster):
             raise BadInput(f"node {node_id}: clients and its controller cannot share port {port}")
         if not cluster_id or cluster_id.startswith("-"):
             raise BadInput("a member node needs the cluster's id: btcflow broker cluster-id prints a new one")
-        super().__init__(home, jars_dir, nodes=len(quorum), port=port, heap=heap, host=host)
+        super().__init__(home, jars_dir, nodes=len(quorum), port=port, heap=heap, host=host, auth=auth)
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.quorum = quorum
@@ -97,6 +102,7 @@ class MemberNode(EmbeddedCluster):
             theirs = {k: record.get(k) for k in mine}
             if theirs != mine:
                 raise BadInput(f"{self.home} holds another Kafka node ({theirs}), not {mine}: {fix}")
+        self._check_auth(fix)
 
     def _cluster_id(self) -> str:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -106,6 +112,7 @@ class MemberNode(EmbeddedCluster):
             "node_id": self.node_id,
             "voters": self.voters,
             "port": self.port,
+            "auth": self.auth,
         }
         self._record.write_text(json.dumps(record) + "\n")
         return self.cluster_id
@@ -113,5 +120,5 @@ class MemberNode(EmbeddedCluster):
     def status(self) -> ClusterStatus:
         """This node and, while it runs, the active controller the quorum reports."""
         state = self.members[0].state()
-        controller = quorum_leader(state.address) if state.running else None
-        return ClusterStatus(self.home, (state,), controller, size=self.nodes)
+        controller = quorum_leader(state.address, self.admin_credential()) if state.running else None
+        return ClusterStatus(self.home, (state,), controller, size=self.nodes, auth=self.requires_auth)

@@ -5,11 +5,14 @@ It listens on its host's address only (127.0.0.1 unless told otherwise) and adve
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.credentials import Credential
 from core.errors import BrokerUnavailable
 from services.kafka.admin import admin_client
+from services.kafka.auth import LISTENER, node_security, restrict, salted_scram
 from services.kafka.launcher import KAFKA_MARKER, LOG4J_CONFIG
 from services.processes import Supervised, port_open
 
@@ -20,12 +23,10 @@ SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id={node_id}
 controller.quorum.voters={voters}
-listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
-advertised.listeners=PLAINTEXT://{host}:{port}
+listeners={listener}://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners={listener}://{host}:{port}
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={data_dir}
+{security}log.dirs={data_dir}
 num.partitions=1
 auto.create.topics.enable=false
 default.replication.factor={rf}
@@ -43,6 +44,11 @@ unclean.leader.election.enable=false
 group.initial.rebalance.delay.ms=0
 message.max.bytes=8388608
 log.retention.hours=168
+"""
+
+PLAINTEXT_SECURITY = """\
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 """
 
 
@@ -83,20 +89,27 @@ class EmbeddedNode(Supervised):
     def config_file(self) -> Path:
         return self.dir / "server.properties"
 
-    def takes_requests(self) -> bool:
-        """The node takes requests: a KRaft broker opens its port to clients only once unfenced."""
+    def takes_requests(self, admin: Credential | None = None) -> bool:
+        """The node takes requests (from `admin` when it requires authentication): a KRaft broker opens
+        its port to clients only once unfenced."""
         if not port_open(self.host, self.port):
             return False
         try:
-            admin_client(self.address, timeout_s=2.0).close()
+            admin_client(self.address, timeout_s=2.0, credential=admin).close()
         except BrokerUnavailable:
             return False
         return True
 
-    def write_config(self, voters: str, replication_factor: int) -> None:
+    def write_config(self, voters: str, replication_factor: int, admin: Credential | None = None) -> None:
+        """server.properties; with `admin`, an authenticating node (services.kafka.auth), whose file holds
+        the admin's password and is therefore readable by its owner only."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.touch(mode=0o600)
+        restrict(self.config_file)
         self.config_file.write_text(
             SERVER_PROPERTIES.format(
+                listener=LISTENER if admin else "PLAINTEXT",
+                security=node_security(admin) if admin else PLAINTEXT_SECURITY,
                 node_id=self.node_id,
                 voters=voters,
                 host=self.host,
@@ -108,10 +121,18 @@ class EmbeddedNode(Supervised):
             )
         )
 
-    def format_storage(self, java: str, classpath: str, cluster_id: str) -> subprocess.Popen[str] | None:
-        """Format this node's storage with the cluster's id, unless it is formatted already."""
-        if (self.dir / "data" / "meta.properties").exists():
+    @property
+    def formatted(self) -> bool:
+        return (self.dir / "data" / "meta.properties").exists()
+
+    def format_storage(
+        self, java: str, classpath: str, cluster_id: str, users: Iterable[Credential] = ()
+    ) -> subprocess.Popen[str] | None:
+        """Format this node's storage with the cluster's id, and the SCRAM `users` seeded into its
+        metadata, unless it is formatted already."""
+        if self.formatted:
             return None
+        scram = [arg for user in users for arg in ("--add-scram", salted_scram(user))]
         return subprocess.Popen(
             [
                 java,
@@ -124,6 +145,7 @@ class EmbeddedNode(Supervised):
                 cluster_id,
                 "-c",
                 str(self.config_file),
+                *scram,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
