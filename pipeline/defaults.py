@@ -5,8 +5,14 @@ without importing pydantic-settings (which alone costs `btcflow --help` ~0.15 s)
 """
 
 TOPIC = "bitcoin-topic"
+
 CONSUMER_GROUP = "btcflow-batcher"
 BROKER_NODES = 1
 BROKER_HEAP = "512m"
 BROKER_HOST = "127.0.0.1"
 BROKER_PORT = 9092
+
+
+def live_topic(topic: str) -> str:
+    """The topic `btcflow demo` replays its held-out tail into, for the monitor: apart from the ingest."""
+    return f"{topic}-live"

@@ -11,6 +11,7 @@ from pipeline import defaults
 
 if TYPE_CHECKING:
     from pipeline.settings import PipelineSettings
+    from services.kafka.auth import Names
     from services.kafka.cluster import EmbeddedCluster
 
 broker_app = group(
@@ -25,19 +26,24 @@ def _external(settings: PipelineSettings) -> str:
     )
 
 
-def _grant(settings: PipelineSettings, cluster: EmbeddedCluster, extra_topics: list[str]) -> str:
-    """Give the roles their ACLs on the names these settings (and the monitor's and gateway's) use."""
+def role_names(settings: PipelineSettings, monitor_topics: tuple[str, ...] = ()) -> Names:
+    """The names the roles work on: these settings' topic and group, the monitor's and gateway's."""
     from monitoring.settings import MonitorSettings
     from services.kafka.auth import PREDICTION_TOPIC, Names
     from serving.settings import ServingSettings
 
-    names = Names(
+    return Names(
         topic=settings.topic,
         consumer_group=settings.consumer_group,
         monitor_group=MonitorSettings().group,
         prediction_topic=ServingSettings().prediction_topic or PREDICTION_TOPIC,
-        monitor_topics=tuple(extra_topics),
+        monitor_topics=monitor_topics,
     )
+
+
+def _grant(settings: PipelineSettings, cluster: EmbeddedCluster, extra_topics: list[str]) -> str:
+    """Give the roles their ACLs on the names these settings (and the monitor's and gateway's) use."""
+    names = role_names(settings, tuple(extra_topics))
     count = cluster.grant(names)
     return (
         f"{count} ACLs for producer, consumer, monitor and gateway on {names.topic}, {names.dlq}, "

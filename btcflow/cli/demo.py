@@ -8,12 +8,14 @@ call each route and stop it. Each step is the same library call its own command 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from core.storage import Storage
 
 TRAINED_BATCHES = 3  # cumulative 1, 1+2, 1+2+3; batch 4 (the tail) is the unseen promotion window
+DEMO_KEY = "demo"  # the gateway API key the demo calls its own gateway with (stack only)
 LIVE_MINUTES = 3_000  # the tail replayed for `btcflow monitor`: two days in a few seconds (batch 4 at most)
 
 
@@ -65,7 +68,7 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
     else:
         _say(f"using the cluster at {settings.bootstrap}")
     # The demo starts from nothing: an empty topic and no batches, so a rerun never doubles rows.
-    delete_topic(settings.bootstrap, settings.topic)
+    delete_topic(settings.bootstrap, settings.topic, credential=settings.kafka_credential("admin"))
     settings.batch_storage().clear()
 
     _step(f"3. replay {source.name} through '{settings.topic}', batches of {size:,} rows")
@@ -141,16 +144,50 @@ def _train() -> None:
         _say(line)
 
 
-def _serve(example: dict[str, float], workers: int) -> None:
+def _serve(example: dict[str, float], workers: int, own_login: bool) -> None:
+    """Start the gateway (as the tracking server's reader unless `own_login`: the user named one), call
+    each route, stop it."""
     from serving.launch import call_routes, running_gateway
     from serving.settings import ServingSettings
 
+    settings = ServingSettings()
     _step(f"6. the gateway ({workers} worker(s)), on a free port")
-    with running_gateway(ServingSettings(), port=0, workers=workers) as base:
-        for curl, status, answer in call_routes(base, example):
+    api_key = _demo_key(settings.api_keys_file) if settings.api_keys_file else None
+    reader = contextlib.nullcontext() if own_login else _as_role(settings.tracking_uri, "reader")
+    with reader, running_gateway(settings, port=0, workers=workers, api_key=api_key) as base:
+        for curl, status, answer in call_routes(base, example, api_key):
             _say(f"{curl}\n  → {status} {answer}")
         _say(f"interactive docs: {base}/docs")
     _say("gateway stopped; `btcflow serve` runs it on http://127.0.0.1:8000 until Ctrl-C")
+
+
+def _demo_key(path: Path) -> str:
+    """A fresh API key named `demo` (the previous demo's revoked): the demo calls its own gateway with it."""
+    from serving import keys
+
+    with contextlib.suppress(keys.KeysError):  # no key named demo yet
+        keys.revoke(path, DEMO_KEY)
+    key = keys.create(path, DEMO_KEY)
+    _say(f"API key '{DEMO_KEY}' made in {path} (hash only; the calls below send it as $BTCFLOW_API_KEY)")
+    return key
+
+
+@contextlib.contextmanager
+def _as_role(tracking_uri: str, role: str) -> Iterator[None]:
+    """Within the block, the processes this one starts call the tracking server as `role`'s kept
+    credential (when its server is this data dir's); then as before."""
+    from btcflow.cli.tracking import as_role
+    from core.access import PASSWORD_VAR, USERNAME_VAR
+
+    saved = {name: os.environ.pop(name, None) for name in (USERNAME_VAR, PASSWORD_VAR)}
+    try:
+        as_role(tracking_uri, role)
+        yield
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 def _tail(source: Path, rows: int, out: Path) -> Path:
@@ -172,15 +209,16 @@ def _monitor(source: Path, minutes: int) -> None:
     from monitoring.monitor import monitor
     from monitoring.settings import MonitorSettings
     from pipeline.broker import delete_topic
+    from pipeline.defaults import live_topic
     from pipeline.producer import produce
     from pipeline.replay import Pacing
     from pipeline.settings import PipelineSettings
     from training.settings import TrainingSettings
 
     pipeline = PipelineSettings()
-    live = pipeline.model_copy(update={"topic": f"{pipeline.topic}-live"})
+    live = pipeline.model_copy(update={"topic": live_topic(pipeline.topic)})
     _step(f"7. live scoring: the last {minutes:,} minutes again, into '{live.topic}', by btcflow monitor")
-    delete_topic(live.bootstrap, live.topic)
+    delete_topic(live.bootstrap, live.topic, credential=live.kafka_credential("admin"))
     tail = _tail(source, minutes, live.data_dir / "live_tail.csv")
     producer = threading.Thread(
         target=produce, args=(live, tail), kwargs={"pacing": Pacing(rate=1000.0), "progress": False}
@@ -248,6 +286,7 @@ def demo(
     from pipeline.store import read_manifest
 
     started = time.monotonic()
+    own_login = bool(os.environ.get("MLFLOW_TRACKING_USERNAME"))  # else each step uses its role's
     workers = 1
     if stack:
         from btcflow.cli.stack import up
@@ -258,7 +297,7 @@ def demo(
     source = _ingest(rows, input_path, batch_rows, seed)
     _train()
     storage = PipelineSettings().batch_storage()
-    _serve(_last_row(storage), workers)
+    _serve(_last_row(storage), workers, own_login)
     held_out = read_manifest(storage)[-1].rows
     _monitor(source, min(LIVE_MINUTES, held_out))
     if stack:

@@ -6,11 +6,17 @@ prints every address and the exports that point btcflow's commands at them, and 
 reverse order. It keeps its files apart from the embedded defaults (`data/stack/`, Kafka on 9192+), so
 `make demo` and `make demo-cluster` never meet. What the roles share lives on HDFS, not on a disk: the
 dataset (BTCFLOW_BATCH_URI), Spark's event logs and MLflow's Spark-model staging (MLFLOW_DFS_TMP).
+
+Authentication is on wherever the service offers it: Kafka asks for SASL/SCRAM logins and grants by ACL
+(services.kafka.auth), MLflow runs its basic-auth app (services.mlflow_auth), the gateway asks for an API
+key (BTCFLOW_API_KEYS_FILE, serving.keys). HDFS and Spark's standalone cluster trust whoever reaches them
+(Hadoop's "simple" authentication, no Spark secret): `stack status` says so rather than hide it.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -62,9 +68,16 @@ def point_at_stack(nodes: int | None = None) -> dict[str, str]:
     os.environ["MLFLOW_DFS_TMP"] = f"{hdfs}{HDFS_MLFLOW_TMP}"
     os.environ["BTCFLOW_SPARK_MASTER"] = SparkSettings().master_url
     os.environ["MLFLOW_TRACKING_URI"] = TrackingServerSettings().uri
+    os.environ["BTCFLOW_API_KEYS_FILE"] = str(keys_file(stack.dir))
     names = ["BTCFLOW_DATA_DIR", "BTCFLOW_BROKER_NODES", "BTCFLOW_BROKER_PORT", "BTCFLOW_BATCH_URI"]
     names += ["BTCFLOW_SPARK_EVENT_DIR", "MLFLOW_DFS_TMP", "BTCFLOW_SPARK_MASTER", "MLFLOW_TRACKING_URI"]
+    names += ["BTCFLOW_API_KEYS_FILE"]
     return {name: os.environ[name] for name in names}
+
+
+def keys_file(stack_dir: Path) -> Path:
+    """The stack gateway's API keys (hashes only)."""
+    return stack_dir / "gateway" / "api-keys.json"
 
 
 def _parts(spark_workers: int | None = None) -> tuple[Any, Any, Any, Any]:
@@ -88,6 +101,7 @@ def up(
 ) -> str:
     """Start what does not run yet (each part is idempotent); every address and the exports, to print."""
     from core.storage import open_storage
+    from services.kafka.auth import USERS
 
     env = point_at_stack(nodes)
     hdfs, kafka, spark, tracking = _parts(spark_workers)
@@ -95,12 +109,19 @@ def up(
     address = hdfs.start(datanodes, 180.0)
     for uri in (env["BTCFLOW_BATCH_URI"], env["BTCFLOW_SPARK_EVENT_DIR"], env["MLFLOW_DFS_TMP"]):
         open_storage(uri).make_folder()
-    typer.echo(f"starting Kafka ({nodes} node(s), files in {kafka.home})...", err=True)
+    typer.echo(f"starting Kafka ({nodes} node(s), logins and ACLs, files in {kafka.home})...", err=True)
+    kafka.auth = True
     bootstrap = kafka.start(180.0)
+    _grant_stack(kafka)
     typer.echo(f"starting Spark (master, {spark_workers} worker(s), history server)...", err=True)
     master = spark.start(180.0)
     typer.echo("starting PostgreSQL and the MLflow tracking server...", err=True)
     uri = tracking.start(180.0)
+    keys = Path(env["BTCFLOW_API_KEYS_FILE"])
+    if not keys.exists():  # the gateway starts, and refuses every call until `btcflow keys create`
+        from serving.keys import write_keys
+
+        write_keys(keys, [])
     lines = [
         f"HDFS           {address} ({datanodes} DataNode(s), web UI {hdfs.http_url})",
         f"Kafka          {bootstrap} ({nodes} node(s))",
@@ -108,9 +129,25 @@ def up(
         f"Spark history  {spark.history_url}",
         f"MLflow         {uri} (PostgreSQL backend, artifacts proxied)",
         "",
+        "credentials (0600, each shown only in its file):",
+        f"  Kafka        {kafka.home / 'credentials'}/{{{','.join(USERS)}}}",
+        f"  MLflow       {tracking.admin_file.parent}/{{admin,trainer,reader}}",
+        f"  gateway      {keys} (hashes; `btcflow keys create NAME` prints a key once)",
+        "",
         "point btcflow at it (`btcflow demo --stack` does this itself):",
     ]
     return "\n".join(lines + [f"  export {name}={value}" for name, value in env.items()])
+
+
+def _grant_stack(kafka: Any) -> None:
+    """The roles' ACLs on the stack's topics and groups: the ingest topic and the demo's live one."""
+    from btcflow.cli.broker import role_names
+    from pipeline.defaults import live_topic
+    from pipeline.settings import PipelineSettings
+
+    settings = PipelineSettings()
+    for topic in (settings.topic, live_topic(settings.topic)):
+        kafka.grant(role_names(settings.model_copy(update={"topic": topic})))
 
 
 @stack_app.command(
@@ -139,11 +176,36 @@ def up_command(
 @stack_app.command("status")
 def status() -> None:
     """Each part's status; exit 3 unless every part runs."""
-    point_at_stack()
-    hdfs, kafka, spark, tracking = (part.status() for part in _parts())
-    typer.echo("\n\n".join(state.describe() for state in (hdfs, kafka, spark, tracking)))
+    env = point_at_stack()
+    parts = _parts()
+    hdfs, kafka, spark, tracking = (part.status() for part in parts)
+    states = [state.describe() for state in (hdfs, kafka, spark, tracking)]
+    typer.echo("\n\n".join([*states, _access(parts[1], parts[3], Path(env["BTCFLOW_API_KEYS_FILE"]))]))
     if not (hdfs.running and kafka.running and spark.running and tracking.all_running):
         raise typer.Exit(3)
+
+
+def _access(kafka: Any, tracking: Any, keys: Path) -> str:
+    """Which parts ask who calls them, and which do not."""
+    from serving.keys import read_keys
+
+    kafka_line = (
+        f"SASL/SCRAM-SHA-512 logins and ACLs (credentials in {kafka.home / 'credentials'}/)"
+        if kafka.requires_auth
+        else "none: formatted before the stack turned logins on (`btcflow stack down`, remove "
+        f"{kafka.home}, `btcflow stack up`)"
+    )
+    active = sum(k.active for k in read_keys(keys)) if keys.exists() else 0
+    return "\n".join(
+        [
+            "authentication:",
+            f"  Kafka    {kafka_line}",
+            f"  MLflow   basic-auth, roles trainer and reader (credentials in {tracking.admin_file.parent}/)",
+            f"  gateway  API keys in {keys} ({active} active; `btcflow keys create NAME`)",
+            "  HDFS     none: Hadoop's simple authentication believes the user name a client sends",
+            "  Spark    none: the standalone master takes any application that reaches it",
+        ]
+    )
 
 
 @stack_app.command("down")
