@@ -143,6 +143,13 @@ def create(path: Path, name: str) -> str:
     return key
 
 
+def ensure_file(path: Path) -> None:
+    """Make an empty keys file when there is none: a gateway on it refuses every key until `create`."""
+    with _locked(path) as keys:
+        if not path.exists():
+            write_keys(path, keys)
+
+
 def revoke(path: Path, name: str) -> bool:
     """Mark the key named `name` revoked; False if it was already. KeysError when no key has that name."""
     with _locked(path) as keys:

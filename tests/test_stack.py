@@ -42,6 +42,7 @@ def test_the_stack_points_every_command_at_its_own_data_dir_and_ports(clean_env:
         "MLFLOW_DFS_TMP": "hdfs://127.0.0.1:9820/btcflow/mlflow-tmp",
         "BTCFLOW_SPARK_MASTER": "spark://127.0.0.1:7077",
         "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+        "BTCFLOW_API_KEYS_FILE": "data/stack/gateway/api-keys.json",
     }
     assert all(os.environ[name] == value for name, value in env.items())
 
@@ -72,3 +73,5 @@ def test_status_with_nothing_running_lists_every_part_and_exits_3(clean_env: Pat
     assert "Spark standalone cluster" in out and "spark://127.0.0.1:7077" in out
     assert "MLflow tracking server" in out and "http://127.0.0.1:5000" in out
     assert str(clean_env / "data" / "stack") in out
+    assert "Kafka    SASL/SCRAM-SHA-512 logins and ACLs, from its first `btcflow stack up`" in out
+    assert "HDFS     none" in out and "Spark    none" in out  # said, not hidden

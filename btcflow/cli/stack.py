@@ -102,6 +102,7 @@ def up(
     """Start what does not run yet (each part is idempotent); every address and the exports, to print."""
     from core.storage import open_storage
     from services.kafka.auth import USERS
+    from serving.keys import ensure_file
 
     env = point_at_stack(nodes)
     hdfs, kafka, spark, tracking = _parts(spark_workers)
@@ -118,10 +119,7 @@ def up(
     typer.echo("starting PostgreSQL and the MLflow tracking server...", err=True)
     uri = tracking.start(180.0)
     keys = Path(env["BTCFLOW_API_KEYS_FILE"])
-    if not keys.exists():  # the gateway starts, and refuses every call until `btcflow keys create`
-        from serving.keys import write_keys
-
-        write_keys(keys, [])
+    ensure_file(keys)  # the gateway starts, and refuses every call until `btcflow keys create`
     lines = [
         f"HDFS           {address} ({datanodes} DataNode(s), web UI {hdfs.http_url})",
         f"Kafka          {bootstrap} ({nodes} node(s))",
@@ -189,12 +187,13 @@ def _access(kafka: Any, tracking: Any, keys: Path) -> str:
     """Which parts ask who calls them, and which do not."""
     from serving.keys import read_keys
 
-    kafka_line = (
-        f"SASL/SCRAM-SHA-512 logins and ACLs (credentials in {kafka.home / 'credentials'}/)"
-        if kafka.requires_auth
-        else "none: formatted before the stack turned logins on (`btcflow stack down`, remove "
-        f"{kafka.home}, `btcflow stack up`)"
-    )
+    formatted = kafka.formatted_auth()
+    kafka_line = {
+        True: f"SASL/SCRAM-SHA-512 logins and ACLs (credentials in {kafka.home / 'credentials'}/)",
+        None: "SASL/SCRAM-SHA-512 logins and ACLs, from its first `btcflow stack up`",
+        False: "none: formatted before the stack turned logins on "
+        f"(`btcflow stack down`, remove {kafka.home}, `btcflow stack up`)",
+    }[formatted]
     active = sum(k.active for k in read_keys(keys)) if keys.exists() else 0
     return "\n".join(
         [
