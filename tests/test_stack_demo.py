@@ -44,6 +44,10 @@ def stack_env() -> Iterator[dict[str, str]]:
         "BTCFLOW_SPARK_HISTORY_PORT": str(free_port()),
         "BTCFLOW_TRACKING_PORT": str(free_port()),
         "BTCFLOW_POSTGRES_PORT": str(free_port()),
+        # three Kafka nodes (logins between brokers too); one DataNode and one Spark worker spare the
+        # suite's two cores two JVMs that this test's claims do not need
+        "BTCFLOW_STACK_DATANODES": "1",
+        "BTCFLOW_STACK_SPARK_WORKERS": "1",
         "COLUMNS": "200",  # rich wraps at 80 columns off a terminal
     }
     try:

@@ -96,14 +96,17 @@ def _parts(spark_workers: int | None = None) -> tuple[Any, Any, Any, Any]:
     )
 
 
-def up(
-    nodes: int = STACK_NODES, spark_workers: int = STACK_SPARK_WORKERS, datanodes: int = STACK_DATANODES
-) -> str:
-    """Start what does not run yet (each part is idempotent); every address and the exports, to print."""
+def up(nodes: int | None = None, spark_workers: int | None = None, datanodes: int | None = None) -> str:
+    """Start what does not run yet (each part is idempotent); every address and the exports, to print.
+    A count not given is the stack's setting (BTCFLOW_STACK_NODES, _SPARK_WORKERS, _DATANODES)."""
+    from btcflow.cli.stack_settings import StackSettings
     from core.storage import open_storage
     from services.kafka.auth import USERS
     from serving.keys import ensure_file
 
+    stack = StackSettings()
+    nodes, spark_workers = nodes or stack.nodes, spark_workers or stack.spark_workers
+    datanodes = datanodes or stack.datanodes
     env = point_at_stack(nodes)
     hdfs, kafka, spark, tracking = _parts(spark_workers)
     typer.echo(f"starting HDFS (a NameNode, {datanodes} DataNode(s), files in {hdfs.home})...", err=True)
@@ -160,12 +163,21 @@ def _grant_stack(kafka: Any) -> None:
     f"{HDFS_EVENTS}, MLflow's Spark-model staging in {HDFS_MLFLOW_TMP}.",
 )
 def up_command(
-    nodes: int = typer.Option(STACK_NODES, "--nodes", min=1, help="Kafka nodes (brokers and controllers)."),
+    nodes: int = typer.Option(
+        None, "--nodes", min=1, help=f"Kafka nodes (default {STACK_NODES}, BTCFLOW_STACK_NODES)."
+    ),
     spark_workers: int = typer.Option(
-        STACK_SPARK_WORKERS, "--spark-workers", min=1, help="Spark standalone workers."
+        None,
+        "--spark-workers",
+        min=1,
+        help=f"Spark standalone workers (default {STACK_SPARK_WORKERS}, BTCFLOW_STACK_SPARK_WORKERS).",
     ),
     datanodes: int = typer.Option(
-        STACK_DATANODES, "--datanodes", min=1, help="HDFS DataNodes (blocks kept min(3, N) times)."
+        None,
+        "--datanodes",
+        min=1,
+        help=f"HDFS DataNodes, blocks kept min(3, N) times (default {STACK_DATANODES}, "
+        "BTCFLOW_STACK_DATANODES).",
     ),
 ) -> None:
     typer.echo(up(nodes, spark_workers, datanodes))

@@ -9,7 +9,13 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.defaults import STACK_BROKER_PORT, STACK_DIR
+from services.defaults import (
+    STACK_BROKER_PORT,
+    STACK_DATANODES,
+    STACK_DIR,
+    STACK_NODES,
+    STACK_SPARK_WORKERS,
+)
 
 
 class StackSettings(BaseSettings):
@@ -24,3 +30,8 @@ class StackSettings(BaseSettings):
         STACK_BROKER_PORT,
         description="Client port of the stack's Kafka node 1 (node i: + 2(i-1)), clear of 9092.",
     )
+    nodes: int = Field(STACK_NODES, ge=1, description="Kafka nodes `stack up` starts (its --nodes).")
+    spark_workers: int = Field(
+        STACK_SPARK_WORKERS, ge=1, description="Spark standalone workers (its --spark-workers)."
+    )
+    datanodes: int = Field(STACK_DATANODES, ge=1, description="HDFS DataNodes (its --datanodes).")
