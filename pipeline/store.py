@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import io
 import itertools
@@ -33,11 +34,11 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import crc32c
 import numpy as np
@@ -68,8 +69,9 @@ SCHEMA = pa.schema([(name, pa.float64()) for name in COLUMNS])
 CHUNK_ROWS = 256 * 1024  # rows per parquet row group and per CSV slice
 STAGED_PREFIX = ".incoming-"
 LEFTOVER_AGE_S = 3600.0  # a staged file this old has no live writer (a commit takes seconds)
-STAGE_RETRY_S = 40.0  # how long a failing stage write is tried again (a dead DataNode's ~15 s, twice)
+WRITE_RETRY_S = 60.0  # how long a failing write of a batch or its record is tried again (see _retrying)
 Format = Literal["parquet", "csv"]
+T = TypeVar("T")
 
 
 class StaleBatch(BtcflowError):
@@ -110,6 +112,25 @@ def _one_line(exc: BaseException) -> str:
 
 def _is_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _retrying(where: str, what: str, write: Callable[[], T]) -> T:
+    """`write()`, tried again while it fails, for WRITE_RETRY_S: a DataNode killed mid-write is still
+    given out by the NameNode until it misses its heartbeats (~15 s), and a write whose block it held can
+    fail only when the NameNode gives up completing the file (~15 s more). A full store is not tried
+    again, nor a name another writer took (FileExistsError)."""
+    deadline = time.monotonic() + WRITE_RETRY_S
+    for attempt in itertools.count(1):
+        try:
+            return write()
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if _is_full(exc) or time.monotonic() + attempt > deadline:
+                raise
+            log.warning("writing %s to %s failed (%s); trying again", what, where, _one_line(exc))
+            time.sleep(attempt)
+    raise AssertionError("unreachable")
 
 
 class BatchStore:
@@ -230,24 +251,20 @@ class BatchStore:
                 self.storage.delete(staged)
 
     def _stage(self, data: bytes) -> str:
-        """Write the batch's bytes under a new hidden name; its name. A failed write is tried again under
-        another name for STAGE_RETRY_S: a DataNode that just died is still given out by the NameNode
-        until it misses its heartbeats (~15 s), and nothing of this batch is claimed yet. A full store
-        is not tried again."""
-        deadline = time.monotonic() + STAGE_RETRY_S
-        for attempt in itertools.count(1):
+        """Write the batch's bytes under a new hidden name; its name. Nothing of this batch is claimed yet:
+        a failed write is tried again under another name."""
+
+        def attempt() -> str:
             staged = f"{STAGED_PREFIX}{uuid.uuid4().hex}.{self.fmt}"
             try:
                 self.storage.write(staged, data)
-                return staged
-            except OSError as exc:
+            except OSError:
                 with contextlib.suppress(OSError):
                     self.storage.delete(staged)
-                if _is_full(exc) or time.monotonic() + attempt > deadline:
-                    raise
-                log.warning("writing a batch to %s failed (%s); trying again", self.where, _one_line(exc))
-                time.sleep(attempt)
-        raise AssertionError("unreachable")
+                raise
+            return staged
+
+        return _retrying(self.where, "a batch", attempt)
 
     def _free(self) -> str:
         if not isinstance(self.storage, LocalStorage):
@@ -279,14 +296,25 @@ class BatchStore:
                 list(rejected),
             )
             try:
-                self.storage.create_new(record_name(number), record.text())
+                _retrying(self.where, f"batch {number}'s record", functools.partial(self._create, record))
             except FileExistsError:
                 continue
-            except OSError:
-                if self._claimed_by(staged):
-                    return record  # the record is there whole: the failure came after it
-                raise
             return record
+
+    def _create(self, record: CommitRecord) -> None:
+        """Create `record`; a write that failed once its rename took effect did its work."""
+        name = record_name(record.entry.batch)
+        try:
+            self.storage.create_new(name, record.text())
+        except FileExistsError:
+            raise
+        except OSError:
+            try:
+                there = CommitRecord.parse(self.storage.read(name))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                there = None
+            if there is None or there.staged != record.staged:
+                raise
 
     def _claimed_by(self, staged: str) -> bool:
         """Whether a record names `staged`: then it is the dataset's, never to be removed by its writer.

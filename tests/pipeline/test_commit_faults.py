@@ -208,3 +208,17 @@ def test_a_failure_at_any_step_leaves_the_batch_listed_with_its_file_or_nowhere(
     if second:
         expected |= {float(t) for t in 1325412060.0 + 60.0 * np.r_[10_000:10_040]}
     _check_exactly_once(storage, expected)
+
+
+@pytest.mark.parametrize("case", ["write staged file", "write commit record"])
+def test_a_write_that_fails_once_is_tried_again_and_the_batch_lands(case: str, tmp_path: Path) -> None:
+    """A DataNode killed mid-write fails one write of a batch or of its record (HDFS gives up completing
+    the file): the commit writes again under a fresh name, and the caller sees the batch listed."""
+    storage = LocalStorage(tmp_path / "batch")
+    fired: list[str] = []
+    entry = BatchStore(FaultyStorage(storage, FAULTS[case], lambda: None, fired)).write_batch(
+        rows(0, 30), {0: (0, 29)}
+    )
+    assert fired and entry.batch == 1
+    _check_exactly_once(storage, {float(t) for t in 1325412060.0 + 60.0 * np.arange(30)})
+    assert not [f.name for f in storage.listing() if f.name.startswith(".")]  # no staged file left behind
