@@ -46,7 +46,8 @@ class TrainResult:
     train_rows: int
     test_rows: int
     metrics: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole version: split, fit, score, log and register
+    fit_seconds: float = 0.0  # pipeline.fit alone
 
     @property
     def primary(self) -> tuple[str, float, float]:
@@ -176,37 +177,46 @@ def train_one(
     started = time.monotonic()
     numbers = [b.batch for b in batches]
     params = resolve_params(spec, overrides)
+    label = describe_batches(numbers)
+    run_name = f"{spec.name}-{scheme}-b{label}"
+    app_id = str(spark.sparkContext.applicationId)
+    tags = {
+        "btcflow.model": spec.name,
+        "btcflow.scheme": scheme,
+        "btcflow.batches": ",".join(map(str, numbers)),
+        "btcflow.last_batch": str(numbers[-1]),
+        "btcflow.spark_app_id": app_id,
+        "btcflow.spark_master": str(spark.sparkContext.master),
+        **data.lineage(batches),
+    }
     df = prepare(spec, base)
     windowed = spec.kind == "classification"
     if windowed:  # the label needs a window over all rows: compute it once for split, fit and test
         df = df.cache()
     try:
-        cutoff = data.time_cutoff(df, settings.test_fraction)
-        horizon = data.LABEL_HORIZON if spec.kind == "classification" else 0.0
-        train_df, test_df = data.time_split(df, cutoff, horizon)
-        model = build_pipeline(spec, params).fit(train_df)
-        test = score(spec, model, test_df)
-        train_rows = train_df.count()
-        # the newest minute whose values training used (a label's minute included): the gate scores after it
-        train_max_ts = first_value(train_df.agg({"Timestamp": "max"})) + horizon
-        last_close = first_value(train_df.orderBy(train_df.Timestamp.desc()).select("Close"))
-        positive_rate = first_value(train_df.agg({"label": "avg"})) if spec.kind == "classification" else 0.0
-        values = metrics.evaluate(spec, test)
-        values |= metrics.baseline(spec, {"last_close": last_close, "positive_rate": positive_rate}, test)
-        label = describe_batches(numbers)
-        run_name = f"{spec.name}-{scheme}-b{label}"
-        tags = {
-            "btcflow.model": spec.name,
-            "btcflow.scheme": scheme,
-            "btcflow.batches": ",".join(map(str, numbers)),
-            "btcflow.last_batch": str(numbers[-1]),
-            "btcflow.train_max_ts": repr(train_max_ts),
-            "btcflow.test_min_ts": repr(cutoff),
-            "btcflow.spark_app_id": str(spark.sparkContext.applicationId),
-            "btcflow.spark_master": str(spark.sparkContext.master),
-            **data.lineage(batches),
-        }
+        # The run is open from before the fit to after the logging, so its Duration is the training time;
+        # a failure inside ends it FAILED (mlflow.start_run's context) and goes on up as it is.
         with nested_run(run_name, tags) as run:
+            cutoff = data.time_cutoff(df, settings.test_fraction)
+            horizon = data.LABEL_HORIZON if spec.kind == "classification" else 0.0
+            train_df, test_df = data.time_split(df, cutoff, horizon)
+            train_rows = train_df.count()
+            pipeline = build_pipeline(spec, params)
+            fit_started = time.monotonic()
+            model = pipeline.fit(train_df)
+            fit_seconds = time.monotonic() - fit_started
+            test = score(spec, model, test_df)
+            # the newest minute whose values training used (a label's minute too): the gate scores after it
+            train_max_ts = first_value(train_df.agg({"Timestamp": "max"})) + horizon
+            last_close = first_value(train_df.orderBy(train_df.Timestamp.desc()).select("Close"))
+            positive_rate = 0.0
+            if spec.kind == "classification":
+                positive_rate = first_value(train_df.agg({"label": "avg"}))
+            values = metrics.evaluate(spec, test)
+            values |= metrics.baseline(spec, {"last_close": last_close, "positive_rate": positive_rate}, test)
+            known_now = {"btcflow.train_max_ts": repr(train_max_ts), "btcflow.test_min_ts": repr(cutoff)}
+            mlflow.set_tags(known_now)
+            tags |= known_now
             mlflow.log_params(
                 {
                     "model": spec.name,
@@ -217,10 +227,13 @@ def train_one(
                     "train_rows": train_rows,
                     "test_rows": len(test),
                     "test_fraction": settings.test_fraction,
+                    "spark_app_id": app_id,  # the tag's value as a param too: runs compare by it
                     **estimator_params(spec, model),
                 }
             )
-            mlflow.log_metrics(values)
+            # the fit's own time (pipeline.fit only): logged beside the model's metrics, kept out of `values`
+            rate = train_rows / max(fit_seconds, 1e-9)
+            mlflow.log_metrics({**values, "fit_seconds": fit_seconds, "train_rows_per_s": rate})
             digest = ",".join(b.sha256[:8] for b in batches)[:36]
             dataset = from_spark(
                 train_df, path=settings.batch_storage().url(""), name=f"batches-{label}", digest=digest
@@ -259,13 +272,15 @@ def train_one(
             df.unpersist()
     seconds = time.monotonic() - started
     log.info(
-        "%s v%s on batches %s: %s=%.6g in %.1fs",
+        "%s v%s on batches %s: %s=%.6g in %.1fs (fit %.1fs, %s rows)",
         spec.registered_name,
         version,
         label,
         key,
         values[key],
         seconds,
+        fit_seconds,
+        f"{train_rows:,}",
     )
     return TrainResult(
         model=spec.name,
@@ -278,6 +293,7 @@ def train_one(
         test_rows=len(test),
         metrics=values,
         seconds=seconds,
+        fit_seconds=fit_seconds,
     )
 
 

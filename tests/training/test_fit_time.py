@@ -1,0 +1,64 @@
+"""Training you can see: the run spans the fit, records its time and Spark application."""
+
+from __future__ import annotations
+
+import time
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from tests.training.conftest import minute_table, write_batches
+from training.settings import TrainingSettings
+from training.train import train_models
+
+
+def test_the_run_spans_the_fit_and_records_its_time(
+    spark, store_settings: TrainingSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyspark.ml import Pipeline
+
+    write_batches(store_settings.batch_dir, minute_table(3000), [3000])
+    fits: list[tuple[float, float]] = []
+    fit = Pipeline.fit
+
+    def timed(self, dataset, params=None):  # the real fit, its wall-clock start and end noted
+        began = time.time()
+        model = fit(self, dataset, params)
+        fits.append((began, time.time()))
+        return model
+
+    monkeypatch.setattr(Pipeline, "fit", timed)
+    (result,) = train_models(store_settings, ["close"], "1", spark=spark)
+    ((began, ended),) = fits
+    run = MlflowClient().get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    # the run opened before the fit and closed after it: its Duration is the training time
+    assert run.info.start_time <= began * 1000 and run.info.end_time >= int(ended * 1000)
+    fit_seconds = run.data.metrics["fit_seconds"]
+    assert fit_seconds == pytest.approx(result.fit_seconds)
+    assert 0 < fit_seconds <= ended - began + 0.01  # pipeline.fit's own time (another clock: a little slack)
+    assert (run.info.end_time - run.info.start_time) / 1000 >= fit_seconds
+    assert result.seconds >= fit_seconds
+    assert run.data.metrics["train_rows_per_s"] == pytest.approx(result.train_rows / fit_seconds)
+    assert run.data.params["spark_app_id"] == spark.sparkContext.applicationId
+    assert run.data.tags["btcflow.spark_app_id"] == spark.sparkContext.applicationId
+    # tags only known after the split and the fit are there too
+    assert float(run.data.tags["btcflow.train_max_ts"]) < float(run.data.tags["btcflow.test_min_ts"])
+    # the fit's time is no model metric: the gate, the demo table and TrainResult.metrics keep them apart
+    assert "fit_seconds" not in result.metrics and "train_rows_per_s" not in result.metrics
+
+
+def test_a_failing_fit_leaves_a_failed_run_and_raises(spark, store_settings: TrainingSettings) -> None:
+    """Spark checks regParam only when the fit hands it to the JVM: the error is the fit's, as before."""
+    from pyspark.errors import IllegalArgumentException
+
+    write_batches(store_settings.batch_dir, minute_table(1000), [1000])
+    with pytest.raises(IllegalArgumentException, match="regParam"):
+        train_models(store_settings, ["close"], "1", overrides={"reg_param": -1.0}, spark=spark)
+    experiment = mlflow.get_experiment_by_name("btcflow")
+    (run,) = MlflowClient().search_runs([experiment.experiment_id])
+    assert run.info.status == "FAILED" and run.info.run_name == "close-segment-b1"
+    assert run.data.tags["btcflow.spark_app_id"] == spark.sparkContext.applicationId
+    assert "fit_seconds" not in run.data.metrics
+    assert not MlflowClient().search_model_versions("name='btc-close'")
