@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from core.errors import BadInput
+from core.progress import StageLine
 from core.storage import LocalStorage
 from training import data, metrics, plots
 from training.data import Batch, Scheme
@@ -168,8 +169,12 @@ def train_one(
     base: DataFrame,
     scheme: Scheme,
     overrides: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> TrainResult:
-    """Fit one model on `base` (the selected batches), evaluate, log and register one version."""
+    """Fit one model on `base` (the selected batches), evaluate, log and register one version.
+
+    `progress`: a live line on stderr (stage, seconds, rows) while it runs; else one INFO record a stage.
+    """
     import mlflow
     from mlflow import MlflowClient
     from mlflow.data.spark_dataset import from_spark
@@ -196,15 +201,18 @@ def train_one(
     try:
         # The run is open from before the fit to after the logging, so its Duration is the training time;
         # a failure inside ends it FAILED (mlflow.start_run's context) and goes on up as it is.
-        with nested_run(run_name, tags) as run:
+        with nested_run(run_name, tags) as run, StageLine(progress, run_name, log=log) as line:
+            line.stage("split")
             cutoff = data.time_cutoff(df, settings.test_fraction)
             horizon = data.LABEL_HORIZON if spec.kind == "classification" else 0.0
             train_df, test_df = data.time_split(df, cutoff, horizon)
-            train_rows = train_df.count()
+            train_rows = train_df.count()  # counted once, as before, but ahead of the fit: the line shows it
+            line.stage("fit", train_rows)
             pipeline = build_pipeline(spec, params)
             fit_started = time.monotonic()
             model = pipeline.fit(train_df)
             fit_seconds = time.monotonic() - fit_started
+            line.stage("score")
             test = score(spec, model, test_df)
             # the newest minute whose values training used (a label's minute too): the gate scores after it
             train_max_ts = first_value(train_df.agg({"Timestamp": "max"})) + horizon
@@ -214,6 +222,7 @@ def train_one(
                 positive_rate = first_value(train_df.agg({"label": "avg"}))
             values = metrics.evaluate(spec, test)
             values |= metrics.baseline(spec, {"last_close": last_close, "positive_rate": positive_rate}, test)
+            line.stage("log")
             known_now = {"btcflow.train_max_ts": repr(train_max_ts), "btcflow.test_min_ts": repr(cutoff)}
             mlflow.set_tags(known_now)
             tags |= known_now
@@ -304,6 +313,7 @@ def train_models(
     scheme: Scheme = "segment",
     overrides: dict[str, Any] | None = None,
     spark: SparkSession | None = None,
+    progress: bool = False,
 ) -> list[TrainResult]:
     """Train every model on every selection the scheme makes of SPEC `batches`; one version each.
 
@@ -329,7 +339,7 @@ def train_models(
     results: list[TrainResult] = []
     for selection in plan:
         chosen = [by_number[n] for n in selection]
-        results += train_selection(spark, settings, specs, chosen, scheme, overrides)
+        results += train_selection(spark, settings, specs, chosen, scheme, overrides, progress)
     return results
 
 
@@ -340,6 +350,7 @@ def train_selection(
     chosen: list[Batch],
     scheme: Scheme,
     overrides: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> list[TrainResult]:
     """One version of each model on exactly these batches, read once and cached for all of them."""
     # Spread over a few partitions (one Parquet file is one partition) so every core fits; cache once.
@@ -349,7 +360,7 @@ def train_selection(
         .cache()
     )
     try:
-        return [train_one(spark, settings, spec, chosen, base, scheme, overrides) for spec in specs]
+        return [train_one(spark, settings, spec, chosen, base, scheme, overrides, progress) for spec in specs]
     finally:
         base.unpersist()
 

@@ -74,6 +74,7 @@ def watch(
     spark: SparkSession | None = None,
     report: Callable[[TrainResult | Promotion], None] | None = None,
     require_baseline: bool = True,
+    progress: bool = False,
 ) -> list[TrainResult]:
     """Train (and optionally promote) as batches close; returns the versions trained.
 
@@ -81,7 +82,8 @@ def watch(
     In cumulative mode a backlog is caught up with one version on the newest prefix (it covers the
     others); segment mode trains every batch on its own. Promotion goes through the --best gate, which
     by default (`require_baseline`) also refuses a version that does not beat the naive baseline: an
-    unattended loop must not put a model worse than doing nothing in front of users.
+    unattended loop must not put a model worse than doing nothing in front of users. `progress`: a live
+    line per fit on stderr.
     """
     specs = [get_spec(m) for m in models]
     connect(settings)
@@ -109,7 +111,8 @@ def watch(
                         continue
                     data.verify_batches(storage, chosen)  # exit 2: never train on unvouched bytes
                     spark = spark or data.session(settings)
-                    for result in train_selection(spark, settings, ready, chosen, scheme, overrides):
+                    trained = train_selection(spark, settings, ready, chosen, scheme, overrides, progress)
+                    for result in trained:
                         results.append(result)
                         if report:
                             report(result)

@@ -134,7 +134,9 @@ def _train() -> None:
     settings = TrainingSettings()
     as_role(settings.tracking_uri, "trainer")  # on a tracking server btcflow runs: trains, promotes, monitors
     _step(f"4. train {', '.join(SPECS)} cumulatively on batches 1..{TRAINED_BATCHES}")
-    results = train_models(settings, list(SPECS), f"1-{TRAINED_BATCHES}", "cumulative")
+    results = train_models(
+        settings, list(SPECS), f"1-{TRAINED_BATCHES}", "cumulative", progress=sys.stderr.isatty()
+    )
     _step("5. promote with the champion/challenger gate (window: the batches after the last trained)")
     for name in SPECS:
         _say(promote_best(settings, name).message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -108,11 +109,13 @@ def train(
             overrides,
             report=report,
             require_baseline=require_baseline,
+            progress=sys.stderr.isatty(),
         )
     elif batches is None:
         raise BadInput("give --batches SPEC (2, 1-3, 1,3 or all), or --watch to follow closing batches")
     else:
-        results = train_models(settings, models, batches, scheme.value, overrides)
+        progress = sys.stderr.isatty()  # the live line per fit, on a terminal only (as produce's bar)
+        results = train_models(settings, models, batches, scheme.value, overrides, progress=progress)
     if watch_ and not results:
         typer.echo("no new batch closed: nothing trained")
     if results:

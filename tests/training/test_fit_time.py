@@ -1,8 +1,11 @@
-"""Training you can see: the run spans the fit, records its time and Spark application."""
+"""Training you can see: the run spans the fit, records its time and Spark application, and the terminal
+shows a live line per fit."""
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -62,3 +65,25 @@ def test_a_failing_fit_leaves_a_failed_run_and_raises(spark, store_settings: Tra
     assert run.data.tags["btcflow.spark_app_id"] == spark.sparkContext.applicationId
     assert "fit_seconds" not in run.data.metrics
     assert not MlflowClient().search_model_versions("name='btc-close'")
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_train_shows_a_live_line_per_fit_on_a_terminal_only(
+    terminal: bool, spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, btcflow
+) -> None:
+    write_batches(tmp_path / "data" / "batch", minute_table(2000), [1000, 1000])
+    env = {
+        "BTCFLOW_DATA_DIR": str(tmp_path / "data"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m/mlflow.db",
+        "BTCFLOW_SPARK_MASTER": "local[1]",
+    }
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)  # the captured stream, as a terminal or not
+    done = btcflow("train", "--model", "close", "--batches", "1-2", "--scheme", "cumulative", env=env)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "close-cumulative-b" in line]
+    if terminal:  # one kept line per fit, ending on its rows and the whole version's seconds
+        for label in ("b1 ", "b1-2 "):
+            assert any(f"close-cumulative-{label}" in line and "fit" in line for line in lines), lines
+        assert any("done" in line and "1,600 rows" in line for line in lines), lines
+    else:
+        assert not lines, done.stderr
