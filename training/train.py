@@ -366,7 +366,7 @@ def train_selection(
 
 
 def summary_rows(results: list[TrainResult], stages: dict[tuple[str, str], str] | None = None) -> list[dict]:
-    """Rows for the demo table: model, version, batches, key metric, baseline, stage.
+    """Rows for the demo table: model, version, batches, key metric, baseline, fit seconds, stage.
 
     `stages` maps (registered name, version) → stage, e.g. from `registry.stages(settings, results)`.
     """
@@ -381,6 +381,7 @@ def summary_rows(results: list[TrainResult], stages: dict[tuple[str, str], str] 
                 "metric": key,
                 "value": round(value, 6),
                 "baseline": round(base, 6),
+                "fit_s": round(r.fit_seconds, 1),
                 "stage": (stages or {}).get((r.registered_name, r.version), "None"),
             }
         )

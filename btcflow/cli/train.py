@@ -26,16 +26,16 @@ def _models(values: list[str]) -> list[str]:
 
 
 def print_summary(rows: list[dict]) -> None:
-    """The versions table (model, version, batches, key metric, baseline, stage); the demo prints it too."""
+    """The versions table (model, version, batches, key metric, baseline, fit seconds, stage); the demo
+    prints it too."""
     from rich.table import Table
 
     from btcflow.cli.output import console
 
-    table = Table("model", "version", "batches", "metric", "value", "baseline", "stage")
+    columns = ("model", "version", "batches", "metric", "value", "baseline", "fit_s", "stage")
+    table = Table(*columns)
     for row in rows:
-        table.add_row(
-            *(str(row[k]) for k in ("model", "version", "batches", "metric", "value", "baseline", "stage"))
-        )
+        table.add_row(*(str(row[k]) for k in columns))
     console().print(table)
 
 

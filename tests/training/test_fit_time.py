@@ -3,6 +3,7 @@ shows a live line per fit."""
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -11,9 +12,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from btcflow.cli.train import print_summary
 from tests.training.conftest import minute_table, write_batches
 from training.settings import TrainingSettings
-from training.train import train_models
+from training.train import TrainResult, summary_rows, train_models
 
 
 def test_the_run_spans_the_fit_and_records_its_time(
@@ -87,3 +89,30 @@ def test_train_shows_a_live_line_per_fit_on_a_terminal_only(
         assert any("done" in line and "1,600 rows" in line for line in lines), lines
     else:
         assert not lines, done.stderr
+    assert "fit_s" in done.stdout  # the summary table's column
+
+
+def test_the_summary_table_gains_the_fit_seconds(capsys: pytest.CaptureFixture[str]) -> None:
+    result = TrainResult(
+        model="close",
+        registered_name="btc-close",
+        version="3",
+        run_id="r" * 32,
+        batches=[1, 2],
+        scheme="cumulative",
+        train_rows=1600,
+        test_rows=400,
+        metrics={"rmse": 1.5, "baseline_rmse": 2.5},
+        seconds=20.0,
+        fit_seconds=12.345,
+    )
+    (row,) = summary_rows([result])
+    assert row["fit_s"] == 12.3 and list(row)[-2:] == ["fit_s", "stage"]
+    print_summary([row])
+    table = [
+        re.split("[│┃]", line)[1:-1]
+        for line in capsys.readouterr().out.splitlines()
+        if "┃" in line or "│" in line
+    ]
+    header, values = ([cell.strip() for cell in line] for line in table)
+    assert header[-2:] == ["fit_s", "stage"] and values[-2:] == ["12.3", "None"]
