@@ -9,6 +9,18 @@ CPU seconds of each consumer member and of the producer (what limits the run). O
 or more nodes it also SIGKILLs the leader of partition 0 mid-run and prints the stall (the longest
 time that partition's end offset did not move after the kill) and checks that every row landed once.
 
+On one node it then reads the shape's topic, already full with the R rows, twice more, one reader after
+the other: btcflow's consumer group (C fresh `btcflow consume` members, a new group and folder) and its
+peer, Spark Structured Streaming (bench/spark_peer.py: the Kafka source, at pyspark's version when Maven
+Central serves it, the value's JSON parsed into the six columns, a Parquet file sink,
+`trigger(availableNow=True)`, local[*], offset ranges split over every core), and prints both rows/s and
+their ratio. Fair by construction: the same topic, the same rows from the earliest offset to the end,
+each writing the same six float columns as Parquet, nothing else running. btcflow's time runs from
+launching its processes (interpreter start and group join included) until every row is in a closed
+batch; Spark's from the query's start to its termination, its rows counted in the files it wrote: its
+JVM's start-up is excluded (printed apart, once), which favours the peer. btcflow's rate from its
+members' assignment is printed beside it. --no-peer skips it.
+
 Then the dataset's store: one member (1x1x1) into a local folder and into HDFS (a 1-DataNode HDFS started
 here, or --hdfs URI), end-to-end rows/s of both and their ratio; and the commit's cost (claim, publish,
 view) at batches 1-10 against the last 10 of --commit-batches on the local disk (--hdfs-commit-batches on
@@ -40,6 +52,7 @@ import pyarrow.parquet as pq
 from commit import measure, report  # bench/commit.py
 from kafka import KafkaConsumer, TopicPartition
 from local_hdfs import temporary_hdfs  # bench/local_hdfs.py
+from spark_peer import PeerRun, read_topic, start_session  # bench/spark_peer.py
 
 from core.storage import open_storage
 from pipeline.broker import ensure_topic, partition_leader
@@ -83,6 +96,9 @@ class Result:
     producer_cpu: float = 0.0
     stall_s: float | None = None
     exactly_once: bool | None = None
+    group_rate: float = 0.0  # the consumer group alone on the full topic, from launching it
+    group_rate_joined: float = 0.0  # the same, from its members' assignment
+    peer: PeerRun | None = None
 
 
 def average_value_size(path: Path, sample: int = 10_000) -> int:
@@ -101,9 +117,16 @@ class Members:
     """C `btcflow consume` processes of one group on one folder; peak RSS and CPU of each."""
 
     def __init__(
-        self, count: int, env: dict[str, str], topic: str, out_dir: str, batch_rows: int, idle_s: float
+        self,
+        count: int,
+        env: dict[str, str],
+        topic: str,
+        out_dir: str,
+        batch_rows: int,
+        idle_s: float,
+        group: str | None = None,
     ) -> None:
-        args = ["--out", str(out_dir), "--topic", topic, "--group", f"bench-{topic}"]
+        args = ["--out", str(out_dir), "--topic", topic, "--group", group or f"bench-{topic}"]
         args += ["--batch-rows", str(batch_rows), "--idle-timeout", str(idle_s), "--no-progress"]
         self.procs = [
             subprocess.Popen(
@@ -294,8 +317,40 @@ def ingest(
     return members, done_at - sent_at, summary.line(), producer_cpu, failover
 
 
+def read_back(
+    shape: Shape, cluster: EmbeddedCluster, topic: str, out_dir: str, rows: int, batch_rows: int
+) -> tuple[float, float]:
+    """The consumer group alone on `topic`, already full with `rows` rows: (seconds from launching its
+    members until every row is in a closed batch, the same from their assignment)."""
+    env = {**os.environ, "BTCFLOW_KAFKA_BOOTSTRAP": cluster.bootstrap}
+    env.pop("BTCFLOW_DATA_DIR", None)
+    launched = time.monotonic()
+    members = Members(shape.consumers, env, topic, out_dir, batch_rows, IDLE_S, group=f"read-{topic}")
+    try:
+        members.wait_joined()
+        joined = time.monotonic()
+        while members.rows_landed() < rows:
+            members.sample()
+            if time.monotonic() > launched + DEADLINE_S or not members.alive():
+                raise RuntimeError(f"{shape} read back: {members.rows_landed():,} of {rows:,} rows landed")
+            time.sleep(0.05)
+        done = time.monotonic()
+        if any(n % batch_rows for n in members.rows_per_partition().values()):
+            done -= IDLE_S
+    finally:
+        members.stop()
+    return done - launched, done - joined
+
+
 def run_shape(
-    shape: Shape, cluster: EmbeddedCluster, path: Path, tmp: Path, size: int, rows: int, batch_rows: int
+    shape: Shape,
+    cluster: EmbeddedCluster,
+    path: Path,
+    tmp: Path,
+    size: int,
+    rows: int,
+    batch_rows: int,
+    spark: object | None = None,
 ) -> Result:
     label = str(shape).replace("x", "-")
     result = Result(shape)
@@ -304,6 +359,13 @@ def run_shape(
     )
     result.end_to_end = rows / seconds
     result.member_rss, result.member_cpu = members.rss, members.cpu
+    if spark is not None:  # the same full topic, read by the group alone, then by the peer
+        topic = f"live-{label}"
+        total, joined = read_back(shape, cluster, topic, str(tmp / f"read-{label}"), rows, batch_rows)
+        result.group_rate, result.group_rate_joined = rows / total, rows / joined
+        result.peer = read_topic(spark, cluster.bootstrap, topic, tmp / f"peer-{label}")
+        if result.peer.rows != rows:
+            raise RuntimeError(f"the Spark peer wrote {result.peer.rows:,} rows of {rows:,}")
     reference_topic = f"perf-{label}"
     ensure_topic(cluster.bootstrap, reference_topic, shape.partitions)
     libs = cluster.jars_dir / "libs"
@@ -378,6 +440,9 @@ def main() -> None:
     )
     parser.add_argument("--no-hdfs", action="store_true", help="skip the local-against-HDFS comparison")
     parser.add_argument(
+        "--no-peer", action="store_true", help="skip Spark Structured Streaming on the 1-node shapes' topics"
+    )
+    parser.add_argument(
         "--commit-batches", type=int, default=1000, help="batches of the commit-cost figures (0: none)"
     )
     parser.add_argument(
@@ -398,6 +463,7 @@ def main() -> None:
         size = average_value_size(path)
         print(f"data: {rows:,} rows, average value {size} bytes; batches of {batch_rows:,} rows")
         clusters: dict = {}  # Kafka clusters by node count, and "hdfs"
+        spark = None  # the peer's session, started at the first one-node shape
         try:
             for shape in shapes:
                 if shape.nodes not in clusters:
@@ -411,11 +477,18 @@ def main() -> None:
                         f"in {time.monotonic() - started:.0f} s"
                     )
                     clusters[shape.nodes] = cluster
-                results.append(run_shape(shape, clusters[shape.nodes], path, tmp, size, rows, batch_rows))
+                if shape.nodes == 1 and not args.no_peer and spark is None:
+                    spark, version, started_s = start_session()
+                    print(f"Spark peer: local[*], spark-sql-kafka {version}, session in {started_s:.1f} s")
+                peer = spark if shape.nodes == 1 else None
+                cluster = clusters[shape.nodes]
+                results.append(run_shape(shape, cluster, path, tmp, size, rows, batch_rows, peer))
                 print(describe(results[-1]), flush=True)
             if not args.no_hdfs:
                 store_figures(args, clusters, path, tmp, rows, batch_rows)
         finally:
+            if spark is not None:
+                spark.stop()
             for cluster in clusters.values():
                 cluster.stop()
     print()
@@ -425,6 +498,11 @@ def main() -> None:
         print(
             f"goal 0.6 of ProducerPerformance on one node: {'met' if best >= 0.6 else 'not met'} ({best:.2f})"
         )
+    peers = [r for r in results if r.peer is not None]
+    if peers:
+        best = max(r.group_rate / r.peer.rows_per_s for r in peers if r.peer is not None)
+        verdict = "met" if best >= 1.0 else "not met"
+        print(f"goal consumer group 1.0 of Spark Structured Streaming (query only): {verdict} ({best:.2f})")
     stalls = [r for r in results if r.stall_s is not None]
     for r in stalls:
         verdict = "met" if r.stall_s is not None and r.stall_s < 15 and r.exactly_once else "not met"
@@ -441,6 +519,13 @@ def describe(r: Result) -> str:
         f"   producer: {r.producer_line} (CPU {r.producer_cpu:.1f} s)",
         f"   members: peak RSS MiB [{rss}], CPU s [{cpu}]",
     ]
+    if r.peer is not None:
+        lines.append(
+            f"   full topic: consumer group {r.group_rate:,.0f} rows/s from launch "
+            f"({r.group_rate_joined:,.0f} from assignment); Spark Structured Streaming "
+            f"{r.peer.rows_per_s:,.0f} rows/s (query only, {r.peer.rows:,} rows in {r.peer.seconds:.1f} s); "
+            f"ratio {r.group_rate / r.peer.rows_per_s:.2f}"
+        )
     if r.stall_s is not None or r.exactly_once is not None:
         stall = f"{r.stall_s:.1f} s" if r.stall_s is not None else "never recovered"
         lines.append(f"   leader of partition 0 SIGKILLed: stall {stall}; every row once: {r.exactly_once}")

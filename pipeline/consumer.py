@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka import __version__ as kafka_version
 from kafka.errors import AuthorizationError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from core.errors import BrokerUnavailable
 from core.progress import RowProgress
 from core.signals import stop_on_signals
+from pipeline import decoder
 from pipeline.batching import BatchPolicy, OpenBatch
 from pipeline.broker import ensure_topic
 from pipeline.group import POLL_RECORDS, Rebalances, open_consumer, start_offsets, topic_id
@@ -72,8 +74,10 @@ class BatchingConsumer:
         group_id: str,
         clock: Callable[[], float] = time.monotonic,
         from_beginning: bool = False,
+        bulk: bool = True,
     ) -> None:
         self.settings = settings
+        self.bulk = bulk  # decode record batches in bulk (pipeline.decoder) when kafka-python allows it
         self.credential = settings.kafka_credential(CONSUMER)
         self.store = store
         self.clock = clock
@@ -120,22 +124,22 @@ class BatchingConsumer:
             return
         log.info("assigned %s; starting at %s", sorted(tp.partition for tp in assigned), starts)
 
-    def _take(self, records_by_tp: dict[TopicPartition, list[Any]]) -> int:
-        """Move one poll's messages into the open batch; returns how many messages came."""
+    def _take(self, polled: dict[TopicPartition, list[Any]], runs: bool = False) -> int:
+        """Move one poll's messages (decoder runs, or kafka-python's records when `runs` is False)
+        into the open batch; returns how many messages came."""
         messages = 0
-        for tp, records in records_by_tp.items():
-            if not records:
+        for tp, got in polled.items():
+            if not got:
                 continue
-            messages += len(records)
-            rows, bad = parse_values([r.value for r in records])
-            for index, reason in bad:
-                r = records[index]
-                self.pending_rejects.append(
-                    Rejected(tp.partition, r.offset, text(r.key), text(r.value), reason)
-                )
+            run = decoder.Run.joined(got) if runs else decoder.Run.of(got)
+            messages += len(run)
+            rows, bad = parse_values(run.values)
+            for i, reason in bad:
+                key, value = text(run.keys[i]), text(run.values[i])
+                self.pending_rejects.append(Rejected(tp.partition, run.offsets[i], key, value, reason))
             self.rejected += len(bad)
             self.rows_read += len(rows)
-            self.batch.add(tp.partition, records[0].offset, records[-1].offset, rows)
+            self.batch.add(tp.partition, run.offsets[0], run.offsets[-1], rows)
         return messages
 
     def _close_batch(self, consumer: KafkaConsumer) -> bool:
@@ -177,6 +181,9 @@ class BatchingConsumer:
         listener = Rebalances()
         started = self.clock()
         consumer = open_consumer(self.settings, self.group_id, listener)
+        runs = self.bulk and decoder.install(consumer)
+        if self.bulk and not runs:
+            log.warning("kafka-python %s, not the bulk decoder's: decoding record by record", kafka_version)
         seen_generation = 0
         last_message = last_probe = self.clock()
         try:
@@ -196,7 +203,7 @@ class BatchingConsumer:
                         self._resync(consumer)  # what this poll brought predates the new assignment
                         polled = {}
                         last_message = now  # idle time counts from the assignment, not from the join
-                    if self._take(polled):
+                    if self._take(polled, runs):
                         last_message = now
                     if self.batch.is_due():  # never without rows: rejected messages alone stay pending
                         self._close_batch(consumer)
