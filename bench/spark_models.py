@@ -24,12 +24,15 @@ def spark_session():
     """One local[1] session: the machine is shared, and small models need no parallelism."""
     from pyspark.sql import SparkSession
 
+    from core import jvm
+
     return (
         SparkSession.builder.master("local[1]")
         .appName("btcflow-serving-tests")
         .config("spark.ui.enabled", "false")
         .config("spark.sql.shuffle.partitions", "1")
         .config("spark.driver.memory", "1g")
+        .config("spark.driver.extraJavaOptions", jvm.with_extra_options(""))
         .getOrCreate()
     )
 

@@ -49,10 +49,11 @@ class SparkEvaluator:
         import mlflow.spark
         from pyspark.sql import SparkSession
 
-        from core import logs
+        from core import jvm, logs
 
         builder = (
             SparkSession.builder.master("local[1]")
+            .config("spark.driver.extraJavaOptions", jvm.with_extra_options(""))
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")  # a bar per request is no log line
         )

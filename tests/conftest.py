@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from core import jvm
 from pipeline.settings import PipelineSettings
 from services.kafka.cluster import EmbeddedBroker, EmbeddedCluster
 from services.kafka.launcher import free_port_block, free_port_pair
 
 REPO = Path(__file__).resolve().parents[1]
 KAGGLE_SAMPLE = REPO.parent / "shared" / "data" / "kaggle_head_10k.csv"
+
+# Every JVM the suite starts (Kafka, HDFS, Spark's daemons, drivers and executors), and those of the btcflow
+# commands it runs, lives seconds to minutes: C1 alone compiles what they run at half the CPU that C1 then
+# C2 spend, and C2's faster code never pays back in so short a life (the local demo: 109 s of CPU, 74 s
+# with C1 alone). C1 alone gets a 48 MB code cache, which a Spark driver fills ("CodeCache is full.
+# Compiler has been disabled."): 240 MB, tiered compilation's own. Exported before any test starts a
+# process, so every child inherits it; set BTCFLOW_JVM_OPTS (even empty) to run the suite otherwise.
+os.environ.setdefault(jvm.ENV, "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m")
 
 # session services of their own: the Spark standalone cluster, the MLflow tracking server, HDFS
 pytest_plugins = ["tests.spark_cluster", "tests.tracking_server", "tests.hdfs_cluster"]

@@ -26,6 +26,8 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from core import jvm
+
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = Path("/var/tmp")  # not under /tmp: each host mounts its own /tmp
 CALLERS_SETTINGS = ("BTCFLOW_", "MLFLOW_", "SPARK_", "PYSPARK_", "HADOOP_", "KAFKA_", "JAVA_TOOL_OPTIONS")
@@ -112,8 +114,9 @@ class Host:
 
     def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment of a command on this host: the caller's minus its btcflow, MLflow, Spark and
-        Hadoop settings, with this host's data dir and home, and `extra`."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(CALLERS_SETTINGS)}
+        Hadoop settings, with this host's data dir and home, and `extra`. The JVM options of the suite
+        (BTCFLOW_JVM_OPTS, tests/conftest.py) stay: like Java itself, installed alike on every machine."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(CALLERS_SETTINGS) or k == jvm.ENV}
         env.pop("TMPDIR", None)
         env.update(
             PYTHONPATH=str(REPO),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.environment import without_settings
 from tests.training.conftest import minute_table, write_batches
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ WHEELS = REPO / ".cache" / "wheels"
 
 def project_env(tmp_path: Path) -> dict[str, str]:
     """This environment without btcflow, MLflow or uv settings, pointed at a temporary store and envs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BTCFLOW_", "MLFLOW_", "UV_"))}
+    env = without_settings("BTCFLOW_", "MLFLOW_", "UV_")
     env |= {
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db",

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from btcflow.cli.stack import point_at_stack
+from core import jvm
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]
     would otherwise read the stack's HDFS dataset)."""
     monkeypatch.chdir(tmp_path)
     for name in list(os.environ):
-        if name.startswith(("BTCFLOW_", "MLFLOW_TRACKING_URI", "MLFLOW_DFS_TMP")):
+        if name.startswith(("BTCFLOW_", "MLFLOW_TRACKING_URI", "MLFLOW_DFS_TMP")) and name != jvm.ENV:
             monkeypatch.delenv(name)
     saved = dict(os.environ)
     yield tmp_path

@@ -8,7 +8,6 @@ server, PostgreSQL and MLflow), on free ports and in a folder of its own; it sto
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 
 from services.kafka.launcher import free_port_block
 from services.processes import free_port
+from tests.environment import without_settings
 from tests.tracking_server import service_dir
 
 CLI = [sys.executable, "-m", "btcflow.cli"]
@@ -32,7 +32,7 @@ def stack_env() -> Iterator[dict[str, str]]:
     """The environment of a stack of its own: its folder (0755, for PostgreSQL's user) and free ports;
     no btcflow or MLflow setting (nor the session's tracking login) from outside. `stack down` at the end."""
     home = service_dir("btcflow-stack-")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BTCFLOW_", "MLFLOW_"))}
+    env = without_settings("BTCFLOW_", "MLFLOW_")
     env |= {
         "BTCFLOW_STACK_DIR": str(home / "stack"),
         "BTCFLOW_STACK_BROKER_PORT": str(free_port_block(6)),

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from core import dataset
+from core import dataset, jvm
 from core.dataset import COLUMNS, BatchEntry
 from core.errors import BadInput, Unavailable
 from core.storage import LocalStorage, Storage, as_storage
@@ -200,7 +200,7 @@ def spark_session(
         driver_host = "127.0.0.1"
     if driver_host is not None:
         os.environ.setdefault("SPARK_LOCAL_IP", driver_host)  # no lookup of the host's address
-    java_options = f"-Dlog4j2.configurationFile={LOG4J}"
+    java_options = jvm.with_extra_options(f"-Dlog4j2.configurationFile={LOG4J}")
     # Spark's Python workers (local mode too) and a cluster's executors start PYSPARK_PYTHON, else
     # `python3` on PATH: another interpreter when this one is a venv's not on PATH (a second Python
     # version fails at once with PYTHON_VERSION_MISMATCH). PySpark sends the driver's to the executors.

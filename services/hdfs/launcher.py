@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from core import jvm
 from core.errors import Unavailable
 
 log = logging.getLogger("services")
@@ -107,6 +108,7 @@ def jvm_command(java: str, conf_dir: Path, libs: Path, heap: str, main_class: st
         f"-Dlog4j.configuration={LOG4J_CONFIG.as_uri()}",
         f"-Dhadoop.log.dir={conf_dir.parent}",
         f"-Djava.io.tmpdir={tmp}",
+        *jvm.extra_options(),
         "-cp",
         f"{conf_dir}{os.pathsep}{libs}/*",
         main_class,

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import jvm
 from core.credentials import Credential
 from core.errors import BrokerUnavailable
 from services.kafka.admin import admin_client
@@ -136,6 +137,7 @@ class EmbeddedNode(Supervised):
         return subprocess.Popen(
             [
                 java,
+                *jvm.extra_options(),
                 "-cp",
                 classpath,
                 f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
@@ -160,6 +162,7 @@ class EmbeddedNode(Supervised):
             "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            *jvm.extra_options(),
             "-cp",
             classpath,
             "kafka.Kafka",

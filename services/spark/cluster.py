@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import jvm
 from core.errors import BadInput, ServiceDidNotStart
 from services.processes import ServiceState, Supervised, http_ok, port_open, stop_pids
 from services.spark.settings import HOST, SparkSettings, event_log_uri, make_event_dir, memory_mb
@@ -370,6 +371,7 @@ class SparkCluster:
             SPARK_WORKER_DIR=str(self.home / "work"),
             SPARK_LOCAL_DIRS=str(self.home / "local"),
             SPARK_DAEMON_MEMORY=self.daemon_memory,
+            SPARK_DAEMON_JAVA_OPTS=jvm.with_extra_options(os.environ.get("SPARK_DAEMON_JAVA_OPTS", "")),
             PYSPARK_PYTHON=sys.executable,
         )
         return env

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pipeline.synth import synth
 from services.kafka.admin import admin_client
 from services.kafka.cluster import EmbeddedCluster
 from services.kafka.launcher import free_port_block
+from tests.environment import without_settings
 from tests.waiting import wait_until
 
 BTCFLOW = [sys.executable, "-m", "btcflow.cli"]
@@ -32,7 +32,7 @@ FIELDS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")
 
 def cli_env(cluster: EmbeddedCluster) -> dict[str, str]:
     """The CLI pointed at the session cluster's home and ports, so it starts nothing new."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BTCFLOW_")}
+    env = without_settings("BTCFLOW_")
     return env | {"BTCFLOW_BROKER_DIR": str(cluster.home), "BTCFLOW_BROKER_PORT": str(cluster.port)}
 
 

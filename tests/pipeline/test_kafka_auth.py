@@ -3,7 +3,6 @@ for this file, a fresh topic and groups per test, the roles granted on them by t
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from services.kafka.clients import BrokerAuthFailed, sasl_options
 from services.kafka.cluster import EmbeddedCluster
 from services.kafka.launcher import free_port_pair
 from serving.publisher import connect
+from tests.environment import without_settings
 
 BTCFLOW = [sys.executable, "-m", "btcflow.cli"]
 ROWS = 3000
@@ -87,7 +87,7 @@ def minutes(tmp_path: Path) -> Path:
 
 
 def env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("BTCFLOW_")}
+    base = without_settings("BTCFLOW_")
     return {**base, **extra}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pipeline.producer import Pacing, produce
 from pipeline.settings import PipelineSettings
 from pipeline.synth import synth
 from services.kafka.launcher import free_port_pair
+from tests.environment import without_settings
 
 BTCFLOW = [sys.executable, "-m", "btcflow.cli"]
 FIELDS = ("Timestamp", "Open", "High", "Low", "Close", "Volume")
@@ -148,7 +148,7 @@ def test_workers_send_slices_to_their_own_partitions(settings: PipelineSettings,
 
 
 def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BTCFLOW_")}
+    env = without_settings("BTCFLOW_")
     return {**env, **extra}
 
 

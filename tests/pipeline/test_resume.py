@@ -23,6 +23,7 @@ from pipeline.settings import PipelineSettings
 from pipeline.synth import synth
 from services.kafka.cluster import EmbeddedBroker
 from services.kafka.launcher import free_port_pair
+from tests.environment import without_settings
 
 BTCFLOW = [sys.executable, "-m", "btcflow.cli"]
 BAD = {3: b"oops", 500: b"1325442000.0,1,2,3", 5_000: b"1325712000.0,NaN,1,1,1,1"}  # line: text
@@ -89,7 +90,7 @@ def assert_exactly_once(bootstrap: str, topic: str, good: list[bytes], bad: set[
 
 
 def cli_env(bootstrap: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BTCFLOW_")}
+    env = without_settings("BTCFLOW_")
     return {**env, "BTCFLOW_KAFKA_BOOTSTRAP": bootstrap}
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from services.processes import free_port
 from serving import keys
+from tests.environment import without_settings
 from tests.serving.conftest import Store
 from tests.waiting import wait_until
 
@@ -44,7 +45,7 @@ def test_a_revoked_key_is_refused_by_every_worker_within_one_poll_interval(
     alice, watcher = keys.create(path, "alice"), keys.create(path, "watcher")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BTCFLOW_", "MLFLOW_"))}
+    env = without_settings("BTCFLOW_", "MLFLOW_")
     env.update(
         MLFLOW_TRACKING_URI=store.uri,
         BTCFLOW_API_KEYS_FILE=str(path),

@@ -21,6 +21,7 @@ from serving.app import create_app
 from serving.errors import HTTPProblem
 from serving.models import Gateway
 from serving.settings import ServingSettings
+from tests.environment import without_settings
 
 PASSWORD = "s3cret-PW"
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ def test_a_real_gateway_prints_logs_and_answers_no_password(tmp_path: Path) -> N
     refused webhook, the registry's refusals (MLflow's text names the URI in full), GET /models."""
     store_port, port = free_port(), free_port()  # nothing listens on store_port: every call is refused
     uri = f"http://btcflow:{PASSWORD}@127.0.0.1:{store_port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BTCFLOW_", "MLFLOW_"))}
+    env = without_settings("BTCFLOW_", "MLFLOW_")
     env.update(
         MLFLOW_TRACKING_URI=uri,
         BTCFLOW_LOG_LEVEL="info",

@@ -19,6 +19,7 @@ from core.access import PASSWORD_VAR, USERNAME_VAR
 from core.credentials import Credential
 from services.mlflow_server import TrackingServer
 from services.processes import free_port
+from tests.environment import without_settings
 from tests.tracking_server import credential, service_dir
 from tests.training.conftest import minute_table, write_batches
 
@@ -36,7 +37,7 @@ QUERIES: dict[str, dict[str, float]] = {
 def client_env(uri: str, user: Credential | None = None, **extra: str) -> dict[str, str]:
     """This environment without any btcflow or MLflow setting, pointed at the server by http only, as
     `user` (default: the session's, its trainer)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BTCFLOW_", "MLFLOW_"))}
+    env = without_settings("BTCFLOW_", "MLFLOW_")
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # `mlflow run` calls `python`: this venv's
     login = {k: os.environ[k] for k in (USERNAME_VAR, PASSWORD_VAR) if k in os.environ}
     if user is not None:
