@@ -26,11 +26,50 @@ def synth(
             "2012; e.g. 115000 for minutes like 2025's.",
         ),
     ] = 4.58,
+    eras: Annotated[
+        bool,
+        typer.Option(
+            "--eras/--no-eras",
+            help="Follow the real file's bull and bear eras, $4.58 in 2012 to six figures in 2025 (7M rows); "
+            "--no-eras: a slow exponential trend instead.",
+        ),
+    ] = True,
+    bad_prints: Annotated[
+        float,
+        typer.Option(
+            "--bad-prints",
+            min=0.0,
+            max=1.0,
+            help="Share of traded minutes with a print far off the market (a Low at cents, a High at several "
+            "times the price, or the whole minute there), as early exchanges printed them. 0: none.",
+        ),
+    ] = defaults.BAD_PRINT_RATE,
+    long_gaps: Annotated[
+        float,
+        typer.Option(
+            "--long-gaps",
+            min=0.0,
+            max=1.0,
+            help="Share of rows followed by an outage of 1 hour to 3 days without rows. 0: none.",
+        ),
+    ] = defaults.LONG_GAP_RATE,
+    volume_shifts: Annotated[
+        bool,
+        typer.Option(
+            "--volume-shifts/--no-volume-shifts",
+            help="Step the volume's level up or down where the real file changes exchange.",
+        ),
+    ] = True,
 ) -> None:
-    """Write a Kaggle-shaped CSV (Timestamp,Open,High,Low,Close,Volume), one row per minute from 2012."""
+    """Write a Kaggle-shaped CSV (Timestamp,Open,High,Low,Close,Volume), one row per minute from 2012.
+
+    Same seed, same options: same bytes. Each feature of real minutes can be switched off on its own.
+    """
+    from pipeline.synth import Shape
     from pipeline.synth import synth as write
 
-    write(rows, out, seed, start_price)
+    shape = Shape(eras=eras, bad_prints=bad_prints, long_gaps=long_gaps, volume_shifts=volume_shifts)
+    write(rows, out, seed, start_price, shape)
     typer.echo(f"wrote {rows:,} rows to {out}")
 
 
