@@ -66,6 +66,10 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert high >= open_ >= low
     # the short live-scoring run: every minute of the held-out tail scored
     assert re.search(r"monitored [0-9,]+ minutes \([0-9,]+ rows read, 0 bad messages\)", out), out[-3000:]
+    steps = re.search(r"step times: (.*)", out)  # the last lines say where the time went, step by step
+    names = ("generate", "broker", "ingest", "train", "promote", "gateway", "monitor")
+    assert steps and all(f"{name} " in steps.group(1) for name in names), out[-1000:]
+    assert re.search(r"\bfit_s\b", out)  # the versions table shows each fit's seconds
     # quiet: only btcflow's own lines, the JVM's output in the log file the demo names
     foreign = [m.group(0) for m in FOREIGN.finditer(out + done.stderr)]
     assert not foreign, foreign

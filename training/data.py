@@ -318,6 +318,28 @@ def with_spreads(df: DataFrame) -> DataFrame:
     )
 
 
+SPREAD_QUANTILE = 0.999  # high_low's labels are capped at this quantile of the training rows' spreads
+
+
+def winsorise_spreads(
+    train: DataFrame, quantile: float = SPREAD_QUANTILE
+) -> tuple[DataFrame, dict[str, float]]:
+    """high_low's training labels capped at their `quantile` over these rows, and the caps.
+
+    A print far off the market (a Low at cents in 2013) makes a spread of 0.99 where the market's is
+    0.001: a forest's squared error follows such rows, and one leaf's mean moves a hundredfold. Capped
+    labels keep every row (the Open and Volume still shape the splits) but not its outlier's weight.
+    The test rows keep their true High and Low: the metrics judge real prices, bad prints included.
+    """
+    from pyspark.sql import functions as F
+
+    caps = dict(zip(SPREADS, train.approxQuantile(list(SPREADS), [quantile], 1e-4), strict=True))
+    capped = {name: float(values[0]) if values else 0.0 for name, values in caps.items()}
+    for name, cap in capped.items():
+        train = train.withColumn(name, F.least(F.col(name), F.lit(cap)))
+    return train, capped
+
+
 def time_cutoff(df: DataFrame, test_fraction: float) -> float:
     """The first Timestamp of the test set: the latest `test_fraction` of rows, no shuffling."""
     import numpy as np

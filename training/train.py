@@ -206,6 +206,9 @@ def train_one(
             cutoff = data.time_cutoff(df, settings.test_fraction)
             horizon = data.LABEL_HORIZON if spec.kind == "classification" else 0.0
             train_df, test_df = data.time_split(df, cutoff, horizon)
+            caps: dict[str, float] = {}
+            if spec.kind == "high_low":  # bad prints: labels capped at the training rows' quantile
+                train_df, caps = data.winsorise_spreads(train_df)
             train_rows = train_df.count()  # counted once, as before, but ahead of the fit: the line shows it
             line.stage("fit", train_rows)
             pipeline = build_pipeline(spec, params)
@@ -237,6 +240,8 @@ def train_one(
                     "test_rows": len(test),
                     "test_fraction": settings.test_fraction,
                     "spark_app_id": app_id,  # the tag's value as a param too: runs compare by it
+                    **({"spread_quantile": data.SPREAD_QUANTILE} if caps else {}),
+                    **{f"{name}_cap": cap for name, cap in caps.items()},
                     **estimator_params(spec, model),
                 }
             )

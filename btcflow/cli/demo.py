@@ -36,8 +36,20 @@ def _say(*objects: Any, **options: Any) -> None:
     console().print(*objects, **options)
 
 
-def _step(title: str) -> None:
+_STEPS: list[tuple[str, float]] = []  # (step, when it began): the demo's last lines say where the time went
+
+
+def _step(title: str, name: str = "") -> None:
+    """A rule with the step's title; `name` (e.g. `ingest`) times it for the last lines."""
     console().rule(f"[bold]{title}")
+    if name:
+        _STEPS.append((name, time.monotonic()))
+
+
+def _step_times(ended: float) -> str:
+    """`generate 9.9 s · broker 1.2 s · ...`: each step's seconds, up to the next one's start."""
+    ends = [when for _, when in _STEPS[1:]] + [ended]
+    return " · ".join(f"{name} {end - began:.1f} s" for (name, began), end in zip(_STEPS, ends, strict=True))
 
 
 def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: int) -> Path:
@@ -54,14 +66,14 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
     if source is None:
         source = settings.data_dir / f"synth_{rows}_seed{seed}.csv"
         if not source.exists():
-            _step(f"1. generate {rows:,} Kaggle-shaped rows")
+            _step(f"1. generate {rows:,} Kaggle-shaped rows", "generate")
             started = time.monotonic()
             synth(rows, source, seed)
             _say(f"wrote {source} in {time.monotonic() - started:.1f} s")
     total = rows if input_path is None else _count_rows(source)
     size = batch_rows or math.ceil(total * 0.3)
 
-    _step("2. Kafka broker")
+    _step("2. Kafka broker", "broker")
     if settings.embedded:
         cluster = settings.embedded_cluster()
         _say(f"Kafka at {cluster.start()} ({cluster.nodes} node(s), logs in {cluster.home}/node-*/)")
@@ -71,7 +83,7 @@ def _ingest(rows: int, input_path: Path | None, batch_rows: int | None, seed: in
     delete_topic(settings.bootstrap, settings.topic, credential=settings.kafka_credential("admin"))
     settings.batch_storage().clear()
 
-    _step(f"3. replay {source.name} through '{settings.topic}', batches of {size:,} rows")
+    _step(f"3. replay {source.name} through '{settings.topic}', batches of {size:,} rows", "ingest")
     # its summary line is read below; its stderr is ours, and it logs at our (exported) BTCFLOW_LOG_LEVEL
     consume = ["consume", "--batch-rows", str(size), "--idle-timeout", "8", "--no-progress"]
     consumer = subprocess.Popen(
@@ -133,11 +145,14 @@ def _train() -> None:
 
     settings = TrainingSettings()
     as_role(settings.tracking_uri, "trainer")  # on a tracking server btcflow runs: trains, promotes, monitors
-    _step(f"4. train {', '.join(SPECS)} cumulatively on batches 1..{TRAINED_BATCHES}")
+    _step(f"4. train {', '.join(SPECS)} cumulatively on batches 1..{TRAINED_BATCHES}", "train")
     results = train_models(
         settings, list(SPECS), f"1-{TRAINED_BATCHES}", "cumulative", progress=sys.stderr.isatty()
     )
-    _step("5. promote with the champion/challenger gate (window: the batches after the last trained)")
+    _step(
+        "5. promote with the champion/challenger gate (window: the batches after the last trained)",
+        name="promote",
+    )
     for name in SPECS:
         _say(promote_best(settings, name).message)
     print_summary(summary_rows(results, stages(settings, [(r.registered_name, r.version) for r in results])))
@@ -153,7 +168,7 @@ def _serve(example: dict[str, float], workers: int, own_login: bool) -> None:
     from serving.settings import ServingSettings
 
     settings = ServingSettings()
-    _step(f"6. the gateway ({workers} worker(s)), on a free port")
+    _step(f"6. the gateway ({workers} worker(s)), on a free port", "gateway")
     api_key = _demo_key(settings.api_keys_file) if settings.api_keys_file else None
     reader = contextlib.nullcontext() if own_login else _as_role(settings.tracking_uri, "reader")
     with reader, running_gateway(settings, port=0, workers=workers, api_key=api_key) as base:
@@ -219,7 +234,10 @@ def _monitor(source: Path, minutes: int) -> None:
 
     pipeline = PipelineSettings()
     live = pipeline.model_copy(update={"topic": live_topic(pipeline.topic)})
-    _step(f"7. live scoring: the last {minutes:,} minutes again, into '{live.topic}', by btcflow monitor")
+    _step(
+        f"7. live scoring: the last {minutes:,} minutes again, into '{live.topic}', by btcflow monitor",
+        name="monitor",
+    )
     delete_topic(live.bootstrap, live.topic, credential=live.kafka_credential("admin"))
     tail = _tail(source, minutes, live.data_dir / "live_tail.csv")
     producer = threading.Thread(
@@ -288,12 +306,13 @@ def demo(
     from pipeline.store import read_manifest
 
     started = time.monotonic()
+    _STEPS.clear()
     own_login = bool(os.environ.get("MLFLOW_TRACKING_USERNAME"))  # else each step uses its role's
     workers = 1
     if stack:
         from btcflow.cli.stack import up
 
-        _step("0. the stack: Kafka cluster, Spark cluster, MLflow tracking server")
+        _step("0. the stack: Kafka cluster, Spark cluster, MLflow tracking server", "stack")
         _say(up(), markup=False, highlight=False)
         workers = 2
     source = _ingest(rows, input_path, batch_rows, seed)
@@ -307,7 +326,10 @@ def demo(
             "the stack keeps running (`btcflow stack status`, `btcflow stack down`); `btcflow stack up` "
             "prints the exports that point btcflow's commands at it"
         )
-    _step(f"done in {time.monotonic() - started:.0f} s")
+    ended = time.monotonic()
+    steps = _step_times(ended)
+    _step(f"done in {ended - started:.0f} s")
+    _say(f"step times: {steps}", markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
