@@ -142,6 +142,23 @@ def pip_requirements() -> list[str]:
     return [f"pyspark=={pyspark.__version__}", f"pandas=={pd.__version__}", f"numpy=={numpy.__version__}"]
 
 
+def counted_dataset(df: DataFrame, path: str, name: str, digest: str, rows: int):  # noqa: ANN201 - mlflow type
+    """MLflow's SparkDataset of the training rows, with the row count we already have as its profile.
+
+    SparkDataset.profile counts rows itself through Python workers (`df.rdd`), up to its 5 s timeout a
+    run: about 40 s of a 7M-row demo's nine runs spent counting rows counted before the fit.
+    """
+    from mlflow.data.spark_dataset import SparkDataset, from_spark
+
+    class Counted(SparkDataset):
+        @property
+        def profile(self) -> dict[str, int]:
+            return {"approx_count": rows}
+
+    made = from_spark(df, path=path, name=name, digest=digest)
+    return Counted(df=made.df, source=made.source, name=made.name, digest=made.digest)
+
+
 @contextmanager
 def nested_run(run_name: str, tags: dict[str, str]) -> Iterator[ActiveRun]:
     """A new run, nested under `mlflow run`'s own run when MLFLOW_RUN_ID names one.
@@ -177,7 +194,6 @@ def train_one(
     """
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.data.spark_dataset import from_spark
 
     started = time.monotonic()
     numbers = [b.batch for b in batches]
@@ -249,8 +265,8 @@ def train_one(
             rate = train_rows / max(fit_seconds, 1e-9)
             mlflow.log_metrics({**values, "fit_seconds": fit_seconds, "train_rows_per_s": rate})
             digest = ",".join(b.sha256[:8] for b in batches)[:36]
-            dataset = from_spark(
-                train_df, path=settings.batch_storage().url(""), name=f"batches-{label}", digest=digest
+            dataset = counted_dataset(
+                train_df, settings.batch_storage().url(""), f"batches-{label}", digest, train_rows
             )
             mlflow.log_input(dataset, context="training")
             for path, figure in plots.figures(spec, test, importances(spec, model)).items():
