@@ -67,7 +67,7 @@ def log_and_register(model, kind: str, frame: pd.DataFrame, tracking_uri: str) -
     import mlflow
     import mlflow.spark
 
-    from training.train import pip_requirements, signature
+    from training.runs import pip_requirements, signature
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)

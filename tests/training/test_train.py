@@ -140,7 +140,7 @@ def test_parent_run_id_survives_a_failed_start(store_settings: TrainingSettings,
     failed or not (end_run() deletes it), so the next model's run nests too."""
     from mlflow.exceptions import MlflowException
 
-    from training.train import nested_run
+    from training.runs import nested_run
 
     connect(store_settings)
     monkeypatch.setenv("MLFLOW_RUN_ID", "0" * 32)  # no such run: starting a child of it fails
