@@ -12,13 +12,13 @@ import hashlib
 import logging
 import os
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 from core import jvm
 from core.errors import Unavailable
+from services.maven import copy_dependencies
 
 log = logging.getLogger("services")
 
@@ -41,30 +41,10 @@ def setup_jars(jars_dir: Path) -> Path:
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()
     if stamp.is_file() and stamp.read_text() == digest and any(libs.glob("hadoop-hdfs-*.jar")):
         return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise HdfsUnavailable("Maven (mvn) not found on PATH: it is needed once to resolve the Hadoop jars")
     staging = jars_dir / "libs.partial"
-    shutil.rmtree(staging, ignore_errors=True)
     log.info("resolving Hadoop jars with Maven into %s", libs)
-    done = subprocess.run(
-        [
-            mvn,
-            "-q",
-            "-B",
-            "-f",
-            str(POM),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={staging}",
-            "-DincludeScope=runtime",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        lines = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
-        raise HdfsUnavailable(f"Maven could not resolve the Hadoop jars: {lines[-1]}")
+    if failure := copy_dependencies(POM, staging):
+        raise HdfsUnavailable(f"could not resolve the Hadoop jars: {failure}")
     _keep_webapps_only(staging)
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)

@@ -12,11 +12,11 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 from pathlib import Path
 
 from core.errors import BrokerUnavailable
 from services import processes
+from services.maven import copy_dependencies
 
 log = logging.getLogger("services")
 
@@ -31,30 +31,10 @@ def setup_jars(jars_dir: Path) -> Path:
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()
     if stamp.is_file() and stamp.read_text() == digest and any(libs.glob("kafka_2.13-*.jar")):
         return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise BrokerUnavailable("Maven (mvn) not found on PATH: it is needed once to resolve the Kafka jars")
     staging = jars_dir / "libs.partial"
-    shutil.rmtree(staging, ignore_errors=True)
     log.info("resolving Kafka jars with Maven into %s", libs)
-    done = subprocess.run(
-        [
-            mvn,
-            "-q",
-            "-B",
-            "-f",
-            str(POM),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={staging}",
-            "-DincludeScope=runtime",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        lines = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
-        raise BrokerUnavailable(f"Maven could not resolve the Kafka jars: {lines[-1]}")
+    if failure := copy_dependencies(POM, staging):
+        raise BrokerUnavailable(f"could not resolve the Kafka jars: {failure}")
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)
     stamp.write_text(digest)

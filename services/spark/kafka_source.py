@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
-import subprocess
 from pathlib import Path
+
+from services.maven import copy_dependencies
 
 log = logging.getLogger("services")
 
@@ -45,31 +46,12 @@ def _resolve(libs: Path, version: str) -> list[Path]:
     digest = hashlib.sha256(POM.read_bytes() + version.encode()).hexdigest()
     if stamp.is_file() and stamp.read_text() == digest and (libs / JAR.format(version=version)).is_file():
         return sorted(libs.glob("*.jar"))
-    mvn = shutil.which("mvn")
-    if mvn is None:
+    if shutil.which("mvn") is None:
         raise ConnectorUnavailable("Maven (mvn) not found on PATH: it is needed once to resolve the jars")
     staging = libs.with_name(libs.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
     log.info("resolving spark-sql-kafka %s with Maven into %s", version, libs)
-    done = subprocess.run(
-        [
-            mvn,
-            "-q",
-            "-B",
-            "-f",
-            str(POM),
-            "dependency:copy-dependencies",
-            f"-Dspark.version={version}",
-            f"-DoutputDirectory={staging}",
-            "-DincludeScope=runtime",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        lines = (done.stdout + done.stderr).strip().splitlines() or ["no output"]
-        log.info("Maven could not resolve spark-sql-kafka %s: %s", version, lines[0][:300])
+    if failure := copy_dependencies(POM, staging, f"-Dspark.version={version}"):
+        log.info("Maven could not resolve spark-sql-kafka %s: %s", version, failure[:300])
         return []
     shutil.rmtree(libs, ignore_errors=True)
     staging.rename(libs)
